@@ -1,0 +1,129 @@
+"""Training-step throughput of core against PyTorch CPU, measured in the same run.
+
+MLP 784-256-256-256-10 (ReLU, He init), batch 128, float32, cross-entropy, plain SGD; one epoch is 40
+steps over a shuffled synthetic set.  Both sides do the same work per step: gather the batch, forward,
+loss, backward, update.  Prints steps/s of each and the ratio core/torch (>1 means core is faster).
+
+    python benchmarks/step.py [--steps 400] [--repeats 5] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import core  # noqa: E402
+
+SIZES = (784, 256, 256, 256, 10)
+BATCH = 128
+
+
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], size=n)
+
+
+def core_model(seed: int = 0) -> core.Sequential:
+    layers = []
+    for i in range(len(SIZES) - 1):
+        layers.append(core.Dense(SIZES[i], SIZES[i + 1], init="he_normal"))
+        if i < len(SIZES) - 2:
+            layers.append(core.ReLU())
+    return core.Sequential(layers, seed=seed, dtype="float32")
+
+
+def time_core(steps: int, callbacks=(), seed: int = 0) -> float:
+    """Seconds per training step of core (median-free: one timed fit after a warm-up epoch)."""
+    X, y = make_data(BATCH * 40)
+    trainer = core.Trainer(core_model(seed), optimizer=core.SGD(0.01), batch_size=BATCH, progress=False,
+                           callbacks=list(callbacks))
+    trainer.fit(X[: BATCH * 4], y[: BATCH * 4], epochs=1)  # warm-up: buffers, BLAS threads
+    epochs = max(1, steps // 40)
+    t0 = time.perf_counter()
+    trainer.fit(X, y, epochs=epochs)
+    return (time.perf_counter() - t0) / (epochs * 40)
+
+
+def time_torch(steps: int, seed: int = 0) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    layers = []
+    for i in range(len(SIZES) - 1):
+        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1]))
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    Xn, yn = make_data(BATCH * 40)
+    X, y = torch.from_numpy(Xn), torch.from_numpy(yn)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch() -> None:
+        order = torch.randperm(len(X))
+        for start in range(0, len(X), BATCH):
+            idx = order[start:start + BATCH]
+            xb, yb = X[idx], y[idx]
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    epoch()
+    epochs = max(1, steps // 40)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        epoch()
+    return (time.perf_counter() - t0) / (epochs * 40)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="BLAS / torch threads for both sides")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    results: dict = {"core_s": [], "torch_s": []}
+    with threadpool_limits(limits=args.threads):
+        for _ in range(args.repeats):  # interleaved, so both sides see the same machine load
+            results["core_s"].append(time_core(args.steps))
+            t = time_torch(args.steps)
+            if t is not None:
+                results["torch_s"].append(t)
+    core_best = min(results["core_s"])
+    out = {"core_steps_per_s": 1.0 / core_best, "core_ms_per_step": 1e3 * core_best}
+    print(f"core : {1e3 * core_best:7.3f} ms/step  {1.0 / core_best:8.1f} steps/s")
+    if results["torch_s"]:
+        torch_best = min(results["torch_s"])
+        out.update(torch_steps_per_s=1.0 / torch_best, torch_ms_per_step=1e3 * torch_best,
+                   ratio=torch_best / core_best, torch_version=torch.__version__)
+        print(f"torch: {1e3 * torch_best:7.3f} ms/step  {1.0 / torch_best:8.1f} steps/s  (torch {torch.__version__})")
+        print(f"core/torch throughput ratio: {torch_best / core_best:.3f}  (target >= 1.1)")
+    else:
+        print("torch not installed: install torch==2.13.0 to compare")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""``Sequential``: an ordered stack of layers with named parameters.
+
+Layer names default to kind + position (``dense0``, ``relu1``, ``batchnorm2``...); parameters are keyed
+``"<layer>.<param>"`` in layer order.  ``dtype`` is ``float32`` (default) or ``float64``; ``seed`` fixes the
+initial weights and the dropout masks, so two runs with the same seed are identical bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from core.callbacks import LayerInfo
+from core.layers import Context, Dense, Layer, Params
+
+DTYPES = ("float32", "float64")
+
+
+class Sequential:
+    """A feed-forward network.
+
+    >>> import core
+    >>> net = core.Sequential([core.Dense(2, 8, init="he_normal"), core.ReLU(), core.Dense(8, 3)], seed=0)
+    >>> list(net.parameters())
+    ['dense0.weight', 'dense0.bias', 'dense2.weight', 'dense2.bias']
+    """
+
+    def __init__(self, layers: Iterable[Layer], seed: int | None = 0, dtype: str = "float32") -> None:
+        self.layers: list[Layer] = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential needs at least one layer")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        self.seed = seed
+        names: set[str] = set()
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not a core layer")
+            if layer.name is None:
+                layer.name = f"{layer.kind}{i}"
+            if layer.name in names:
+                raise ValueError(f"two layers are named {layer.name!r}; layer names must be unique")
+            if "." in layer.name:
+                raise ValueError(f"layer name {layer.name!r} must not contain '.'")
+            names.add(layer.name)
+        self._check_widths()
+        rng = np.random.default_rng(seed)
+        values: dict[str, np.ndarray] = {}
+        self._owner: dict[str, tuple[Layer, str]] = {}
+        for layer in self.layers:
+            for pname, value in layer.init_params(rng).items():
+                key = f"{layer.name}.{pname}"
+                values[key] = value
+                self._owner[key] = (layer, pname)
+        # all parameters live in one contiguous vector; parameters() hands out views of it, so an
+        # optimizer can update everything in one pass (see flat())
+        self._layout: list[tuple[str, int, int, tuple[int, ...]]] = []
+        offset = 0
+        for key, value in values.items():
+            self._layout.append((key, offset, offset + value.size, value.shape))
+            offset += value.size
+        self.size = offset
+        self._flat = np.empty(self.size, dtype=self.dtype)
+        self._params = self.views(self._flat)
+        for key, value in values.items():
+            self._params[key][...] = value
+        self.dropout_rng = np.random.default_rng(None if seed is None else [seed, 1])
+
+    def _check_widths(self) -> None:
+        width = None
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                if width is not None and layer.in_features != width:
+                    raise ValueError(f"{layer.name} expects {layer.in_features} inputs but the layer before "
+                                     f"gives {width}")
+                width = layer.out_features
+            elif getattr(layer, "num_features", None) is not None:
+                if width is not None and layer.num_features != width:
+                    raise ValueError(f"{layer.name} expects {layer.num_features} features but the layer "
+                                     f"before gives {width}")
+            if getattr(layer, "units", None) is None and width is not None:
+                layer.units = width
+
+    # -- parameters --------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Ordered ``{"dense0.weight": W, "dense0.bias": b, ...}``: the live arrays (updated in place)."""
+        return self._params
+
+    def flat(self) -> np.ndarray:
+        """All parameters as one contiguous vector of length ``size`` (the storage ``parameters()`` views)."""
+        return self._flat
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a vector of length ``size`` into arrays keyed and shaped like ``parameters()`` (views)."""
+        if flat.shape != (self.size,):
+            raise ValueError(f"expected a vector of length {self.size}, got shape {flat.shape}")
+        return {key: flat[start:stop].reshape(shape) for key, start, stop, shape in self._layout}
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers are {', '.join(l.name for l in self.layers)}")
+
+    @property
+    def n_inputs(self) -> int:
+        first = next((l for l in self.layers if isinstance(l, Dense)), None)
+        if first is None:
+            raise ValueError("the model has no Dense layer, so its input width is unknown")
+        return first.in_features
+
+    @property
+    def n_outputs(self) -> int:
+        last = next((l for l in reversed(self.layers) if isinstance(l, Dense)), None)
+        if last is None:
+            raise ValueError("the model has no Dense layer, so its output width is unknown")
+        return last.out_features
+
+    def layer_infos(self) -> tuple[LayerInfo, ...]:
+        return tuple(LayerInfo(name=l.name, kind=l.kind,
+                               params=tuple(k for k, (owner, _) in self._owner.items() if owner is l),
+                               units=l.units, activation=l.activation, init=getattr(l, "init", None))
+                     for l in self.layers)
+
+    def _split(self, params: Mapping[str, np.ndarray]) -> list[Params]:
+        per_layer: list[Params] = [{} for _ in self.layers]
+        index = {id(l): i for i, l in enumerate(self.layers)}
+        for key, (layer, pname) in self._owner.items():
+            per_layer[index[id(layer)]][pname] = params[key]
+        return per_layer
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and BatchNorm running statistics (copies), for checkpoints."""
+        out = {k: v.copy() for k, v in self._params.items()}
+        for layer in self.layers:
+            if hasattr(layer, "running_mean"):
+                out[f"{layer.name}.running_mean"] = layer.running_mean.copy()
+                out[f"{layer.name}.running_var"] = layer.running_var.copy()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        for key, arr in self._params.items():
+            if key not in state:
+                raise KeyError(f"checkpoint has no {key!r}")
+            if state[key].shape != arr.shape:
+                raise ValueError(f"checkpoint {key!r} has shape {state[key].shape}, model has {arr.shape}")
+            arr[...] = state[key]
+        for layer in self.layers:
+            if hasattr(layer, "running_mean"):
+                layer.running_mean = np.array(state[f"{layer.name}.running_mean"], dtype=float)
+                layer.running_var = np.array(state[f"{layer.name}.running_var"], dtype=float)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, ctx: Context | None = None, params: Mapping[str, np.ndarray] | None = None,
+                training: bool = True, record: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Output of shape ``(batch, n_outputs)``.  ``record``, when given, receives every layer's output
+        keyed by layer name."""
+        if ctx is None:
+            ctx = Context(training=training, rng=self.dropout_rng)
+        per_layer = self._split(self._params if params is None else params)
+        dtype = next(iter(per_layer[0].values())).dtype if per_layer[0] else self.dtype
+        h = np.asarray(x, dtype=dtype)
+        for i, (layer, p) in enumerate(zip(self.layers, per_layer)):
+            h = layer.forward(h, p, ctx)
+            if i == 0:
+                ctx.cache[layer.name]["first"] = True
+            if record is not None:
+                record[layer.name] = h
+        return h
+
+    def backward(self, g: np.ndarray, ctx: Context, params: Mapping[str, np.ndarray] | None = None,
+                 grads: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Parameter gradients keyed like ``parameters()``, given ``g = dL/d(output)``."""
+        per_layer = self._split(self._params if params is None else params)
+        layer_grads: dict[str, Params] = {}
+        if grads is not None:  # reuse the arrays of a previous call
+            for key, (layer, pname) in self._owner.items():
+                if key in grads:
+                    layer_grads.setdefault(layer.name, {})[pname] = grads[key]
+        for layer, p in zip(reversed(self.layers), reversed(per_layer)):
+            lg = layer_grads.setdefault(layer.name, {})
+            g = layer.backward(g, p, ctx, lg)
+        if grads is None:
+            return {key: layer_grads[layer.name][pname] for key, (layer, pname) in self._owner.items()}
+        for key, (layer, pname) in self._owner.items():
+            arr = layer_grads[layer.name][pname]
+            if key not in grads:
+                grads[key] = arr
+            elif arr is not grads[key]:  # the layer made a new array: copy it into the caller's storage
+                grads[key][...] = arr
+        return grads
+
+    def hvp(self, loss, x: np.ndarray, y: np.ndarray, params: Mapping[str, np.ndarray],
+            vec: Mapping[str, np.ndarray], ctx: Context) -> tuple[float, dict[str, np.ndarray],
+                                                                 dict[str, np.ndarray]]:
+        """Loss, gradient and exact Hessian-vector product ``H vec`` by the R-operator.
+
+        ``params`` and ``vec`` are keyed like ``parameters()``; all work is done in their dtype.
+        """
+        per_layer = self._split(params)
+        per_vec = self._split(vec)
+        z = self.forward(x, ctx=ctx, params=params)
+        value, g = loss(z, y)
+        dz = np.zeros_like(x, dtype=z.dtype)
+        for layer, p, v in zip(self.layers, per_layer, per_vec):
+            dz = layer.forward_dot(dz, p, v, ctx)
+        dg = loss.dot(z, y, dz)
+        layer_grads: dict[str, Params] = {}
+        layer_hv: dict[str, Params] = {}
+        for layer, p, v in zip(reversed(self.layers), reversed(per_layer), reversed(per_vec)):
+            lg = layer_grads.setdefault(layer.name, {})
+            lh = layer_hv.setdefault(layer.name, {})
+            ctx.cache[layer.name]["first"] = False
+            g_next = layer.backward(g, p, ctx, lg)
+            dg = layer.backward_dot(g, dg, p, v, ctx, lh)
+            g = g_next
+        grads = {key: layer_grads[l.name][pn] for key, (l, pn) in self._owner.items()}
+        hv = {key: layer_hv[l.name][pn] for key, (l, pn) in self._owner.items()}
+        return value, grads, hv
+
+    def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Outputs in eval mode (running BatchNorm statistics, no dropout), in chunks."""
+        outs = []
+        for start in range(0, max(len(x), 1), batch_size):
+            chunk = x[start:start + batch_size]
+            if len(chunk) == 0:
+                break
+            outs.append(self.forward(chunk, ctx=Context(training=False)).copy())
+        if not outs:
+            return np.zeros((0, self.n_outputs), dtype=self.dtype)
+        return np.concatenate(outs)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(l) for l in self.layers)
+        return f"Sequential([{inner}], dtype={self.dtype.name})"

@@ -1,0 +1,238 @@
+"""Findings, suggestions and the health report (JSON schema ``gradmon.report/1``).
+
+These are plain data: detectors create :class:`Finding`, advice attaches :class:`Suggestion`, the monitor
+assembles a :class:`HealthReport`, and the renderers in :mod:`gradmon.report` present it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA = "gradmon.report/1"
+
+#: Finding codes of the contract, with a one-line meaning (used in reports and errors).
+FINDING_CODES: dict[str, str] = {
+    "vanishing_gradients": "gradients shrink towards the input layers until early layers stop learning",
+    "exploding_gradients": "gradient norms grow large or spike, so updates overshoot",
+    "nonfinite_values": "NaN or Inf in the loss, gradients or activations",
+    "saturated_activations": "sigmoid or tanh units pinned near their asymptotes",
+    "dead_units": "ReLU units that output zero for every example of a batch",
+    "sharpness_above_stability": "top Hessian eigenvalue above 2/lr, where gradient descent cannot be stable",
+    "loss_divergence": "the loss grows instead of falling",
+    "loss_oscillation": "the loss swings up and down instead of falling",
+    "loss_plateau": "the loss stopped improving while it is still high",
+    "update_ratio": "updates far too small or too large for their weights",
+}
+
+#: Suggestion codes of the contract.
+SUGGESTION_CODES: tuple[str, ...] = (
+    "relu", "leaky_relu", "he_init", "xavier_init", "batchnorm", "gradient_clipping", "lower_lr",
+    "raise_lr", "adam", "shallower", "l2",
+)
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
+STATUSES: tuple[str, ...] = ("healthy", "warning", "error")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info, 1 for warning, 2 for error."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        raise ValueError(f"unknown severity {severity!r}; use one of {', '.join(SEVERITIES)}") from None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to strings ("nan", "inf", "-inf")."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _clean(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return str(value)
+
+
+@dataclass
+class Suggestion:
+    """A fix: a contract code, a sentence, and a spec patch that applies it."""
+
+    code: str
+    text: str
+    patch: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in SUGGESTION_CODES:
+            raise ValueError(f"unknown suggestion code {self.code!r}; use one of {', '.join(SUGGESTION_CODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "text": self.text, "patch": _clean(self.patch)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Suggestion":
+        return cls(code=d["code"], text=d.get("text", ""), patch=dict(d.get("patch") or {}))
+
+
+@dataclass
+class Finding:
+    """One judged problem, located by layer (or ``None`` for the whole model) and by step range."""
+
+    code: str
+    severity: str
+    layer: str | None
+    first_step: int
+    last_step: int
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    suggestions: list[Suggestion] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.code not in FINDING_CODES:
+            raise ValueError(f"unknown finding code {self.code!r}; use one of {', '.join(FINDING_CODES)}")
+        severity_rank(self.severity)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.code, self.layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code, "severity": self.severity, "layer": self.layer,
+            "first_step": int(self.first_step), "last_step": int(self.last_step),
+            "message": self.message, "evidence": _clean(self.evidence),
+            "suggestions": [s.to_dict() for s in self.suggestions],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
+        return cls(code=d["code"], severity=d["severity"], layer=d.get("layer"),
+                   first_step=int(d["first_step"]), last_step=int(d["last_step"]),
+                   message=d.get("message", ""), evidence=dict(d.get("evidence") or {}),
+                   suggestions=[Suggestion.from_dict(s) for s in d.get("suggestions") or []])
+
+
+def status_of(findings: list[Finding]) -> str:
+    """``error`` if any error finding, ``warning`` if any warning, else ``healthy`` (info never counts)."""
+    worst = max((severity_rank(f.severity) for f in findings), default=0)
+    return STATUSES[worst]
+
+
+@dataclass
+class HealthReport:
+    """The report of one run; ``to_dict()`` is exactly the ``gradmon.report/1`` schema.
+
+    ``layers`` holds per-layer summaries ``{"name", "grad_norm": {"first", "last", "median"}, ...}``;
+    ``curvature`` one dict per measurement (``step``, ``lambda_max``, ``trace``, ``hvps``...); ``loss`` one
+    dict per recorded step (``step``, ``train``).  ``ended`` says why the run stopped (``completed``,
+    ``nonfinite``, ``interrupted``, ``exception: ...``); ``extra`` carries optional sections such as the
+    doctor's trials.
+    """
+
+    spec: dict[str, Any]
+    steps: int
+    findings: list[Finding]
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    curvature: list[dict[str, Any]] = field(default_factory=list)
+    loss: list[dict[str, Any]] = field(default_factory=list)
+    ended: str = "completed"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return status_of(self.findings)
+
+    def worst(self, at_least: str = "info") -> list[Finding]:
+        """Findings of severity ``at_least`` or worse, errors first."""
+        floor = severity_rank(at_least)
+        chosen = [f for f in self.findings if severity_rank(f.severity) >= floor]
+        return sorted(chosen, key=lambda f: (-severity_rank(f.severity), f.first_step))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "schema": SCHEMA,
+            "spec": _clean(self.spec),
+            "status": self.status,
+            "steps": int(self.steps),
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": _clean(self.layers),
+            "curvature": _clean(self.curvature),
+            "loss": _clean(self.loss),
+            "ended": self.ended,
+        }
+        if self.extra:
+            out["extra"] = _clean(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HealthReport":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a gradmon report: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+        return cls(spec=dict(d.get("spec") or {}), steps=int(d.get("steps", 0)),
+                   findings=[Finding.from_dict(f) for f in d.get("findings") or []],
+                   layers=list(d.get("layers") or []), curvature=list(d.get("curvature") or []),
+                   loss=list(d.get("loss") or []), ended=d.get("ended", "completed"),
+                   extra=dict(d.get("extra") or {}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HealthReport":
+        """Read a ``report.json`` (or the ``report.json`` inside a run directory)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "report.json"
+        if not p.exists():
+            raise FileNotFoundError(f"no report at {p}: run `gradmon run SPEC --logdir DIR` first")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | os.PathLike, history: Any = None) -> Path:
+        """Write the report; the format follows the suffix: ``.json``, ``.md`` or ``.html``.
+
+        ``history`` (a :class:`gradmon.history.History`) adds the per-step plots to HTML and Markdown.
+        The file is written atomically (temp file + rename), so a reader never sees half a report.
+        """
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if suffix == ".json":
+            text = self.to_json()
+        elif suffix in (".md", ".markdown"):
+            from gradmon.report.markdown import render_markdown
+            text = render_markdown(self, history)
+        elif suffix in (".html", ".htm"):
+            from gradmon.report.html import render_html
+            text = render_html(self, history)
+        else:
+            raise ValueError(f"cannot tell the report format from {p.name!r}: use a .html, .md or .json suffix")
+        atomic_write_text(p, text)
+        return p
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,337 @@
+"""Optimizers against their formulas, initializers against their variances, BatchNorm/Dropout modes,
+the trainer's batch modes, determinism, and the hook protocol (order, read-only, no effect on training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import core
+from core.initializers import expected_variance
+from core.layers import Context
+
+
+# -- optimizers ---------------------------------------------------------------------------------------
+def _run_optimizer(opt, grads_seq, w0):
+    params = {"w": w0.copy()}
+    for g in grads_seq:
+        opt.step(params, {"w": g})
+    return params["w"]
+
+
+@pytest.fixture
+def grads_seq():
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=5) for _ in range(6)]
+
+
+def test_sgd_formula(grads_seq):
+    w0 = np.linspace(-1, 1, 5)
+    w = _run_optimizer(core.SGD(0.1), grads_seq, w0)
+    np.testing.assert_allclose(w, w0 - 0.1 * np.sum(grads_seq, axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_formula(grads_seq, nesterov):
+    w0 = np.linspace(-1, 1, 5)
+    w, v = w0.copy(), np.zeros(5)
+    for g in grads_seq:
+        v = 0.9 * v + g
+        w = w - 0.05 * ((g + 0.9 * v) if nesterov else v)
+    got = _run_optimizer(core.SGD(0.05, momentum=0.9, nesterov=nesterov), grads_seq, w0)
+    np.testing.assert_allclose(got, w, rtol=1e-12)
+
+
+def test_adagrad_formula(grads_seq):
+    w0 = np.ones(5)
+    w, G = w0.copy(), np.zeros(5)
+    for g in grads_seq:
+        G += g * g
+        w = w - 0.1 * g / (np.sqrt(G) + 1e-8)
+    np.testing.assert_allclose(_run_optimizer(core.AdaGrad(0.1), grads_seq, w0), w, rtol=1e-12)
+
+
+def test_rmsprop_formula(grads_seq):
+    w0 = np.ones(5)
+    w, s = w0.copy(), np.zeros(5)
+    for g in grads_seq:
+        s = 0.9 * s + 0.1 * g * g
+        w = w - 0.01 * g / (np.sqrt(s) + 1e-8)
+    np.testing.assert_allclose(_run_optimizer(core.RMSprop(0.01), grads_seq, w0), w, rtol=1e-12)
+
+
+def test_adam_formula(grads_seq):
+    w0 = np.ones(5)
+    w, m, v = w0.copy(), np.zeros(5), np.zeros(5)
+    for t, g in enumerate(grads_seq, start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(_run_optimizer(core.Adam(0.01), grads_seq, w0), w, rtol=1e-10)
+
+
+def test_optimizer_registry_and_errors():
+    assert isinstance(core.get_optimizer("momentum", lr=0.1), core.SGD)
+    assert core.get_optimizer("momentum", lr=0.1).momentum == 0.9
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'.*sgd"):
+        core.get_optimizer("adamw")
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        core.SGD(lr=-1)
+
+
+# -- clipping -------------------------------------------------------------------------------------------
+def test_clipping_is_pure_and_reports():
+    grads = {"a": np.array([3.0, 0.0]), "b": np.array([0.0, 4.0])}
+    clipped, info = core.clip_by_global_norm(grads, 1.0)
+    assert info["norm"] == pytest.approx(5.0) and info["coef"] == pytest.approx(0.2)
+    assert core.global_norm(clipped) == pytest.approx(1.0)
+    assert grads["a"][0] == 3.0  # input untouched
+    same, info = core.clip_by_global_norm(grads, 10.0)
+    assert same is grads and info["coef"] == 1.0
+    by_value, info = core.clip_by_value(grads, 2.0)
+    np.testing.assert_array_equal(by_value["b"], [0.0, 2.0])
+    assert info["clipped"] == 2
+
+
+# -- initializers -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["xavier_uniform", "xavier_normal", "he_uniform", "he_normal", "lecun_normal",
+                                  "normal", "uniform"])
+def test_initializer_variance(name):
+    rng = np.random.default_rng(0)
+    kw = {"std": 0.05} if name == "normal" else {"limit": 0.3} if name == "uniform" else {}
+    w = core.get_initializer(name)((400, 300), rng, **kw)
+    target = expected_variance(name, 400, 300, **kw)
+    assert abs(w.mean()) < 5 * np.sqrt(target / w.size)
+    assert w.var() == pytest.approx(target, rel=0.02)
+
+
+def test_dense_bias_init_and_unknown_init():
+    net = core.Sequential([core.Dense(3, 4, init="zeros", bias_init=0.5)], seed=0)
+    assert np.all(net.parameters()["dense0.bias"] == 0.5)
+    with pytest.raises(ValueError, match="unknown init 'glorot'"):
+        core.Dense(3, 4, init="glorot")
+
+
+# -- model structure --------------------------------------------------------------------------------------
+def test_names_parameters_and_dtype():
+    net = core.Sequential([core.Dense(2, 4), core.ReLU(), core.BatchNorm(4), core.Dropout(0.1), core.Dense(4, 3)])
+    assert [l.name for l in net.layers] == ["dense0", "relu1", "batchnorm2", "dropout3", "dense4"]
+    assert list(net.parameters()) == ["dense0.weight", "dense0.bias", "batchnorm2.gamma", "batchnorm2.beta",
+                                      "dense4.weight", "dense4.bias"]
+    assert net.parameters()["dense0.weight"].shape == (2, 4)
+    assert net.parameters()["dense0.weight"].dtype == np.float32
+    with pytest.raises(ValueError, match="unique"):
+        core.Sequential([core.Dense(2, 2, name="a"), core.Dense(2, 2, name="a")])
+    with pytest.raises(ValueError, match="dense1 expects 5 inputs"):
+        core.Sequential([core.Dense(2, 4), core.Dense(5, 3)])
+
+
+# -- BatchNorm and Dropout modes -----------------------------------------------------------------------------
+def test_batchnorm_train_and_eval():
+    bn = core.BatchNorm(3, momentum=0.5)
+    net = core.Sequential([core.Dense(2, 3), bn], seed=0, dtype="float64")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2)) * 3 + 1
+    ctx = Context(training=True, update_stats=True)
+    out = net.forward(X, ctx=ctx)
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(0), 1, rtol=1e-3)
+    h = X @ net.parameters()["dense0.weight"] + net.parameters()["dense0.bias"]
+    np.testing.assert_allclose(bn.running_mean, 0.5 * h.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, 0.5 + 0.5 * h.var(0, ddof=1), rtol=1e-12)
+    ev = net.predict(X)
+    expected = (h - bn.running_mean) / np.sqrt(bn.running_var + bn.eps)
+    np.testing.assert_allclose(ev, expected, rtol=1e-10)
+
+
+def test_dropout_train_and_eval():
+    net = core.Sequential([core.Dropout(0.25)], seed=0, dtype="float64")
+    X = np.ones((2000, 50))
+    out = net.forward(X, ctx=Context(training=True, rng=np.random.default_rng(0)))
+    kept = out != 0
+    assert kept.mean() == pytest.approx(0.75, abs=0.01)
+    np.testing.assert_allclose(out[kept], 1 / 0.75)          # inverted scaling
+    assert out.mean() == pytest.approx(1.0, abs=0.01)        # expectation preserved
+    np.testing.assert_array_equal(net.predict(X), X)          # identity in eval
+
+
+# -- the trainer -----------------------------------------------------------------------------------------------
+def _blobs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+    return X, y
+
+
+def _model(seed=0, dtype="float32"):
+    return core.Sequential([core.Dense(2, 16, init="he_normal"), core.ReLU(), core.Dropout(0.1),
+                            core.Dense(16, 2)], seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("batch_size,steps_per_epoch", [(None, 1), (32, 7), (1, 200)])
+def test_batch_modes(batch_size, steps_per_epoch):
+    X, y = _blobs()
+    seen = []
+
+    class Count(core.Callback):
+        def on_train_begin(self, run):
+            seen.append(run.batch_mode)
+
+        def on_after_backward(self, state):
+            seen.append(state.batch_size)
+
+    trainer = core.Trainer(_model(), optimizer=core.SGD(0.1), batch_size=batch_size, callbacks=[Count()],
+                           progress=False)
+    history = trainer.fit(X, y, epochs=2)
+    assert history["steps"] == 2 * steps_per_epoch
+    assert seen[0] == {None: "batch", 32: "mini-batch", 1: "stochastic"}[batch_size]
+    assert sum(seen[1:]) == 2 * len(X)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_training_reduces_loss_and_validates():
+    X, y = _blobs()
+    trainer = core.Trainer(_model(), optimizer=core.Adam(1e-2), batch_size=32, progress=False)
+    history = trainer.fit(X, y, epochs=15, validation=_blobs(100, seed=1))
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.9
+
+
+def test_same_seed_is_bitwise_reproducible():
+    X, y = _blobs()
+    finals = []
+    for _ in range(2):
+        net = _model(seed=3)
+        core.Trainer(net, optimizer=core.Adam(1e-2), batch_size=16, seed=3, progress=False).fit(X, y, epochs=3)
+        finals.append({k: v.copy() for k, v in net.parameters().items()})
+    for k in finals[0]:
+        assert np.array_equal(finals[0][k], finals[1][k])
+
+
+def test_bad_data_is_one_clear_error():
+    trainer = core.Trainer(_model(), progress=False)
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="NaN"):
+        Xn = X.copy(); Xn[3, 1] = np.nan
+        trainer.fit(Xn, y)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
+        trainer.fit(X, y + 1)
+    with pytest.raises(ValueError, match="empty"):
+        trainer.fit(X[:0], y[:0])
+    with pytest.raises(ValueError, match="3 features"):
+        trainer.fit(np.zeros((5, 3)), np.zeros(5, dtype=int))
+
+
+# -- hook protocol --------------------------------------------------------------------------------------------
+class Recorder(core.Callback):
+    def __init__(self):
+        self.events = []
+        self.activation_keys = None
+
+    def requests(self, step):
+        return {"activations"} if step % 2 == 0 else set()
+
+    def on_train_begin(self, run):
+        self.events.append("begin")
+        self.run = run
+
+    def on_after_backward(self, state):
+        self.events.append(("after_backward", state.step))
+        if state.activations is not None:
+            self.activation_keys = sorted(state.activations)
+            for arr in list(state.params.values()) + list(state.grads.values()):
+                with pytest.raises(ValueError):
+                    arr[...] = 0  # read-only
+        else:
+            assert state.step % 2 == 1
+
+    def on_step_end(self, state):
+        assert state.update is not None
+        self.events.append(("step_end", state.step))
+
+    def on_epoch_end(self, epoch, logs):
+        self.events.append(("epoch_end", epoch))
+
+    def on_train_end(self, logs):
+        self.events.append("end")
+
+
+def test_event_order_and_watching_changes_nothing():
+    X, y = _blobs(64)
+    base = _model(seed=1)
+    core.Trainer(base, optimizer=core.SGD(0.1, momentum=0.9), batch_size=32, progress=False).fit(X, y, epochs=2)
+    rec = Recorder()
+    watched = _model(seed=1)
+    core.Trainer(watched, optimizer=core.SGD(0.1, momentum=0.9), batch_size=32, callbacks=[rec],
+                 progress=False).fit(X, y, epochs=2)
+    expected = ["begin"]
+    step = 0
+    for epoch in range(2):
+        for _ in range(2):
+            expected += [("after_backward", step), ("step_end", step)]
+            step += 1
+        expected.append(("epoch_end", epoch))
+    expected.append("end")
+    assert rec.events == expected
+    assert rec.activation_keys == ["dense0", "dense3", "dropout2", "relu1"]
+    for k, v in base.parameters().items():
+        assert np.array_equal(v, watched.parameters()[k]), k
+    assert rec.run.optimizer == "momentum" and rec.run.hyperparams["momentum"] == 0.9
+
+
+def test_objective_regrads_the_batch_and_exception_hook():
+    X, y = _blobs(64)
+    checked = []
+
+    class Check(core.Callback):
+        def on_after_backward(self, state):
+            loss, grads = state.grad_fn(state.params)
+            assert loss == pytest.approx(state.loss, rel=1e-5)
+            for k in grads:
+                np.testing.assert_allclose(grads[k], state.grads[k], rtol=1e-3, atol=1e-5)
+            checked.append(state.step)
+            if state.step == 3:
+                raise RuntimeError("boom")
+
+        def on_exception(self, exc, state):
+            checked.append(("exception", str(exc), state.step))
+
+    trainer = core.Trainer(_model(), batch_size=16, callbacks=[Check()], progress=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(X, y, epochs=1)
+    assert checked == [0, 1, 2, 3, ("exception", "boom", 3)]
+
+
+def test_nonfinite_loss_stops_cleanly():
+    X, y = _blobs(64)
+    net = _model()
+    trainer = core.Trainer(net, optimizer=core.SGD(1e6), batch_size=64, progress=False)
+    history = trainer.fit(X * 1e3, y, epochs=50)
+    assert history["stopped"] is not None and "non-finite" in history["stopped"]
+    assert history["steps"] < 50
+
+
+# -- the vanishing gradient, from the lecture notes -------------------------------------------------------------
+def _first_last_ratio(act, init, depth=10):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 20))
+    y = rng.integers(0, 2, size=256)
+    layers = []
+    width = 20
+    for _ in range(depth):
+        layers += [core.Dense(width, 64, init=init), act()]
+        width = 64
+    layers.append(core.Dense(width, 2, init=init))
+    net = core.Sequential(layers, seed=0, dtype="float64")
+    _, grads = core.Trainer(net).loss_and_grad(X, y)
+    # the second and the last hidden Dense layers have the same (64, 64) shape
+    first = np.linalg.norm(grads["dense2.weight"])
+    last = np.linalg.norm(grads[f"dense{2 * depth - 2}.weight"])
+    return first / last
+
+
+def test_deep_sigmoid_vanishes_while_he_relu_does_not():
+    sig = _first_last_ratio(core.Sigmoid, "xavier_normal")
+    relu = _first_last_ratio(core.ReLU, "he_normal")
+    assert sig < 1e-3          # orders of magnitude below the last layer
+    assert 0.1 < relu < 10     # same order of magnitude
