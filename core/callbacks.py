@@ -38,7 +38,7 @@ class LayerInfo:
 
     ``kind`` is the lower-case class name (``dense``, ``relu``, ``batchnorm``...); ``params`` lists the
     keys of its parameters in ``model.parameters()``; ``activation`` is set on activation layers;
-    ``init`` on Dense layers; ``units`` is the output width.
+    ``init`` and ``bias_init`` on Dense layers; ``units`` is the output width.
     """
 
     name: str
@@ -47,6 +47,7 @@ class LayerInfo:
     units: int | None = None
     activation: str | None = None
     init: str | None = None
+    bias_init: float | None = None
 
 
 class Objective(Protocol):
@@ -116,7 +117,8 @@ class StepState:
     ``name``.  ``grads`` are the raw gradients of the loss (L2 term included) before clipping.
     ``update[k]`` is the change applied to ``params[k]`` (only in ``on_step_end``).  ``clip_coef`` is the
     factor the global norm clipping multiplied the gradient by (1.0 when no clipping happened).
-    ``objective`` re-evaluates this batch (same dropout masks and batch statistics).
+    ``objective`` re-evaluates this batch (same dropout masks and batch statistics).  ``masks[name]`` is
+    the boolean ``output > 0`` of rectifier layer ``name`` kept from the forward pass (with activations).
     """
 
     step: int
@@ -129,6 +131,7 @@ class StepState:
     activations: Arrays | None = None
     preactivations: Arrays | None = None
     objective: Objective | None = None
+    masks: Arrays | None = None
     update: Arrays | None = None
     clip_coef: float = 1.0
     extras: dict[str, Any] = field(default_factory=dict)
@@ -166,7 +169,8 @@ class Callback:
         pass
 
     def should_stop(self) -> str | None:
-        """A reason to stop training now, or ``None`` to go on."""
+        """A reason to stop training now, or ``None`` to go on.  Asked before each update (after
+        ``on_after_backward``, so the step is not applied) and after each step."""
         return None
 
 

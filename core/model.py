@@ -121,7 +121,8 @@ class Sequential:
     def layer_infos(self) -> tuple[LayerInfo, ...]:
         return tuple(LayerInfo(name=l.name, kind=l.kind,
                                params=tuple(k for k, (owner, _) in self._owner.items() if owner is l),
-                               units=l.units, activation=l.activation, init=getattr(l, "init", None))
+                               units=l.units, activation=l.activation, init=getattr(l, "init", None),
+                               bias_init=getattr(l, "bias_init", None))
                      for l in self.layers)
 
     def _split(self, params: Mapping[str, np.ndarray]) -> list[Params]:

@@ -98,6 +98,7 @@ class Trainer:
         # gradients live in one vector, like the parameters: one pass for norms, clipping and updates
         self._gflat = np.zeros(model.size, dtype=model.dtype)
         self._grads = model.views(self._gflat)
+        self._ro_params = self._ro_grads = self._ro_updates = None
         self._weights = [k for k in model.parameters() if k.endswith(".weight")]
 
     # -- one evaluation ------------------------------------------------------------------------------
@@ -191,6 +192,8 @@ class Trainer:
             if classify:
                 history["val_accuracy"] = []
         params, pflat = model.parameters(), model.flat()
+        # read-only views of persistent storage are made once (the arrays behind them change in place)
+        self._ro_params, self._ro_grads, self._ro_updates = readonly(params), readonly(self._grads), None
         bar = self._progress_bar(run.total_steps)
         state: StepState | None = None
         cbs.on_train_begin(run)
@@ -207,19 +210,25 @@ class Trainer:
                     if classify:
                         correct += int(np.sum(loss.predictions(z) == yb))
                     gflat = self._gflat
-                    if cbs or self.clip_norm is not None:
+                    norm = None
+                    if self.clip_norm is not None:
                         with np.errstate(over="ignore", invalid="ignore"):
                             norm = math.sqrt(float(np.dot(gflat, gflat)))
-                    else:  # a non-finite gradient makes the next loss non-finite too
-                        norm = 0.0
-                    finite = math.isfinite(value) and math.isfinite(norm)
+                    # without clipping the norm is left to callbacks: a non-finite gradient makes the next
+                    # loss non-finite too, which stops training one step later
+                    finite = math.isfinite(value) and (norm is None or math.isfinite(norm))
                     if cbs:
                         state = self._state(epoch, value, len(idx), params, grads, record, xb, yb)
-                        state.extras["grad_norm"] = norm
+                        if norm is not None:
+                            state.extras["grad_norm"] = norm
                         cbs.on_after_backward(state)
                     if not finite and self.stop_on_nonfinite:
                         history["stopped"] = (f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} "
                                               f"at step {self.step}")
+                        break
+                    reason = cbs.should_stop() if cbs else None
+                    if reason:  # before the update: a callback saw something this step must not apply
+                        history["stopped"] = reason
                         break
                     applied, info = {"all": gflat}, {"coef": 1.0}
                     if self.clip_norm is not None:
@@ -230,7 +239,10 @@ class Trainer:
                     loss_sum += value * len(idx)
                     seen += len(idx)
                     if cbs and state is not None:
-                        state.update = readonly(model.views(updates["all"]))
+                        flat_update = updates["all"]
+                        if self._ro_updates is None or self._ro_updates[0] is not flat_update:
+                            self._ro_updates = (flat_update, readonly(model.views(flat_update)))
+                        state.update = self._ro_updates[1]
                         state.clip_coef = float(info["coef"])
                         cbs.on_step_end(state)
                     self.step += 1
@@ -270,20 +282,19 @@ class Trainer:
 
     def _state(self, epoch: int, value: float, batch: int, params: dict, grads: dict,
                record: dict | None, xb: np.ndarray, yb: np.ndarray) -> StepState:
-        activations = preacts = None
+        activations = preacts = masks = None
         if record is not None:
             activations = readonly(record)
-            preacts = {}
             layers = self.model.layers
-            for i, layer in enumerate(layers):
-                if layer.activation is not None and i > 0:
-                    preacts[layer.name] = record[layers[i - 1].name]
-            preacts = readonly(preacts)
-        masks = {k: m.copy() for k, m in self._ctx.masks.items()}
-        objective = BatchObjective(self.model, self.loss, xb, yb, l2=self.l2, masks=masks)
-        return StepState(step=self.step, epoch=epoch, loss=value, batch_size=batch, params=readonly(params),
-                         grads=readonly(grads), lr=self.optimizer.lr, activations=activations,
-                         preactivations=preacts, objective=objective)
+            preacts = readonly({l.name: record[layers[i - 1].name] for i, l in enumerate(layers)
+                                if l.activation is not None and i > 0})
+            masks = readonly({l.name: self._ctx.cache[l.name]["mask"] for l in layers
+                              if l.activation in ("relu", "leaky_relu")})
+        masks_dropout = {k: m.copy() for k, m in self._ctx.masks.items()}
+        objective = BatchObjective(self.model, self.loss, xb, yb, l2=self.l2, masks=masks_dropout)
+        return StepState(step=self.step, epoch=epoch, loss=value, batch_size=batch, params=self._ro_params,
+                         grads=self._ro_grads, lr=self.optimizer.lr, activations=activations,
+                         preactivations=preacts, objective=objective, masks=masks)
 
     def _progress_bar(self, total: int):
         show = self.progress if self.progress is not None else sys.stderr.isatty()

@@ -149,3 +149,55 @@ class History:
                 if f"layer/{k}" in data:
                     h._layers[k][:n] = data[f"layer/{k}"]
         return h
+
+
+class Window:
+    """The most recent ``size`` records at full resolution (a ring buffer), for detectors.
+
+    Same quantities as :class:`History`; ``scalar(name)`` is ``(n,)`` and ``layer(name)`` is
+    ``(n, n_layers)``, oldest first, ``n <= size``.
+    """
+
+    def __init__(self, layer_names: Iterable[str], size: int = 200) -> None:
+        if size < 2:
+            raise ValueError(f"window size must be >= 2, got {size}")
+        self.layer_names = list(layer_names)
+        self.size = int(size)
+        self._i = 0
+        self._n = 0
+        self._steps = np.zeros(size, dtype=np.int64)
+        self._scalars = {k: np.full(size, np.nan) for k in SCALARS}
+        self._layers = {k: np.full((size, len(self.layer_names)), np.nan) for k in LAYER_QUANTITIES}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> None:
+        i = self._i
+        self._steps[i] = step
+        for k, buf in self._scalars.items():
+            buf[i] = float(scalars.get(k, np.nan))
+        for k, buf in self._layers.items():
+            if k in layers:
+                buf[i] = layers[k]
+            else:
+                buf[i] = np.nan
+        self._i = (i + 1) % self.size
+        self._n = min(self._n + 1, self.size)
+
+    def _order(self) -> np.ndarray:
+        if self._n < self.size:
+            return np.arange(self._n)
+        return (np.arange(self.size) + self._i) % self.size
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._steps[self._order()]
+
+    def scalar(self, name: str, last: int | None = None) -> np.ndarray:
+        out = self._scalars[name][self._order()]
+        return out if last is None else out[-last:]
+
+    def layer(self, name: str, last: int | None = None) -> np.ndarray:
+        out = self._layers[name][self._order()]
+        return out if last is None else out[-last:]

@@ -1,0 +1,5 @@
+import sys
+
+from gradmon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,249 @@
+"""Advice: a table of rules mapping a finding and the run's context to suggestions with spec patches.
+
+Each rule is ``(finding code, condition on the context, suggestion builder)``; :func:`advise` returns the
+suggestions of every rule that applies, in table order (most direct fix first), without duplicates.  A
+suggestion's ``patch`` is a set of spec keys; applying it to the run's spec gives the run that tests the
+fix (``gradmon doctor`` does exactly that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from core.activations import SATURATING
+from gradmon.findings import Finding, Suggestion
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rules may look at, read from the run (and its spec when there is one)."""
+
+    activation: str | None
+    init: str | None
+    optimizer: str
+    lr: float
+    momentum: float = 0.0
+    clip_norm: float | None = None
+    depth: int = 1                       # hidden layers
+    batchnorm: bool = False
+    bias_init: float = 0.0
+    hidden: tuple[int, ...] = ()
+    l2: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: Any, units: list | None = None) -> "Context":
+        spec = dict(run.spec or {})
+        model = spec.get("model", {})
+        train = spec.get("train", {})
+        hidden_units = [u for u in (units or [])][:-1]
+        acts = [u.activation for u in hidden_units if u.activation]
+        inits = [u.init for u in (units or []) if u.init]
+        return cls(activation=model.get("activation") or (acts[0] if acts else None),
+                   init=model.get("init") or (inits[0] if inits else None),
+                   optimizer=run.optimizer, lr=run.lr,
+                   momentum=float(run.hyperparams.get("momentum", 0.0)),
+                   clip_norm=run.clip_norm, depth=len(hidden_units),
+                   batchnorm=bool(model.get("batchnorm", any(u.batchnorm for u in hidden_units))),
+                   bias_init=float(model.get("bias_init", next((u.bias_init for u in hidden_units
+                                                                  if u.bias_init is not None), 0.0))),
+                   hidden=tuple(model.get("hidden", [u.units for u in hidden_units])),
+                   l2=float(train.get("l2", run.l2)))
+
+
+def _round(x: float) -> float:
+    """Two significant digits: patches carry readable numbers."""
+    return float(f"{x:.2g}")
+
+
+def _lr_patch(ctx: Context, factor: float) -> dict[str, Any]:
+    return {"train.lr": _round(ctx.lr * factor)}
+
+
+# -- suggestion builders ------------------------------------------------------------------------------------
+def relu(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("relu", f"Use ReLU with He initialization: its derivative is 1 for active units, so the "
+                              f"gradient keeps its size through depth ({ctx.activation} shrinks it).",
+                      {"model.activation": "relu", "model.init": "he_normal"})
+
+
+def leaky_relu(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("leaky_relu", "Use LeakyReLU: a small negative slope keeps a gradient flowing through "
+                                    "units that would otherwise die.",
+                      {"model.activation": "leaky_relu", "model.init": "he_normal"})
+
+
+def he_init(ctx: Context, f: Finding) -> Suggestion:
+    patch: dict[str, Any] = {"model.init": "he_normal"}
+    text = "Initialise with He (variance 2/fan_in), which keeps the signal's scale through ReLU layers"
+    if ctx.bias_init < 0:
+        patch["model.bias_init"] = 0.0
+        text += f", and start biases at 0 instead of {ctx.bias_init:g}, which switches units off"
+    return Suggestion("he_init", text + ".", patch)
+
+
+def xavier_init(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("xavier_init", "Initialise with Xavier (variance 2/(fan_in+fan_out)) so pre-activations "
+                                     "stay in the responsive range of tanh/sigmoid.",
+                      {"model.init": "xavier_normal"})
+
+
+def batchnorm(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("batchnorm", "Add batch normalization after each hidden layer: it re-centres and "
+                                   "re-scales pre-activations at every step, whatever the depth.",
+                      {"model.batchnorm": True})
+
+
+def gradient_clipping(ctx: Context, f: Finding) -> Suggestion:
+    value = f.evidence.get("suggested_clip_norm")
+    if not isinstance(value, (int, float)) or not value > 0:
+        value = 1.0
+    value = _round(float(value))
+    return Suggestion("gradient_clipping", f"Clip the global gradient norm at {value:g}, the typical norm "
+                                           f"observed before the spikes, so one bad batch cannot throw the "
+                                           f"weights away.", {"train.clip_norm": value})
+
+
+def lower_lr(ctx: Context, f: Finding) -> Suggestion:
+    suggested = f.evidence.get("suggested_lr")
+    if isinstance(suggested, (int, float)) and 0 < suggested < ctx.lr and "max_stable_lr" in f.evidence:
+        lr = _round(float(suggested))
+        why = (f"below the largest stable one, {f.evidence['max_stable_lr']:.2g}, set by the curvature "
+               f"(λmax = {f.evidence['lambda_max']:.3g})")
+    else:
+        lr = _round(ctx.lr / 10)
+        why = "a tenth of the current one"
+    return Suggestion("lower_lr", f"Lower the learning rate from {ctx.lr:g} to {lr:g}, {why}.", {"train.lr": lr})
+
+
+def raise_lr(ctx: Context, f: Finding) -> Suggestion:
+    lr = _round(ctx.lr * 10)
+    return Suggestion("raise_lr", f"Raise the learning rate from {ctx.lr:g} to {lr:g}: updates are too small to "
+                                  f"make progress.", {"train.lr": lr})
+
+
+def adam(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("adam", "Switch to Adam (lr 1e-3): per-parameter step sizes adapt to the gradient's scale "
+                              "in each layer.", {"train.optimizer": "adam", "train.lr": 0.001})
+
+
+def shallower(ctx: Context, f: Finding) -> Suggestion:
+    keep = max(2, ctx.depth // 2)
+    hidden = list(ctx.hidden[:keep]) if ctx.hidden else [64] * keep
+    return Suggestion("shallower", f"Use {keep} hidden layers instead of {ctx.depth}: fewer layers for the "
+                                   f"gradient to shrink through.", {"model.hidden": hidden})
+
+
+def l2(ctx: Context, f: Finding) -> Suggestion:
+    return Suggestion("l2", "Add L2 weight decay (1e-4) so weights cannot grow without bound.", {"train.l2": 1e-4})
+
+
+# -- conditions ---------------------------------------------------------------------------------------------
+def saturating(ctx: Context, f: Finding) -> bool:
+    return ctx.activation in SATURATING
+
+
+def rectified(ctx: Context, f: Finding) -> bool:
+    return ctx.activation in ("relu", "leaky_relu", "elu")
+
+
+def not_he(ctx: Context, f: Finding) -> bool:
+    return rectified(ctx, f) and ctx.init not in ("he_normal", "he_uniform")
+
+
+def not_xavier(ctx: Context, f: Finding) -> bool:
+    return saturating(ctx, f) and ctx.init not in ("xavier_normal", "xavier_uniform", "lecun_normal")
+
+
+def no_batchnorm(ctx: Context, f: Finding) -> bool:
+    return not ctx.batchnorm
+
+
+def deep(ctx: Context, f: Finding) -> bool:
+    return ctx.depth > 4
+
+
+def not_clipping(ctx: Context, f: Finding) -> bool:
+    return not ctx.clip_norm
+
+
+def plain_sgd(ctx: Context, f: Finding) -> bool:
+    return ctx.optimizer in ("sgd", "momentum")
+
+
+def dead_relu(ctx: Context, f: Finding) -> bool:
+    return ctx.activation == "relu"
+
+
+def negative_bias(ctx: Context, f: Finding) -> bool:
+    return ctx.bias_init < 0
+
+
+def too_large(ctx: Context, f: Finding) -> bool:
+    return f.evidence.get("direction") == "too_large"
+
+
+def too_small(ctx: Context, f: Finding) -> bool:
+    return f.evidence.get("direction") == "too_small"
+
+
+def always(ctx: Context, f: Finding) -> bool:
+    return True
+
+
+def not_adam(ctx: Context, f: Finding) -> bool:
+    return ctx.optimizer != "adam"
+
+
+Rule = tuple[str, Callable[[Context, Finding], bool], Callable[[Context, Finding], Suggestion]]
+
+#: finding code x condition -> suggestion, most direct fix first
+RULES: list[Rule] = [
+    ("vanishing_gradients", saturating, relu),
+    ("vanishing_gradients", not_he, he_init),
+    ("vanishing_gradients", no_batchnorm, batchnorm),
+    ("vanishing_gradients", deep, shallower),
+    ("vanishing_gradients", not_adam, adam),
+    ("exploding_gradients", not_clipping, gradient_clipping),
+    ("exploding_gradients", always, lower_lr),
+    ("exploding_gradients", not_he, he_init),
+    ("exploding_gradients", not_xavier, xavier_init),
+    ("exploding_gradients", no_batchnorm, batchnorm),
+    ("nonfinite_values", always, lower_lr),
+    ("nonfinite_values", not_clipping, gradient_clipping),
+    ("saturated_activations", saturating, relu),
+    ("saturated_activations", not_xavier, xavier_init),
+    ("saturated_activations", no_batchnorm, batchnorm),
+    ("dead_units", negative_bias, he_init),
+    ("dead_units", dead_relu, leaky_relu),
+    ("dead_units", always, lower_lr),
+    ("dead_units", not_he, he_init),
+    ("sharpness_above_stability", always, lower_lr),
+    ("sharpness_above_stability", plain_sgd, adam),
+    ("loss_divergence", always, lower_lr),
+    ("loss_divergence", not_clipping, gradient_clipping),
+    ("loss_oscillation", always, lower_lr),
+    ("loss_oscillation", not_adam, adam),
+    ("loss_plateau", saturating, relu),
+    ("loss_plateau", not_adam, adam),
+    ("loss_plateau", plain_sgd, raise_lr),
+    ("update_ratio", too_large, lower_lr),
+    ("update_ratio", too_small, raise_lr),
+    ("update_ratio", too_small, adam),
+]
+
+
+def advise(finding: Finding, ctx: Context) -> list[Suggestion]:
+    """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique."""
+    out: list[Suggestion] = []
+    seen: set[str] = set()
+    for code, applies, build in RULES:
+        if code != finding.code or not applies(ctx, finding):
+            continue
+        suggestion = build(ctx, finding)
+        if suggestion.code in seen:
+            continue
+        seen.add(suggestion.code)
+        out.append(suggestion)
+    return out

@@ -1,0 +1,240 @@
+"""The ``gradmon`` command line: run, check, report, doctor, tune, demo.
+
+Bad input (a missing file, an unknown key, a wrong type, an impossible value) gives one line on stderr
+naming the problem and exit code 2, never a traceback.
+
+    gradmon demo                                   # a pathology and its fix, side by side
+    gradmon run examples/specs/moons.toml --set train.lr=0.5
+    gradmon check runs/moons-20261124-101500 --fail-on warning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _load_spec(source: str | os.PathLike, overrides: Sequence[str]) -> dict[str, Any]:
+    from core.spec import load_spec
+
+    return load_spec(source, overrides)
+
+
+def _print(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from gradmon.run import default_logdir, run_spec
+
+    spec = _load_spec(args.spec, args.set)
+    logdir = Path(args.logdir) if args.logdir else default_logdir(spec)
+    result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet)
+    _print(f"report:      {logdir / 'report.html'}")
+    _print(f"tensorboard: tensorboard --logdir {logdir}")
+    _print(f"status:      {result.report.status} ({len(result.report.findings)} findings, "
+           f"final loss {result.final_loss:.4g})")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gradmon.findings import HealthReport
+    from gradmon.report.text import exit_code, render_check
+
+    report = HealthReport.load(_run_dir(args.dir))
+    sys.stdout.write(render_check(report, args.format, args.fail_on).rstrip("\n") + "\n")
+    return exit_code(report, args.fail_on)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gradmon.findings import HealthReport
+    from gradmon.history import History
+
+    run_dir = _run_dir(args.dir)
+    report = HealthReport.load(run_dir)
+    history = History.load(run_dir / "history.npz") if (run_dir / "history.npz").exists() else None
+    out = Path(args.output) if args.output else run_dir / "report.html"
+    report.save(out, history=history)
+    _print(str(out))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gradmon.doctor import doctor, render_doctor
+
+    spec = _load_spec(args.spec, args.set)
+    result = doctor(spec, budget_steps=args.budget_steps, workers=args.workers, progress=_progress(args),
+                    logdir=args.logdir)
+    if args.format == "json":
+        _print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print(render_doctor(result))
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from core.tune import parse_grid, search
+    from gradmon.doctor import health_trial, render_leaderboard
+
+    spec = _load_spec(args.spec, args.set)
+    grid = parse_grid(args.grid)
+    trials = search(spec, grid, trial=health_trial(budget_steps=args.budget_steps), mode=args.mode,
+                    n_trials=args.n_trials, seed=args.seed, progress=_progress(args))
+    if args.format == "json":
+        _print(json.dumps([t.to_dict() for t in trials], indent=2))
+    else:
+        _print(render_leaderboard(trials))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core.spec import apply_patch, load_spec
+    from gradmon.run import default_logdir, run_spec
+    from gradmon.scenarios import FIXES, SCENARIOS, scenario_text
+
+    if args.scenario is not None and args.scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {args.scenario!r}; use one of {', '.join(SCENARIOS)}")
+    name = args.scenario or "vanishing"
+    import tomllib
+
+    spec = load_spec(tomllib.loads(scenario_text(name)), args.set)
+    root = Path(args.logdir) if args.logdir else default_logdir({"name": f"demo-{name}"})
+    runs = [(name, spec)]
+    if args.scenario is None and name in FIXES:
+        runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name])))
+    _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if len(runs) > 1 else ""))
+    results = []
+    for label, s in runs:
+        patch = FIXES[name] if label.endswith("-fixed") else {}
+        _print(f"\n== {label}" + (f"  ({' '.join(f'--set {k}={v}' for k, v in patch.items())})" if patch else ""))
+        logdir = root / label if len(runs) > 1 else root
+        results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
+    _print("")
+    _print(f"{'run':<22} {'status':<8} {'final loss':>10} {'accuracy':>9}  findings")
+    for label, _, r in results:
+        acc = r.final_accuracy
+        codes = ", ".join(sorted({f.code for f in r.report.findings if f.severity != "info"})) or "-"
+        _print(f"{label:<22} {r.report.status:<8} {r.final_loss:>10.4g} "
+               f"{(f'{acc:.1%}' if acc is not None else '-'):>9}  {codes}")
+    _print("")
+    for label, logdir, _ in results:
+        _print(f"report ({label}): {logdir / 'report.html'}")
+    _print(f"open the dashboards: tensorboard --logdir {root}   (then http://localhost:6006, tab CUSTOM SCALARS)")
+    _print(f"gate a CI job on it:  gradmon check {results[0][1]} --fail-on warning")
+    return EXIT_OK
+
+
+# -- plumbing -------------------------------------------------------------------------------------------------
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "no_progress", False) or getattr(args, "quiet", False) else None
+
+
+def _run_dir(path: str) -> Path:
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        return p.parent
+    if not p.exists():
+        raise UsageError(f"no such run directory: {path}")
+    if not (p / "report.json").exists():
+        raise UsageError(f"{path} has no report.json: is it a gradmon run directory?")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradmon", description="A diagnostic training monitor for neural networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or finding lines")
+
+    p = sub.add_parser("run", help="train a spec with the monitor")
+    p.add_argument("spec", help="a TOML or JSON run spec")
+    p.add_argument("--logdir", help="where events and reports go (default runs/<name>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="print the findings of a finished run; exit 1 at --fail-on")
+    p.add_argument("dir", help="a run directory (with report.json)")
+    p.add_argument("--fail-on", choices=("info", "warning", "error"), default="error")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="(re)write the health report of a run")
+    p.add_argument("dir", help="a run directory (with report.json)")
+    p.add_argument("-o", "--output", help="output file: .html (default), .md or .json")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="try the suggested fixes in short trials and rank them")
+    p.add_argument("spec")
+    p.add_argument("--budget-steps", type=int, default=300, help="steps per trial (default 300)")
+    p.add_argument("--workers", type=int, default=None, help="parallel trial processes (default: cores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--logdir", help="also write each trial's events and reports under this directory")
+    common(p)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("tune", help="grid or random search with health-aware pruning")
+    p.add_argument("spec")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True)
+    p.add_argument("--mode", choices=("grid", "random"), default="grid")
+    p.add_argument("--n-trials", type=int, default=None, help="random search: number of trials")
+    p.add_argument("--budget-steps", type=int, default=None, help="cut each trial at this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    common(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("demo", help="run a built-in scenario (default: a pathology and its fix)")
+    p.add_argument("scenario", nargs="?", help="vanishing, exploding, dead-relu, saturation, sharpness, healthy")
+    p.add_argument("--logdir", help="where the runs go (default runs/demo-<scenario>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"gradmon: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, ImportError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"gradmon: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"gradmon: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gradmon: interrupted; the partial run's report.json and event files were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Saturated activations (sigmoid/tanh) and dead units (ReLU), per layer over the recent window."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradmon.detectors.base import Detector, JudgeContext, Observation, column_medians, sig
+
+
+class SaturatedActivations(Detector):
+    codes = ("saturated_activations",)
+    warn_fraction = 0.6     # median fraction of entries near an asymptote
+    error_fraction = 0.95
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        sat = column_medians(ctx.window.layer("saturation", last=50))
+        means = column_medians(ctx.window.layer("act_mean", last=50))
+        stds = column_medians(ctx.window.layer("act_std", last=50))
+        out = []
+        for unit, frac in zip(ctx.units, sat):
+            if not np.isfinite(frac) or frac < self.warn_fraction:
+                continue
+            severity = "error" if frac >= self.error_fraction else "warning"
+            message = (f"{frac:.0%} of {unit.name}'s {unit.activation} outputs sit at an asymptote, where the "
+                       f"derivative is ~0: those units barely learn and block the gradient to earlier layers.")
+            evidence = {"saturation": sig(float(frac)), "activation": unit.activation, "init": unit.init,
+                        "act_mean": sig(float(means[unit.index])), "act_std": sig(float(stds[unit.index]))}
+            out.append(Observation("saturated_activations", unit.name, severity, message, evidence))
+        return out
+
+
+class DeadUnits(Detector):
+    codes = ("dead_units",)
+    min_records = 10
+    warn_fraction = 0.5     # median fraction of units silent for a whole batch
+    error_fraction = 0.9
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        dead = column_medians(ctx.window.layer("dead_fraction", last=50))
+        out = []
+        for unit, frac in zip(ctx.units, dead):
+            if not np.isfinite(frac) or frac < self.warn_fraction:
+                continue
+            severity = "error" if frac >= self.error_fraction else "warning"
+            n = f" ({round(frac * unit.units)} of {unit.units})" if unit.units else ""
+            message = (f"{frac:.0%} of {unit.name}'s ReLU units{n} output zero for every example of a batch: "
+                       f"they get no gradient and cannot recover; a large step or a negative bias pushed them "
+                       f"off.")
+            out.append(Observation("dead_units", unit.name, severity, message,
+                                   {"dead_fraction": sig(float(frac)), "units": unit.units,
+                                    "lr": sig(ctx.run.lr), "optimizer": ctx.run.optimizer}))
+        return out

@@ -1,0 +1,180 @@
+"""Detector base: observations judged over windows, and the hysteresis that turns them into findings.
+
+A detector looks at a :class:`JudgeContext` (the recent window of records and what is known about the run)
+and returns the conditions that hold *now*, as :class:`Observation` objects.  The :class:`FindingTracker`
+opens a finding only after a condition held for ``open_after`` consecutive judgments and closes it after
+``close_after`` judgments without it, so a finding opens and closes rather than firing every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from core.callbacks import RunInfo
+from gradmon.findings import Finding, severity_rank
+from gradmon.history import Window
+from gradmon.layout import Unit
+
+
+@dataclass
+class Observation:
+    """A condition that holds at the current judgment."""
+
+    code: str
+    layer: str | None
+    severity: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    open_after: int | None = None  # overrides the tracker's default (1 = open at once)
+
+
+@dataclass
+class JudgeContext:
+    """What detectors may read.  ``window`` holds recent records (oldest first); ``initial_loss`` is the
+    median loss of the first records; ``best_loss`` the lowest smoothed loss so far; ``sizes`` the number
+    of weights per unit; ``curvature`` the curvature measurements so far (dicts)."""
+
+    step: int
+    window: Window
+    units: Sequence[Unit]
+    run: RunInfo
+    initial_loss: float
+    best_loss: float
+    initial_grad_norm: float
+    sizes: np.ndarray
+    curvature: Sequence[Mapping[str, Any]] = ()
+
+    @property
+    def depth(self) -> int:
+        return len(self.units)
+
+    def unit_names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+
+class Detector:
+    """Base class: override ``judge``; ``codes`` lists the finding codes a detector can emit."""
+
+    codes: tuple[str, ...] = ()
+    #: records the window must hold before this detector judges
+    min_records: int = 20
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        raise NotImplementedError
+
+
+def finite(x: np.ndarray) -> np.ndarray:
+    return x[np.isfinite(x)]
+
+
+def column_medians(data: np.ndarray) -> np.ndarray:
+    """Median of each column over its finite entries (NaN for an all-NaN column). ``(n, k) -> (k,)``"""
+    ordered = np.sort(np.where(np.isfinite(data), data, np.inf), axis=0)  # non-finite sort last
+    count = np.isfinite(data).sum(axis=0)
+    out = np.full(data.shape[1], np.nan)
+    for j in np.flatnonzero(count):
+        n = count[j]
+        out[j] = 0.5 * (ordered[(n - 1) // 2, j] + ordered[n // 2, j])
+    return out
+
+
+def smoothed(x: np.ndarray, k: int = 5) -> float:
+    """Median of the last ``k`` finite values (NaN if none)."""
+    tail = finite(x)[-k:]
+    return float(np.median(tail)) if tail.size else float("nan")
+
+
+def sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits (for messages and evidence)."""
+    if not np.isfinite(x) or x == 0:
+        return float(x)
+    return float(f"{x:.{digits}g}")
+
+
+class FindingTracker:
+    """Hysteresis over observations: opens, updates and closes :class:`Finding` objects.
+
+    ``on_open(finding)`` is called once when a finding opens (sinks print and log it there).
+    """
+
+    def __init__(self, open_after: int = 3, close_after: int = 5,
+                 on_open: Callable[[Finding], None] | None = None) -> None:
+        if open_after < 1 or close_after < 1:
+            raise ValueError("open_after and close_after must be >= 1")
+        self.open_after = open_after
+        self.close_after = close_after
+        self.on_open = on_open
+        self.findings: list[Finding] = []           # every finding ever opened, in order
+        self._open: dict[tuple[str, str | None], Finding] = {}
+        self._closed: dict[tuple[str, str | None], Finding] = {}
+        self._streak: dict[tuple[str, str | None], tuple[int, int]] = {}  # key -> (count, first step)
+        self._quiet: dict[tuple[str, str | None], int] = {}
+
+    def update(self, step: int, observations: Sequence[Observation], judged_codes: Sequence[str],
+               final: bool = False) -> list[Finding]:
+        """Feed one judgment; ``judged_codes`` are the codes whose detectors ran.  Returns newly opened.
+
+        ``final`` marks the last judgment of a run: a condition that held on the last two judgments opens
+        even if a run this short never gave it ``open_after`` of them.
+        """
+        opened: list[Finding] = []
+        seen = set()
+        for obs in observations:
+            key = (obs.code, obs.layer)
+            seen.add(key)
+            self._quiet.pop(key, None)
+            current = self._open.get(key)
+            if current is not None:
+                current.last_step = step
+                current.message = obs.message
+                current.evidence = obs.evidence
+                if severity_rank(obs.severity) > severity_rank(current.severity):
+                    current.severity = obs.severity
+                continue
+            count, first = self._streak.get(key, (0, step))
+            count += 1
+            self._streak[key] = (count, first)
+            need = obs.open_after if obs.open_after is not None else self.open_after
+            if final:
+                need = min(need, 2)
+            if count >= need:
+                self._streak.pop(key, None)
+                earlier = self._closed.pop(key, None)
+                if earlier is not None:  # the same condition again: one finding, extended
+                    earlier.last_step = step
+                    earlier.message, earlier.evidence = obs.message, obs.evidence
+                    if severity_rank(obs.severity) > severity_rank(earlier.severity):
+                        earlier.severity = obs.severity
+                    self._open[key] = earlier
+                    continue
+                finding = Finding(code=obs.code, severity=obs.severity, layer=obs.layer, first_step=first,
+                                  last_step=step, message=obs.message, evidence=obs.evidence)
+                self._open[key] = finding
+                self.findings.append(finding)
+                opened.append(finding)
+                if self.on_open is not None:
+                    self.on_open(finding)
+        judged = set(judged_codes)
+        for key in list(self._streak):
+            if key not in seen and key[0] in judged:
+                del self._streak[key]
+        for key in list(self._open):
+            if key in seen or key[0] not in judged or key[0] == "nonfinite_values":
+                continue
+            quiet = self._quiet.get(key, 0) + 1
+            if quiet >= self.close_after:
+                self._closed[key] = self._open.pop(key)
+                self._quiet.pop(key, None)
+            else:
+                self._quiet[key] = quiet
+        return opened
+
+    def is_open(self, code: str, layer: str | None = None) -> bool:
+        return (code, layer) in self._open
+
+    @property
+    def open_findings(self) -> list[Finding]:
+        return list(self._open.values())

@@ -1,0 +1,148 @@
+"""Vanishing and exploding gradients.
+
+Both read per-layer gradient norms as RMS per weight (``||g|| / sqrt(n)``, so a wide input layer and a
+narrow output layer compare fairly) and the global gradient norm, over the recent window.
+
+Vanishing: the log10 RMS falls towards the input by at least ``min_drop`` decades, steadily (a least-squares
+slope over depth of at least ``min_slope`` decades per layer).  The finding is located at the onset, the
+output-most layer already a decade below the top; the cause is read from saturation (activation) or its
+absence (initialisation).
+
+Exploding: the global norm spikes far above both its recent median and its early-training level, grows
+by orders of magnitude within the window, or grows along depth towards the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.activations import SATURATING
+from gradmon.detectors.base import Detector, JudgeContext, Observation, column_medians, finite, sig, smoothed
+
+
+def layer_rms(ctx: JudgeContext, last: int = 50) -> np.ndarray:
+    """Median over the last records of each layer's gradient RMS per weight, shape ``(depth,)``."""
+    norms = column_medians(ctx.window.layer("grad_norm", last=last))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return norms / np.sqrt(ctx.sizes)
+
+
+def depth_slope(log_rms: np.ndarray) -> float:
+    """Least-squares slope of ``log_rms`` over layer index (decades per layer; > 0 grows to the output)."""
+    idx = np.arange(log_rms.size, dtype=float)
+    ok = np.isfinite(log_rms)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(idx[ok], log_rms[ok], 1)[0])
+
+
+class VanishingGradients(Detector):
+    codes = ("vanishing_gradients",)
+    min_records = 5       # the depth profile is informative from the first steps
+    min_drop = 2.0        # decades between the input layer and the largest layer
+    min_slope = 0.25      # decades per layer
+    error_drop = 5.0
+    saturation_cause = 0.2
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        if ctx.depth < 3:
+            return []
+        rms = layer_rms(ctx)
+        if not np.isfinite(rms).all() or (rms <= 0).any():
+            return []
+        log_rms = np.log10(rms)
+        top = float(log_rms.max())
+        drop = top - float(log_rms[0])
+        slope = depth_slope(log_rms)
+        if drop < self.min_drop or not slope >= self.min_slope:
+            return []
+        names = ctx.unit_names()
+        top_layer = names[int(np.argmax(log_rms))]
+        onset = next((names[j] for j in range(ctx.depth - 1, -1, -1) if log_rms[j] < top - 1.0), names[0])
+        saturation = column_medians(ctx.window.layer("saturation", last=50))
+        sat_max = float(np.nanmax(saturation)) if np.isfinite(saturation).any() else float("nan")
+        activations = sorted({u.activation for u in ctx.units if u.activation})
+        saturating = any(a in SATURATING for a in activations)
+        cause = "activation" if saturating and (sat_max >= self.saturation_cause or "sigmoid" in activations) \
+            else "initialization"
+        if cause == "activation":
+            why = (f"{'/'.join(activations)} units {'are ' + format(sat_max, '.0%') + ' saturated' if sat_max >= 0.01 else 'pass at most a fraction of the gradient'}"
+                   f", so each layer shrinks it: the activation is the cause")
+        else:
+            init = sorted({u.init for u in ctx.units if u.init}) or ["?"]
+            why = f"units are not saturated, so the initialization ({'/'.join(init)}) shrinks the signal"
+        message = (f"Gradients vanish towards the input: {names[0]}'s are {10 ** -drop:.1e} of {top_layer}'s "
+                   f"({slope:+.2f} decades per layer, one decade down by {onset}); {why}.")
+        evidence = {
+            "log10_grad_rms": {n: sig(v) for n, v in zip(names, log_rms)},
+            "drop_decades": sig(drop), "slope_decades_per_layer": sig(slope), "onset_layer": onset,
+            "cause": cause, "max_saturation": sig(sat_max), "activations": activations, "depth": ctx.depth,
+        }
+        severity = "error" if drop >= self.error_drop else "warning"
+        return [Observation("vanishing_gradients", onset, severity, message, evidence)]
+
+
+class ExplodingGradients(Detector):
+    codes = ("exploding_gradients",)
+    min_records = 3
+    min_series = 20           # records before judging spikes and growth of the global norm
+    blowup_factor = 100.0     # x the early-training norm, at any time
+    spike_factor = 10.0       # x the window median
+    early_factor = 3.0        # x the early-training norm
+    growth_decades = 2.0      # within the window
+    depth_drop = 2.0          # decades of growth towards the input
+    depth_slope = 0.25
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        norms = ctx.window.scalar("grad_norm")
+        ok = finite(norms)
+        if ok.size < self.min_records:
+            return []
+        median = float(np.median(ok))
+        series = ok.size >= self.min_series
+        early = ctx.initial_grad_norm
+        recent = ok[-5:]
+        evidence: dict = {"median_norm": sig(median), "early_norm": sig(early), "last_norm": sig(float(ok[-1]))}
+        reasons = []
+        open_after = None
+        peak = float(np.max(ok[-3:]))
+        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early:
+            reasons.append(f"the global norm reached {peak:.3g}, {peak / early:.0f}x its early level")
+            evidence["blowup_factor"] = sig(peak / early)
+            if peak > 10 * self.blowup_factor * early:
+                open_after = 1  # orders of magnitude within a few steps: no time to wait
+        spikes = int(np.sum(recent > self.spike_factor * median))
+        if series and spikes >= 2 and np.isfinite(early) and float(np.max(recent)) > self.early_factor * early:
+            reasons.append(f"the global norm spiked to {np.max(recent):.3g}, {np.max(recent) / median:.0f}x its "
+                           f"recent median")
+            evidence["spike_norm"] = sig(float(np.max(recent)))
+        head, tail = np.median(ok[: max(3, ok.size // 5)]), np.median(ok[-max(3, ok.size // 5):])
+        if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and \
+                np.log10(tail / head) >= self.growth_decades and \
+                (not np.isfinite(early) or tail > self.early_factor * early):
+            reasons.append(f"the global norm grew {tail / head:.0f}x within {ok.size} records")
+            evidence["growth_factor"] = sig(float(tail / head))
+        layer = None
+        if ctx.depth >= 3:
+            rms = layer_rms(ctx)
+            if np.isfinite(rms).all() and (rms > 0).all():
+                log_rms = np.log10(rms)
+                slope = depth_slope(log_rms)
+                growth = float(log_rms[0] - log_rms[-1])
+                if growth >= self.depth_drop and slope <= -self.depth_slope:
+                    reasons.append(f"gradients grow {10 ** growth:.0f}x from the output layer to the input "
+                                   f"({slope:+.2f} decades per layer)")
+                    evidence["log10_grad_rms"] = {u.name: sig(v) for u, v in zip(ctx.units, log_rms)}
+                    evidence["slope_decades_per_layer"] = sig(slope)
+                    layer = ctx.units[0].name
+        if not reasons:
+            return []
+        # a typical healthy norm for clipping: the median of the calmer half of the window
+        calm = np.sort(ok)[: max(1, ok.size // 2)]
+        evidence["suggested_clip_norm"] = sig(float(np.median(calm)), 2)
+        loss = ctx.window.scalar("loss")
+        diverging = np.isfinite(ctx.initial_loss) and smoothed(loss) > 2.0 * ctx.initial_loss
+        severity = "error" if diverging or not np.isfinite(smoothed(norms, 3)) else "warning"
+        message = "Exploding gradients: " + "; ".join(reasons) + (
+            ", and the loss is climbing" if diverging else "") + "."
+        return [Observation("exploding_gradients", layer, severity, message, evidence, open_after=open_after)]

@@ -1,0 +1,107 @@
+"""Loss-curve detectors: divergence, oscillation, plateau.
+
+All compare the recent window with the run's own history: ``initial_loss`` (median of the first records)
+and ``best_loss`` (lowest smoothed loss so far).  Mini-batch noise is not oscillation: differences of
+independent noise have a lag-1 autocorrelation of -0.5, a period-2 swing from too large a step is near -1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, sig, smoothed
+
+
+def lag1_autocorrelation(x: np.ndarray) -> float:
+    """Lag-1 autocorrelation of ``x`` (NaN when constant or too short)."""
+    if x.size < 3:
+        return float("nan")
+    a, b = x[:-1] - x[:-1].mean(), x[1:] - x[1:].mean()
+    denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
+
+
+def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
+    """The loss is above where it started, or has lost most of what it had learned while rising."""
+    loss = ctx.window.scalar("loss")
+    ok = finite(loss)
+    if ok.size < 5 or not np.isfinite(ctx.initial_loss):
+        return False, {}
+    current = smoothed(loss)
+    start, best = ctx.initial_loss, ctx.best_loss
+    half = ok[-max(5, ok.size // 4):]
+    rising = np.polyfit(np.arange(half.size), half, 1)[0] > 0
+    learned = start - best
+    lost = (current - best) / learned if learned > 0 else 0.0
+    above_start = current > 1.2 * start and current > start + 1e-3
+    evidence = {"loss_now": sig(current), "initial_loss": sig(start), "best_loss": sig(best)}
+    return bool((above_start or (learned > 0.3 * start and lost > 0.5)) and rising), evidence
+
+
+class LossDivergence(Detector):
+    codes = ("loss_divergence",)
+    min_records = 10
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        diverging, evidence = is_diverging(ctx)
+        if not diverging:
+            return []
+        current, start = evidence["loss_now"], evidence["initial_loss"]
+        severity = "error" if current > 10 * start else "warning"
+        message = (f"The loss is diverging: {current:.3g} now against {start:.3g} at the start and "
+                   f"{evidence['best_loss']:.3g} at best; steps are too large for the curvature.")
+        return [Observation("loss_divergence", None, severity, message, evidence)]
+
+
+class LossOscillation(Detector):
+    codes = ("loss_oscillation",)
+    min_records = 30
+    max_autocorr = -0.8       # of successive loss differences
+    min_amplitude = 0.05      # median |Δloss| relative to the median loss
+    min_level = 0.3           # only while the loss is above this fraction of the initial loss
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        loss = finite(ctx.window.scalar("loss", last=60))
+        if loss.size < self.min_records:
+            return []
+        level = float(np.median(loss))
+        if not np.isfinite(ctx.initial_loss) or level < self.min_level * ctx.initial_loss or level <= 0:
+            return []
+        d = np.diff(loss)
+        ac = lag1_autocorrelation(d)
+        amplitude = float(np.median(np.abs(d))) / level
+        if not (ac <= self.max_autocorr and amplitude >= self.min_amplitude):
+            return []
+        q = max(3, loss.size // 4)
+        progress = 1.0 - float(np.median(loss[-q:])) / float(np.median(loss[:q]))
+        severity = "warning" if progress < 0.05 else "info"
+        message = (f"The loss swings up and down every step (lag-1 autocorrelation of its changes {ac:.2f}, "
+                   f"swings {amplitude:.0%} of its level)"
+                   + (" and makes no progress" if severity == "warning" else " while still falling")
+                   + ": the step overshoots along a sharp direction.")
+        evidence = {"autocorrelation": sig(ac), "relative_amplitude": sig(amplitude),
+                    "window_progress": sig(progress), "loss_level": sig(level)}
+        return [Observation("loss_oscillation", None, severity, message, evidence)]
+
+
+class LossPlateau(Detector):
+    codes = ("loss_plateau",)
+    min_records = 40
+    max_progress = 0.01       # relative improvement over the window
+    min_level = 0.8           # still above this fraction of the initial loss
+
+    def judge(self, ctx: JudgeContext) -> list[Observation]:
+        loss = finite(ctx.window.scalar("loss", last=200))
+        if loss.size < self.min_records or not np.isfinite(ctx.initial_loss) or ctx.initial_loss <= 0:
+            return []
+        q = max(5, loss.size // 4)
+        head, tail = float(np.median(loss[:q])), float(np.median(loss[-q:]))
+        progress = 1.0 - tail / head if head > 0 else 0.0
+        if progress > self.max_progress or tail < self.min_level * ctx.initial_loss:
+            return []
+        steps = ctx.window.steps[-loss.size:]
+        message = (f"The loss has stopped improving at {tail:.3g} ({tail / ctx.initial_loss:.0%} of where it "
+                   f"started; {progress:+.1%} over the last {int(steps[-1] - steps[0]) + 1} steps).")
+        evidence = {"loss_now": sig(tail), "initial_loss": sig(ctx.initial_loss), "window_progress": sig(progress),
+                    "window_steps": int(steps[-1] - steps[0]) + 1}
+        return [Observation("loss_plateau", None, "warning", message, evidence)]

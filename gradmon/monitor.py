@@ -1,0 +1,535 @@
+"""The monitor: a core callback that measures, judges and reports training health.
+
+Data flows one way: events from the training loop → quantities (:mod:`gradmon.quantities`) → bounded
+history (:mod:`gradmon.history`) → detectors (:mod:`gradmon.detectors`) → advice (:mod:`gradmon.advice`)
+→ sinks (TensorBoard, console, report files).  The monitor never changes training: it reads read-only
+payloads and copies what it keeps.
+
+>>> import gradmon, core
+>>> monitor = gradmon.Monitor(logdir="runs/exp1")          # doctest: +SKIP
+>>> core.Trainer(model, callbacks=[monitor]).fit(X, y)     # doctest: +SKIP
+>>> monitor.report().status                                # doctest: +SKIP
+'healthy'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from core.callbacks import Callback, RunInfo, StepState
+from gradmon.advice import Context as AdviceContext
+from gradmon.advice import advise
+from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation, default_detectors
+from gradmon.findings import Finding, HealthReport
+from gradmon.history import History, Window
+from gradmon.layout import Unit, units_from_run
+from gradmon.quantities import activations as actq
+from gradmon.quantities import gradients as gradq
+from gradmon.schedules import Schedule, every as every_schedule
+from gradmon.sinks.console import ConsoleSink
+
+#: tags of the per-layer quantities written to TensorBoard
+TB_QUANTITIES = ("grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
+MAX_CURVATURE_RECORDS = 512
+
+
+def spec_from_run(run: RunInfo) -> dict[str, Any]:
+    """A spec-like description of a run that did not come from a spec (Python API, other loops)."""
+    return {
+        "model": {"layers": [{"name": l.name, "kind": l.kind} for l in run.layers]},
+        "train": {"loss": run.loss, "optimizer": run.optimizer, **{k: v for k, v in run.hyperparams.items()},
+                  "batch_size": run.batch_size, "epochs": run.epochs,
+                  "clip_norm": run.clip_norm or 0, "l2": run.l2},
+        "framework": run.framework,
+    }
+
+
+class Monitor(Callback):
+    """Watches a training run through the hook protocol.
+
+    Parameters
+    ----------
+    logdir: where TensorBoard events, ``report.json``, ``report.html`` and ``history.npz`` go (None: keep
+        everything in memory).
+    every: steps between the cheap per-layer statistics (gradient/weight norms, update ratios, activation
+        saturation and dead units).
+    curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace by
+        Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
+    tensorboard_every: records between TensorBoard scalar writes (the history keeps every record).
+    histogram_every: steps between gradient/activation histograms (default: ~20 per run).
+    judge_every: records between detector judgments (default: 25, fewer for short runs).
+    weight_every: records between weight norms, update-to-weight ratios and activation moments (weights
+        move slowly; this keeps the every-step cost to gradient norms and activation health).
+    console: print findings as they open.
+    stop_on_nonfinite: ask the loop to stop, before the update, when NaN/Inf appears (False keeps going).
+    detectors: names of detectors to run (all by default).
+    """
+
+    def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1, curvature_every: int = 50,
+                 curvature_samples: int = 1024, tensorboard: bool = True, tensorboard_every: int = 10,
+                 histogram_every: int | None = None, judge_every: int | None = None, window: int = 200,
+                 capacity: int = 2048, console: bool = True, detectors: Sequence[str] | None = None,
+                 curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int = 4,
+                 seed: int = 0, open_after: int = 3, close_after: int = 5, weight_every: int = 10,
+                 stop_on_nonfinite: bool = True) -> None:
+        for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
+                                 ("curvature_samples", curvature_samples, 1),
+                                 ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
+                                 ("trace_samples", trace_samples, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"Monitor {name} must be an integer >= {low}, got {value!r}")
+        self.logdir = Path(logdir) if logdir is not None else None
+        self.every = int(every)
+        self.curvature_every = int(curvature_every)
+        self.curvature_samples = int(curvature_samples)
+        self.tensorboard_every = int(tensorboard_every)
+        self.histogram_every = histogram_every
+        self.judge_every = judge_every
+        self.window_size = int(window)
+        self.capacity = int(capacity)
+        self.curvature_rtol = float(curvature_rtol)
+        self.curvature_max_iter = int(curvature_max_iter)
+        self.trace_samples = int(trace_samples)
+        self.seed = seed
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self._measure: Schedule = every_schedule(self.every)
+        self._curv_schedule: Schedule = every_schedule(self.curvature_every)
+        self.weight_every = max(1, int(weight_every))
+        self.detectors: list[Detector] = default_detectors(list(detectors) if detectors is not None else None)
+        self.console = ConsoleSink(enabled=console)
+        self.open_after, self.close_after = open_after, close_after
+        self.use_tensorboard = tensorboard and self.logdir is not None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-run state (a monitor reused for a second ``fit`` starts afresh)."""
+        self.tracker = FindingTracker(open_after=self.open_after, close_after=self.close_after,
+                                      on_open=self._opened)
+        self.tb: Any = None
+        self.sink_errors: list[str] = []
+        self.run: RunInfo | None = None
+        self.units: list[Unit] = []
+        self.history: History | None = None
+        self.window: Window | None = None
+        self.curvature: list[dict[str, Any]] = []
+        self.steps = 0
+        self.ended = "running"
+        self._pending: dict[str, Any] | None = None
+        self._records = 0
+        self._first_losses: list[float] = []
+        self._first_norms: list[float] = []
+        self._best_loss = math.inf
+        self._dead: dict[str, actq.DeadUnitTracker] = {}
+        self._sizes = np.zeros(0)
+        self._probe = None
+        self._judge_every = 1
+        self._hist_schedule: Schedule = every_schedule(0)
+        self._last_weight_norms: np.ndarray | None = None
+        self._other_params: list[str] | None = None
+        self._nonfinite_step: int | None = None
+        self._advice_ctx: AdviceContext | None = None
+        self._closed = False
+        if self.logdir is not None:
+            _check_writable(self.logdir)
+
+    # -- hook protocol --------------------------------------------------------------------------------
+    def requests(self, step: int) -> set[str]:
+        wanted = set()
+        if self._measure(step):
+            wanted.add("activations")
+        if self._curv_schedule(step):
+            wanted.add("curvature")
+        return wanted
+
+    def on_train_begin(self, run: RunInfo) -> None:
+        self._reset()
+        self.run = run
+        self.units = units_from_run(run)
+        names = [u.name for u in self.units]
+        self.history = History(names, capacity=self.capacity)
+        self.window = Window(names, size=self.window_size)
+        self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
+        self._advice_ctx = AdviceContext.from_run(run, self.units)
+        total = max(1, run.total_steps)
+        self._judge_every = self.judge_every or int(min(25, max(1, total // (20 * self.every))))
+        hist_every = self.histogram_every if self.histogram_every is not None else max(1, total // 20)
+        self._hist_schedule = every_schedule(int(hist_every)) if self.use_tensorboard else every_schedule(0)
+        if self.use_tensorboard:
+            self._start_tensorboard(names)
+
+    def on_after_backward(self, state: StepState) -> None:
+        if self.run is None:
+            raise RuntimeError("Monitor.on_train_begin(run) must be called before the first step")
+        if self._pending is not None:  # a loop that does not send on_step_end
+            self._commit(None)
+        step = state.step
+        loss = float(state.loss)
+        measure = self._measure(step)
+        with np.errstate(over="ignore", invalid="ignore"):
+            unit_sq = gradq.layer_sq_norms(state.grads, self.units) if measure else None
+            gnorm = state.extras.get("grad_norm")
+            if gnorm is None:
+                if unit_sq is None:
+                    unit_sq = gradq.layer_sq_norms(state.grads, self.units)
+                if self._other_params is None:
+                    owned = {k for u in self.units for k in u.params}
+                    self._other_params = [k for k in state.grads if k not in owned]
+                gnorm = math.sqrt(float(unit_sq.sum()) + sum(gradq.sq_norm(state.grads[k])
+                                                               for k in self._other_params))
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            self._nonfinite(state, loss, gnorm)
+        if measure:
+            record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": gnorm, "lr": float(state.lr)}
+            layers: dict[str, np.ndarray] = {"grad_norm": np.sqrt(unit_sq)}
+            slow = self._records % self.weight_every == 0
+            with np.errstate(over="ignore", invalid="ignore"):
+                # weights move slowly: their norms, the update ratios and activation moments every few records
+                if slow or self._last_weight_norms is None:
+                    self._last_weight_norms = gradq.layer_norms(state.params, self.units, weights_only=True)
+                    layers["weight_norm"] = self._last_weight_norms
+                if state.activations is not None:
+                    self._activation_stats(state, layers, with_moments=slow)
+            if not self._sizes.size:
+                self._sizes = np.array([state.params[u.weight].size for u in self.units], dtype=float)
+            record["layers"] = layers
+            record["slow"] = slow
+            self._pending = record
+            if len(self._first_losses) < 5 and math.isfinite(loss):
+                self._first_losses.append(loss)
+            if len(self._first_norms) < 5 and math.isfinite(gnorm):
+                self._first_norms.append(gnorm)
+        if self._curv_schedule(step) and math.isfinite(loss):
+            self._measure_curvature(state)
+        if self._hist_schedule(step):
+            self._histograms(state)
+
+    def on_step_end(self, state: StepState) -> None:
+        self.steps = state.step + 1
+        if self._pending is not None:
+            self._commit(state)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float]) -> None:
+        if self.tb is not None:
+            values = {}
+            for key, tag in (("loss", "loss/train_epoch"), ("val_loss", "loss/val"), ("accuracy", "accuracy/train"),
+                             ("val_accuracy", "accuracy/val")):
+                if key in logs:
+                    values[tag] = float(logs[key])
+            self._tb("scalars", self.steps, values)
+
+    def on_train_end(self, logs: Mapping[str, Any]) -> None:
+        if self._pending is not None:
+            self._commit(None)
+        self.steps = max(self.steps, int(logs.get("steps", self.steps)))
+        stopped = logs.get("stopped")
+        self.ended = "completed" if not stopped else (
+            "nonfinite" if "non-finite" in str(stopped) else f"stopped: {stopped}")
+        self._judge(final=True)
+        self.close()
+
+    def on_exception(self, exc: BaseException, state: StepState | None) -> None:
+        if self._pending is not None:
+            self._commit(None)
+        if state is not None:
+            self.steps = max(self.steps, state.step + 1)
+        self.ended = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+            f"exception: {type(exc).__name__}: {exc}"
+        try:
+            self._judge(final=True)
+        finally:
+            self.close()
+
+    # -- measuring --------------------------------------------------------------------------------------
+    def _activation_stats(self, state: StepState, layers: dict[str, np.ndarray], with_moments: bool) -> None:
+        n = len(self.units)
+        sat, dead, mean, std = (np.full(n, np.nan) for _ in range(4))
+        activations, masks = state.activations, state.masks or {}
+        for u in self.units:
+            y = activations.get(u.activation_layer) if u.activation_layer else None
+            if y is None:
+                continue
+            if u.activation in ("sigmoid", "tanh"):
+                sat[u.index] = actq.saturation_fraction(y, u.activation)
+            tracker = self._dead.get(u.name)
+            if tracker is not None:
+                frac = tracker.add(masks.get(u.activation_layer, y))
+                if frac is not None:
+                    dead[u.index] = frac
+            if with_moments:
+                mean[u.index], std[u.index] = actq.moments(y)
+        layers.update(saturation=sat, dead_fraction=dead, act_mean=mean, act_std=std)
+
+    def _commit(self, state: StepState | None) -> None:
+        rec, self._pending = self._pending, None
+        layers = rec["layers"]
+        if state is not None and state.update is not None and rec["slow"]:
+            with np.errstate(over="ignore", invalid="ignore"):
+                layers["update_ratio"] = gradq.update_ratios(state.update, self._last_weight_norms, self.units)
+        clip = float(state.clip_coef) if state is not None else 1.0
+        scalars = {"loss": rec["loss"], "grad_norm": rec["grad_norm"], "clip_coef": clip, "lr": rec["lr"]}
+        self.history.append(rec["step"], scalars, layers)
+        self.window.append(rec["step"], scalars, layers)
+        self._records += 1
+        self.steps = max(self.steps, rec["step"] + 1)
+        if self.tb is not None and self._records % self.tensorboard_every == 1 % self.tensorboard_every:
+            self._write_scalars(rec["step"], scalars, layers)
+        if self._records % self._judge_every == 0:
+            self._judge()
+
+    def _measure_curvature(self, state: StepState) -> None:
+        from gradmon.quantities.curvature import estimate_curvature, flat_hvp, stability_threshold
+
+        run = self.run
+        objective = None
+        if run.probe is not None:
+            if self._probe is None:
+                self._probe = run.probe(self.curvature_samples, self.seed)
+            objective = self._probe
+        elif state.objective is not None:
+            objective = state.objective
+        if objective is None:
+            return
+        params = {k: np.array(v, dtype=np.float64) for k, v in state.params.items()}
+        hvp = flat_hvp(lambda v: objective.hvp(v, params), params)
+        dim = sum(v.size for v in params.values())
+        t0 = time.perf_counter()
+        est = estimate_curvature(hvp, dim, step=state.step, rtol=self.curvature_rtol,
+                                 max_iter=self.curvature_max_iter, trace_samples=self.trace_samples,
+                                 seed=self.seed + state.step)
+        entry = est.to_dict()
+        entry["seconds"] = time.perf_counter() - t0
+        entry["lr"] = float(state.lr)
+        if run.optimizer in ("sgd", "momentum"):
+            entry["threshold"] = stability_threshold(float(state.lr), float(run.hyperparams.get("momentum", 0.0)))
+        self.curvature.append(entry)
+        if len(self.curvature) > MAX_CURVATURE_RECORDS:
+            self.curvature = self.curvature[::2]
+        if self.tb is not None:
+            values = {"curvature/lambda_max": entry.get("lambda_max"), "curvature/trace": entry.get("trace"),
+                      "curvature/hvps": entry.get("hvps")}
+            if "threshold" in entry:
+                values["curvature/stability_threshold"] = entry["threshold"]
+            self._tb("scalars", state.step, {k: float(v) for k, v in values.items() if v is not None})
+        self._judge(codes=("sharpness_above_stability",))
+
+    def should_stop(self) -> str | None:
+        """Stop before a non-finite update is applied (unless ``stop_on_nonfinite=False``)."""
+        if self.stop_on_nonfinite and self._nonfinite_step is not None:
+            return f"non-finite values at step {self._nonfinite_step}"
+        return None
+
+    def _nonfinite(self, state: StepState, loss: float, gnorm: float) -> None:
+        if self._nonfinite_step is not None:  # reported once, where it first appeared
+            return
+        self._nonfinite_step = state.step
+        where = None
+        if state.activations is not None:
+            for u in self.units:
+                y = state.activations.get(u.activation_layer or u.name)
+                if y is not None and not np.isfinite(gradq.sq_norm(y)):
+                    where = u.name
+                    break
+        if where is None:
+            where = gradq.first_nonfinite(state.grads, self.units) or gradq.first_nonfinite(state.params, self.units)
+        what = [name for name, ok in (("loss", math.isfinite(loss)), ("gradients", math.isfinite(gnorm))) if not ok]
+        message = (f"NaN/Inf appeared at step {state.step} in the {' and '.join(what)}"
+                   + (f", first in {where}" if where else "") + ": training cannot continue from here.")
+        evidence = {"step": state.step, "loss": loss, "grad_norm": gnorm, "first_layer": where,
+                    "last_finite_loss": self._last_finite_loss()}
+        if self._first_norms:
+            evidence["suggested_clip_norm"] = float(f"{np.median(self._first_norms):.2g}")
+        obs = Observation("nonfinite_values", where, "error", message, evidence, open_after=1)
+        self.tracker.update(state.step, [obs], ["nonfinite_values"])
+
+    def _last_finite_loss(self) -> float | None:
+        if self.window is None or not len(self.window):
+            return None
+        losses = self.window.scalar("loss")
+        ok = losses[np.isfinite(losses)]
+        return float(ok[-1]) if ok.size else None
+
+    # -- judging ----------------------------------------------------------------------------------------
+    def _context(self) -> JudgeContext:
+        window = self.window
+        loss = window.scalar("loss")
+        ok = loss[np.isfinite(loss)]
+        if ok.size >= 5:
+            self._best_loss = min(self._best_loss, float(np.median(ok[-5:])))
+        # the first loss bounds it: a run that diverges within five steps must not set its own baseline
+        initial = min(float(np.median(self._first_losses)), self._first_losses[0]) if self._first_losses \
+            else math.nan
+        first_norm = min(float(np.median(self._first_norms)), self._first_norms[0]) if self._first_norms \
+            else math.nan
+        sizes = self._sizes if self._sizes.size else np.ones(len(self.units))
+        return JudgeContext(step=self.steps, window=window, units=self.units, run=self.run,
+                            initial_loss=initial, best_loss=self._best_loss if math.isfinite(self._best_loss)
+                            else initial, initial_grad_norm=first_norm, sizes=sizes, curvature=self.curvature)
+
+    def _judge(self, final: bool = False, codes: Sequence[str] | None = None) -> None:
+        if self.window is None or not len(self.window):
+            return
+        ctx = self._context()
+        observations: list[Observation] = []
+        judged: list[str] = []
+        for det in self.detectors:
+            if codes is not None and not set(det.codes) & set(codes):
+                continue
+            if len(self.window) < det.min_records:
+                continue
+            judged.extend(det.codes)
+            observations.extend(det.judge(ctx))
+        self.tracker.update(max(self.steps - 1, 0), observations, judged, final=final)
+
+    def _opened(self, finding: Finding) -> None:
+        if self._advice_ctx is not None:
+            finding.suggestions = advise(finding, self._advice_ctx)
+        self.console.finding(finding)
+        if self.tb is not None:
+            self._tb("alert", finding.first_step, finding.code, finding.severity, finding.layer, finding.message)
+
+    # -- sinks ------------------------------------------------------------------------------------------
+    def _start_tensorboard(self, names: list[str]) -> None:
+        try:
+            from gradmon.sinks.tensorboard import TensorBoardSink
+
+            self.tb = TensorBoardSink(self.logdir)
+            self.tb.begin(names, TB_QUANTITIES)
+        except ImportError as exc:
+            self._sink_failed("tensorboard", exc)
+
+    def _tb(self, method: str, *args: Any) -> None:
+        if self.tb is None:
+            return
+        try:
+            getattr(self.tb, method)(*args)
+        except Exception as exc:  # a sink must never stop training
+            self._sink_failed("tensorboard", exc)
+            return
+        reason = getattr(self.tb, "failed", None)
+        if reason:
+            self._sink_failed("tensorboard", reason)
+
+    def _sink_failed(self, sink: str, why: Any) -> None:
+        message = f"[gradmon] the {sink} sink failed and is off for the rest of the run: {why}"
+        self.sink_errors.append(message)
+        self.console._write(message)
+        if sink == "tensorboard":
+            self.tb = None
+
+    def _write_scalars(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> None:
+        values = {"loss/train": scalars["loss"], "grad_norm/global": scalars["grad_norm"],
+                  "clip_coef": scalars["clip_coef"], "lr": scalars["lr"]}
+        for q in TB_QUANTITIES:
+            arr = layers.get(q)
+            if arr is None:
+                continue
+            for u in self.units:
+                v = float(arr[u.index])
+                if not math.isnan(v):
+                    values[f"{q}/{u.name}"] = v
+        self._tb("scalars", step, values)
+
+    def _histograms(self, state: StepState) -> None:
+        for u in self.units:
+            self._tb("histogram", state.step, f"gradients/{u.name}", np.asarray(state.grads[u.weight]).ravel())
+            if state.activations is not None and u.activation_layer in state.activations:
+                self._tb("histogram", state.step, f"activations/{u.name}",
+                         np.asarray(state.activations[u.activation_layer]).ravel())
+
+    # -- results ----------------------------------------------------------------------------------------
+    def report(self) -> HealthReport:
+        """The health report so far (final after training ends)."""
+        if self.run is None:
+            return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
+        findings = sorted(self.tracker.findings, key=lambda f: (f.first_step, f.code))
+        for f in findings:
+            if self._advice_ctx is not None:
+                f.suggestions = advise(f, self._advice_ctx)
+        layers = []
+        if self.history is not None:
+            summaries = {q: self.history.summary(q) for q in ("grad_norm", "update_ratio", "saturation",
+                                                              "dead_fraction")}
+            for u in self.units:
+                entry = {"name": u.name, "activation": u.activation}
+                entry.update({q: summaries[q][u.index] for q in summaries})
+                layers.append(entry)
+        loss = []
+        if self.history is not None:
+            for s, v in zip(self.history.steps, self.history.scalar("loss")):
+                loss.append({"step": int(s), "train": float(v)})
+        spec = dict(self.run.spec) if self.run.spec else spec_from_run(self.run)
+        extra = {"sink_errors": list(self.sink_errors)} if self.sink_errors else {}
+        return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,
+                            curvature=list(self.curvature), loss=loss, ended=self.ended, extra=extra)
+
+    def save(self, logdir: str | os.PathLike | None = None, formats: Sequence[str] = ("json", "html")) -> list[Path]:
+        """Write ``report.<fmt>`` and ``history.npz`` into ``logdir`` (the monitor's by default)."""
+        target = Path(logdir) if logdir is not None else self.logdir
+        if target is None:
+            raise ValueError("no logdir: pass Monitor(logdir=...) or save(logdir)")
+        report = self.report()
+        written = []
+        if self.history is not None:
+            written.append(self.history.save(target / "history.npz"))
+        for fmt in formats:
+            try:
+                written.append(report.save(target / f"report.{fmt}", history=self.history))
+            except ImportError as exc:  # e.g. HTML plots without matplotlib still render; other extras
+                self._sink_failed(f"report.{fmt}", exc)
+        return written
+
+    def close(self) -> None:
+        """Write the report files and close TensorBoard (idempotent; failures are reported, not raised)."""
+        if self._closed:
+            return
+        self._closed = True
+        report = self.report()
+        where = None
+        if self.logdir is not None:
+            try:
+                self.save()
+                where = str(self.logdir / "report.html")
+            except OSError as exc:
+                self._sink_failed("report", exc)
+        if self.tb is not None:
+            from gradmon.report.markdown import render_markdown
+
+            self._tb("text", self.steps, "report", render_markdown(report))
+            metrics = {"gradmon/findings": float(len(report.findings)),
+                       "gradmon/errors": float(sum(f.severity == "error" for f in report.findings))}
+            if report.loss:
+                metrics["gradmon/final_loss"] = float(report.loss[-1]["train"])
+            self._tb("hparams", _hparams(report.spec), metrics)
+            self._tb("close")
+        self.console.summary(report, where)
+
+
+def _hparams(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat scalar hyperparameters of a spec for TensorBoard's HPARAMS plugin."""
+    out: dict[str, Any] = {}
+    for section in ("model", "train", "data"):
+        for key, value in dict(spec.get(section, {})).items():
+            if isinstance(value, (bool, int, float, str)):
+                out[f"{section}.{key}"] = value
+            elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+                out[f"{section}.{key}"] = str(list(value))
+    return out
+
+
+def _check_writable(logdir: Path) -> None:
+    """A clear error before training when ``logdir`` cannot be created or written."""
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe = logdir / ".gradmon-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write to logdir {str(logdir)!r} ({exc.strerror or exc}); "
+                      f"choose another --logdir") from None

@@ -1,0 +1,1 @@
+"""Quantities: what the monitor measures from a training step (pure functions of numpy payloads)."""

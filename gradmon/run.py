@@ -1,0 +1,97 @@
+"""Run a spec end to end with the monitor: the engine behind ``gradmon run``, ``demo`` and ``doctor``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from gradmon.findings import HealthReport
+from gradmon.history import History
+from gradmon.monitor import Monitor
+
+#: spec [monitor] keys -> Monitor arguments
+MONITOR_KEYS = ("every", "curvature_every", "curvature_samples")
+
+
+@dataclass
+class RunResult:
+    """What a monitored run produced."""
+
+    spec: dict[str, Any]
+    report: HealthReport
+    history: History | None
+    train_history: dict[str, Any]
+    logdir: Path | None
+    seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        losses = self.train_history.get("loss") or []
+        return float(losses[-1]) if losses else float("nan")
+
+    @property
+    def final_accuracy(self) -> float | None:
+        acc = self.train_history.get("val_accuracy") or self.train_history.get("accuracy")
+        return float(acc[-1]) if acc else None
+
+
+def default_logdir(spec: Mapping[str, Any], root: str | os.PathLike = "runs") -> Path:
+    """``runs/<spec name>-<YYYYmmdd-HHMMSS>`` (a suffix is added if it exists)."""
+    name = str(spec.get("name") or "run")
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{i}")
+        i += 1
+    return path
+
+
+def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *, progress: bool | None = None,
+             console: bool = True, max_steps: int | None = None, monitor_options: Mapping[str, Any] | None = None,
+             stop_on_error: bool = False) -> RunResult:
+    """Train the resolved ``spec`` with a :class:`Monitor`; returns the report and histories.
+
+    ``max_steps`` cuts training short (doctor trials); ``stop_on_error`` stops at the first error finding
+    (hyperparameter search pruning).  With ``logdir=None`` nothing is written.
+    """
+    from core.spec import build
+
+    options = {k: spec.get("monitor", {}).get(k) for k in MONITOR_KEYS if k in spec.get("monitor", {})}
+    options.update(monitor_options or {})
+    monitor = Monitor(logdir=logdir, console=console, seed=int(spec.get("seed", 0) or 0), **options)
+    callbacks: list[Any] = [monitor]
+    if max_steps is not None or stop_on_error:
+        callbacks.append(_Stopper(monitor, max_steps, stop_on_error))
+    run = build(spec, callbacks=callbacks, progress=progress)
+    run.trainer.spec = dict(run.spec)
+    t0 = time.perf_counter()
+    validation = (run.data.X_test, run.data.y_test) if len(run.data.X_test) else None
+    history = run.trainer.fit(run.data.X_train, run.data.y_train, epochs=run.epochs, validation=validation)
+    return RunResult(spec=dict(run.spec), report=monitor.report(), history=monitor.history,
+                     train_history=dict(history), logdir=Path(logdir) if logdir is not None else None,
+                     seconds=time.perf_counter() - t0)
+
+
+class _Stopper:
+    """Stops training after ``max_steps`` steps, or when the monitor opens an error finding."""
+
+    def __init__(self, monitor: Monitor, max_steps: int | None, stop_on_error: bool) -> None:
+        self.monitor = monitor
+        self.max_steps = max_steps
+        self.stop_on_error = stop_on_error
+        self.step = 0
+
+    def on_step_end(self, state: Any) -> None:
+        self.step = state.step + 1
+
+    def should_stop(self) -> str | None:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return f"step budget of {self.max_steps} reached"
+        if self.stop_on_error:
+            errors = [f for f in self.monitor.tracker.findings if f.severity == "error"]
+            if errors:
+                return f"{errors[0].code} ({errors[0].message})"
+        return None

@@ -1,0 +1,45 @@
+"""Console sink: findings as they open, and a closing summary, written through tqdm so progress bars
+stay intact."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from gradmon.findings import Finding, HealthReport
+
+_LABEL = {"info": "info", "warning": "WARNING", "error": "ERROR"}
+
+
+def format_finding(f: Finding) -> str:
+    where = f" in {f.layer}" if f.layer else ""
+    return f"[gradmon] {_LABEL[f.severity]} {f.code}{where} at step {f.first_step}: {f.message}"
+
+
+class ConsoleSink:
+    """Writes one line per opened finding (and its first fix) to ``stream`` (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled
+
+    def _write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(line, file=self.stream or sys.stderr)
+
+    def finding(self, f: Finding) -> None:
+        self._write(format_finding(f))
+        if f.suggestions:
+            s = f.suggestions[0]
+            patch = " ".join(f"--set {k}={v}" for k, v in s.patch.items())
+            self._write(f"          fix: {s.text}" + (f"  ({patch})" if patch else ""))
+
+    def summary(self, report: HealthReport, where: str | None = None) -> None:
+        counts = {sev: sum(1 for f in report.findings if f.severity == sev) for sev in ("error", "warning", "info")}
+        parts = [f"{n} {sev}{'s' if n != 1 else ''}" for sev, n in counts.items() if n]
+        line = f"[gradmon] {report.status.upper()} after {report.steps} steps" + (
+            f" ({', '.join(parts)})" if parts else "") + (f"; report: {where}" if where else "")
+        self._write(line)

@@ -1,0 +1,329 @@
+"""The monitor on real training runs: each finding code has a scenario that triggers it and a healthy twin
+that does not; healthy runs give no warning; quantities match independent computations; memory stays
+bounded; the monitor never changes training."""
+
+from __future__ import annotations
+
+import json
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import core
+import gradmon
+from gradmon.detectors.base import column_medians
+from gradmon.detectors.loss import lag1_autocorrelation
+
+
+# -- data and models ----------------------------------------------------------------------------------------
+def moons(n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, n)
+    upper = rng.random(n) < 0.5
+    x = np.where(upper, np.cos(t), 1 - np.cos(t))
+    y = np.where(upper, np.sin(t), 0.5 - np.sin(t))
+    X = np.stack([x, y], 1) + rng.normal(0, 0.1, (n, 2))
+    return (X - X.mean(0)) / X.std(0), (~upper).astype(np.int64)
+
+
+def teacher(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 10))
+    return X, np.tanh(X @ rng.normal(size=(10, 1)))
+
+
+def mlp(act, init, hidden, inp=2, out=2, batchnorm=False, **kw):
+    layers, width = [], inp
+    for h in hidden:
+        layers.append(core.Dense(width, h, init=init, **kw))
+        if batchnorm:
+            layers.append(core.BatchNorm(h))
+        layers.append(core.get_activation(act))
+        width = h
+    layers.append(core.Dense(width, out, init=init, **{k: v for k, v in kw.items() if k != "bias_init"}))
+    return core.Sequential(layers, seed=0)
+
+
+def monitored(model, X, y, *, loss="cross_entropy", optimizer=None, batch_size=32, epochs=20, clip_norm=None,
+              **monitor_kw):
+    monitor_kw.setdefault("curvature_every", 0)
+    monitor_kw.setdefault("console", False)
+    monitor = gradmon.Monitor(**monitor_kw)
+    trainer = core.Trainer(model, loss=loss, optimizer=optimizer or core.SGD(0.1), batch_size=batch_size,
+                           clip_norm=clip_norm, callbacks=[monitor], progress=False)
+    history = trainer.fit(X, y, epochs=epochs)
+    return monitor.report(), history, monitor
+
+
+def codes(report, at_least="warning"):
+    return {f.code for f in report.worst(at_least)}
+
+
+# -- healthy runs: no false alarms -----------------------------------------------------------------------------
+def digits_data():
+    sklearn = pytest.importorskip("sklearn.datasets")
+    d = sklearn.load_digits()
+    return d.data / 16.0, d.target
+
+
+HEALTHY = {
+    "relu_he_adam_moons": lambda: (mlp("relu", "he_normal", [64, 64]), *moons(), dict(optimizer=core.Adam(1e-3))),
+    "shallow_tanh_xavier": lambda: (mlp("tanh", "xavier_normal", [32]), *moons(), dict(optimizer=core.SGD(0.1))),
+    "deep_relu_batchnorm": lambda: (mlp("relu", "he_normal", [64] * 8, batchnorm=True), *moons(),
+                                    dict(optimizer=core.Adam(1e-3))),
+    "digits_mlp": lambda: (mlp("relu", "he_normal", [64], inp=64, out=10), *digits_data(),
+                           dict(optimizer=core.Adam(1e-3), epochs=15)),
+}
+
+
+@pytest.mark.parametrize("name", list(HEALTHY))
+def test_healthy_runs_raise_no_warning(name):
+    model, X, y, kw = HEALTHY[name]()
+    report, history, _ = monitored(model, X, y, **kw)
+    assert report.status == "healthy", [(f.code, f.layer, f.message) for f in report.findings]
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+
+
+# -- each finding code: a scenario and its healthy twin -----------------------------------------------------------
+def test_vanishing_gradients_from_sigmoid_and_relu_twin():
+    X, y = moons()
+    report, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64] * 10), X, y)
+    found = [f for f in report.findings if f.code == "vanishing_gradients"]
+    assert found, report.findings
+    f = found[0]
+    assert f.evidence["cause"] == "activation"
+    assert f.evidence["drop_decades"] >= 2 and f.evidence["slope_decades_per_layer"] > 0
+    assert f.layer in f.evidence["log10_grad_rms"]
+    # the slope in the evidence is the least-squares slope of the logged per-layer RMS values
+    logs = np.array(list(f.evidence["log10_grad_rms"].values()))
+    assert np.polyfit(np.arange(logs.size), logs, 1)[0] == pytest.approx(f.evidence["slope_decades_per_layer"],
+                                                                         rel=1e-2)
+    assert {"relu", "batchnorm", "shallower"} <= {s.code for s in f.suggestions}
+    relu = [s for s in f.suggestions if s.code == "relu"][0]
+    assert relu.patch == {"model.activation": "relu", "model.init": "he_normal"}
+    twin, _, _ = monitored(mlp("relu", "he_normal", [64] * 10), X, y)
+    assert "vanishing_gradients" not in codes(twin)
+
+
+def test_vanishing_gradients_from_initialization():
+    """Tiny weights shrink the backward signal at every layer without any saturation."""
+    X, y = moons()
+    report, _, _ = monitored(mlp("relu", "normal", [64] * 6, std=0.05), X, y, epochs=5)
+    found = [f for f in report.findings if f.code == "vanishing_gradients"]
+    assert found and found[0].evidence["cause"] == "initialization"
+    assert "he_init" in {s.code for s in found[0].suggestions}
+
+
+def test_exploding_gradients_and_clipped_twin():
+    X, y = teacher()
+    model = lambda: mlp("relu", "he_normal", [64] * 4, inp=10, out=1)  # noqa: E731
+    report, history, _ = monitored(model(), X, y, loss="mse", optimizer=core.SGD(0.05, momentum=0.9), epochs=10)
+    f = [f for f in report.findings if f.code == "exploding_gradients"][0]
+    assert f.severity == "error"
+    clip = [s for s in f.suggestions if s.code == "gradient_clipping"][0]
+    assert clip.patch["train.clip_norm"] > 0
+    assert history["stopped"] is not None
+    twin, twin_history, _ = monitored(model(), X, y, loss="mse", optimizer=core.SGD(0.05, momentum=0.9),
+                                      epochs=10, clip_norm=1.0)
+    assert twin.status == "healthy" and twin_history["stopped"] is None
+
+
+def test_nonfinite_values_located_and_training_stops_before_the_update():
+    X, y = teacher()
+    model = mlp("relu", "he_normal", [64] * 6, inp=10, out=1)
+    report, history, monitor = monitored(model, X, y, loss="mse", optimizer=core.SGD(0.1), epochs=5)
+    f = [f for f in report.findings if f.code == "nonfinite_values"]
+    assert len(f) == 1 and f[0].severity == "error" and f[0].layer is not None
+    assert "non-finite" in history["stopped"]
+    assert all(np.isfinite(v).all() for v in model.parameters().values())  # the bad step was not applied
+    assert report.ended == "nonfinite"
+    twin, _, _ = monitored(mlp("relu", "he_normal", [64] * 6, inp=10, out=1), X, y, loss="mse",
+                           optimizer=core.SGD(0.01), epochs=5)
+    assert "nonfinite_values" not in codes(twin, "info")
+
+
+def test_saturated_activations_and_xavier_twin():
+    X, y = moons()
+    report, _, _ = monitored(mlp("tanh", "normal", [64, 64], std=3.0), X, y)
+    f = [f for f in report.findings if f.code == "saturated_activations"]
+    assert f and f[0].evidence["saturation"] >= 0.6
+    assert {"relu", "xavier_init"} <= {s.code for s in f[0].suggestions}
+    twin, _, _ = monitored(mlp("tanh", "xavier_normal", [64, 64]), X, y)
+    assert "saturated_activations" not in codes(twin, "info")
+
+
+def test_dead_units_and_zero_bias_twin():
+    X, y = moons()
+    report, _, _ = monitored(mlp("relu", "he_normal", [64] * 3, bias_init=-3.0), X, y)
+    f = [f for f in report.findings if f.code == "dead_units"]
+    assert f and max(x.evidence["dead_fraction"] for x in f) >= 0.9
+    he = [s for s in f[0].suggestions if s.code == "he_init"][0]
+    assert he.patch["model.bias_init"] == 0.0
+    twin, _, _ = monitored(mlp("relu", "he_normal", [64] * 3), X, y)
+    assert "dead_units" not in codes(twin, "info")
+
+
+def test_loss_divergence_and_smaller_step_twin():
+    X, y = teacher()
+    report, _, _ = monitored(mlp("tanh", "xavier_normal", [32, 32], inp=10, out=1), X, y, loss="mse",
+                             optimizer=core.SGD(0.8), batch_size=None, epochs=100)
+    assert "loss_divergence" in codes(report)
+    twin, _, _ = monitored(mlp("tanh", "xavier_normal", [32, 32], inp=10, out=1), X, y, loss="mse",
+                           optimizer=core.SGD(0.1), batch_size=None, epochs=100)
+    assert twin.status == "healthy"
+
+
+def test_loss_oscillation_and_smaller_step_twin():
+    X, y = moons(500)
+    report, _, _ = monitored(mlp("relu", "he_normal", [32, 32]), X, y, optimizer=core.SGD(10.0),
+                             batch_size=None, epochs=200)
+    f = [f for f in report.findings if f.code == "loss_oscillation"]
+    assert f and f[0].evidence["autocorrelation"] <= -0.8
+    twin, _, _ = monitored(mlp("relu", "he_normal", [32, 32]), X, y, optimizer=core.SGD(0.5),
+                           batch_size=None, epochs=200)
+    assert "loss_oscillation" not in codes(twin, "info")
+
+
+def test_loss_plateau_and_update_ratio_on_a_frozen_network():
+    X, y = moons()
+    report, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64] * 10), X, y)
+    assert {"loss_plateau", "update_ratio"} <= codes(report)
+    ratio = [f for f in report.findings if f.code == "update_ratio"][0]
+    assert ratio.evidence["direction"] == "too_small"
+    assert "raise_lr" in {s.code for s in ratio.suggestions}
+    twin, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64]), X, y, optimizer=core.Adam(1e-2))
+    assert not {"loss_plateau", "update_ratio"} & codes(twin, "info")
+
+
+# -- quantities against independent computations -------------------------------------------------------------
+class Capture(core.Callback):
+    """Records grads, params and updates at every step (copies) for comparison."""
+
+    def __init__(self):
+        self.steps = []
+
+    def requests(self, step):
+        return {"activations"}
+
+    def on_after_backward(self, state):
+        self.steps.append({"grads": {k: v.copy() for k, v in state.grads.items()},
+                           "params": {k: v.copy() for k, v in state.params.items()},
+                           "acts": {k: v.copy() for k, v in state.activations.items()}})
+
+    def on_step_end(self, state):
+        self.steps[-1]["update"] = {k: v.copy() for k, v in state.update.items()}
+
+
+def test_recorded_quantities_match_direct_computation():
+    X, y = moons(256)
+    monitor = gradmon.Monitor(curvature_every=0, console=False, weight_every=1)
+    capture = Capture()
+    model = mlp("tanh", "xavier_normal", [16, 16])
+    core.Trainer(model, optimizer=core.SGD(0.5, momentum=0.9), batch_size=64, callbacks=[capture, monitor],
+                 progress=False).fit(X, y, epochs=3)
+    h = monitor.history
+    assert list(h.steps) == list(range(12))
+    names = ["dense0", "dense2", "dense4"]
+    acts = {"dense0": "tanh1", "dense2": "tanh3"}
+    for i, rec in enumerate(capture.steps):
+        g, p, u = rec["grads"], rec["params"], rec["update"]
+        for j, n in enumerate(names):
+            gn = math.sqrt(np.sum(g[f"{n}.weight"].astype(float) ** 2) + np.sum(g[f"{n}.bias"].astype(float) ** 2))
+            assert h.layer("grad_norm")[i, j] == pytest.approx(gn, rel=1e-5)
+            wn = np.linalg.norm(p[f"{n}.weight"].astype(float))
+            assert h.layer("weight_norm")[i, j] == pytest.approx(wn, rel=1e-5)
+            ratio = np.linalg.norm(u[f"{n}.weight"].astype(float)) / wn
+            assert h.layer("update_ratio")[i, j] == pytest.approx(ratio, rel=1e-4)
+            if n in acts:
+                a = rec["acts"][acts[n]]
+                assert h.layer("saturation")[i, j] == pytest.approx(np.mean(np.abs(a) > 0.99))
+        total = math.sqrt(sum(np.sum(v.astype(float) ** 2) for v in g.values()))
+        assert h.scalar("grad_norm")[i] == pytest.approx(total, rel=1e-5)
+
+
+def test_dead_fraction_matches_direct_count():
+    X, y = moons(256)
+    monitor = gradmon.Monitor(curvature_every=0, console=False)
+    capture = Capture()
+    core.Trainer(mlp("relu", "he_normal", [32, 32], bias_init=-1.0), batch_size=128, callbacks=[capture, monitor],
+                 progress=False).fit(X, y, epochs=2)
+    for i, rec in enumerate(capture.steps):
+        for j, act in ((0, "relu1"), (1, "relu3")):
+            expected = 1.0 - np.mean((rec["acts"][act] > 0).any(axis=0))
+            assert monitor.history.layer("dead_fraction")[i, j] == pytest.approx(expected)
+
+
+def test_monitor_does_not_change_training():
+    X, y = moons(300)
+    finals = []
+    for callbacks in ([], [gradmon.Monitor(curvature_every=5, curvature_samples=64, console=False)]):
+        model = mlp("relu", "he_normal", [32, 32], batchnorm=True)
+        core.Trainer(model, optimizer=core.Adam(1e-2), batch_size=32, callbacks=callbacks,
+                     progress=False).fit(X, y, epochs=2)
+        finals.append(model.parameters())
+    for k in finals[0]:
+        assert np.array_equal(finals[0][k], finals[1][k]), k
+
+
+# -- detectors' building blocks ---------------------------------------------------------------------------------
+def test_lag1_autocorrelation_separates_noise_from_period_two():
+    rng = np.random.default_rng(0)
+    noise = np.diff(rng.normal(size=400))
+    assert lag1_autocorrelation(noise) == pytest.approx(-0.5, abs=0.1)
+    swing = np.diff(1.0 + 0.3 * (-1.0) ** np.arange(60) + 0.001 * rng.normal(size=60))
+    assert lag1_autocorrelation(swing) < -0.95
+
+
+def test_column_medians_ignore_nonfinite():
+    data = np.array([[1.0, np.nan, np.inf], [3.0, 2.0, np.nan], [2.0, np.nan, np.nan]])
+    out = column_medians(data)
+    assert out[0] == 2.0 and out[1] == 2.0 and np.isnan(out[2])
+
+
+# -- memory and report -------------------------------------------------------------------------------------------
+def test_memory_is_bounded_over_long_runs():
+    """20,000 steps: the monitor's retained memory does not grow with the step count."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 2))
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def retained(steps):
+        monitor = gradmon.Monitor(curvature_every=0, console=False, capacity=512)
+        model = mlp("relu", "he_normal", [8])
+        trainer = core.Trainer(model, optimizer=core.SGD(0.01), batch_size=64, callbacks=[monitor], progress=False)
+        tracemalloc.start()
+        trainer.fit(X, y, epochs=steps)
+        current, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return current, monitor
+
+    small, m1 = retained(2000)
+    large, m2 = retained(20000)
+    assert m2.history.nbytes() == m1.history.nbytes()
+    assert len(m2.history) <= 512 and m2.history.steps[-1] >= 19000
+    assert large < small + 256 * 1024, (small, large)
+
+
+def test_report_json_schema(tmp_path):
+    X, y = moons()
+    monitor = gradmon.Monitor(logdir=tmp_path, curvature_every=0, console=False, tensorboard=False)
+    core.Trainer(mlp("sigmoid", "xavier_normal", [64] * 10), optimizer=core.SGD(0.1), callbacks=[monitor],
+                 progress=False).fit(X, y, epochs=5)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["schema"] == "gradmon.report/1"
+    assert set(data) >= {"spec", "status", "steps", "findings", "layers", "curvature", "loss"}
+    assert data["steps"] == 5 * 32 and data["status"] in ("warning", "error")
+    for f in data["findings"]:
+        assert set(f) >= {"code", "severity", "layer", "first_step", "last_step", "message", "evidence",
+                          "suggestions"}
+        assert f["code"] in gradmon.FINDING_CODES and f["first_step"] <= f["last_step"]
+        for s in f["suggestions"]:
+            assert s["code"] in gradmon.SUGGESTION_CODES and isinstance(s["patch"], dict)
+    assert [l["name"] for l in data["layers"]] == [f"dense{2 * i}" for i in range(11)]
+    assert set(data["layers"][0]["grad_norm"]) == {"first", "last", "median"}
+    assert data["loss"][0]["step"] == 0
+    assert (tmp_path / "history.npz").exists()
+    back = gradmon.HealthReport.load(tmp_path)
+    assert back.status == data["status"] and len(back.findings) == len(data["findings"])
