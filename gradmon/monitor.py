@@ -158,8 +158,11 @@ class Monitor(Callback):
         self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
-        self._judge_every = self.judge_every or int(min(25, max(1, total // (20 * self.every))))
-        hist_every = self.histogram_every if self.histogram_every is not None else max(1, total // 20)
+        # unknown length (other loops): every 10 records
+        self._judge_every = self.judge_every or (int(min(25, max(1, total // (20 * self.every))))
+                                                 if run.total_steps > 0 else 10)
+        hist_every = self.histogram_every if self.histogram_every is not None else (
+            max(1, total // 20) if run.total_steps > 0 else 100)
         self._hist_schedule = every_schedule(int(hist_every)) if self.use_tensorboard else every_schedule(0)
         if self.use_tensorboard:
             self._start_tensorboard(names)
@@ -170,7 +173,8 @@ class Monitor(Callback):
         if self._pending is not None:  # a loop that does not send on_step_end
             self._commit(None)
         step = state.step
-        loss = float(state.loss)
+        loss_known = not state.extras.get("loss_missing", False)
+        loss = float(state.loss) if loss_known else math.nan
         measure = self._measure(step)
         with np.errstate(over="ignore", invalid="ignore"):
             unit_sq = gradq.layer_sq_norms(state.grads, self.units) if measure else None
@@ -183,7 +187,7 @@ class Monitor(Callback):
                     self._other_params = [k for k in state.grads if k not in owned]
                 gnorm = math.sqrt(float(unit_sq.sum()) + sum(gradq.sq_norm(state.grads[k])
                                                                for k in self._other_params))
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
             self._nonfinite(state, loss, gnorm)
         if measure:
             record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": gnorm, "lr": float(state.lr)}
@@ -205,10 +209,31 @@ class Monitor(Callback):
                 self._first_losses.append(loss)
             if len(self._first_norms) < 5 and math.isfinite(gnorm):
                 self._first_norms.append(gnorm)
-        if self._curv_schedule(step) and math.isfinite(loss):
+        if self._curv_schedule(step) and (math.isfinite(loss) or not loss_known):
             self._measure_curvature(state)
         if self._hist_schedule(step):
             self._histograms(state)
+
+    def log_loss(self, value: float) -> None:
+        """The loss of the step measured last, for loops that learn it only after ``on_after_backward``
+        (call before ``on_step_end``)."""
+        value = float(value)
+        if self._pending is not None:
+            self._pending["loss"] = value
+            if len(self._first_losses) < 5 and math.isfinite(value):
+                self._first_losses.append(value)
+        if not math.isfinite(value) and self._nonfinite_step is None:
+            self._nonfinite_step = self.steps
+            obs = Observation("nonfinite_values", None, "error",
+                              f"The loss became {value} at step {self.steps}: training cannot continue from here.",
+                              {"step": self.steps, "loss": value, "last_finite_loss": self._last_finite_loss()},
+                              open_after=1)
+            self.tracker.update(self.steps, [obs], ["nonfinite_values"])
+
+    def will_record_update(self, step: int) -> bool:
+        """Whether the record of ``step`` will hold update ratios (loops that must copy weights to
+        compute updates, like the PyTorch adapter, ask first)."""
+        return self._measure(step) and self._records % self.weight_every == 0
 
     def on_step_end(self, state: StepState) -> None:
         self.steps = state.step + 1

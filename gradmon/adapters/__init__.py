@@ -1,0 +1,1 @@
+"""Adapters: other training loops -> the hook protocol (PyTorch)."""
