@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -23,6 +22,7 @@ from core.losses import Loss, get_loss
 from core.model import Sequential
 from core.objective import BatchObjective
 from core.optimizers import SGD, Optimizer
+from core.progress import progress_bar
 
 
 class TrainingHistory(dict):
@@ -194,7 +194,7 @@ class Trainer:
         params, pflat = model.parameters(), model.flat()
         # read-only views of persistent storage are made once (the arrays behind them change in place)
         self._ro_params, self._ro_grads, self._ro_updates = readonly(params), readonly(self._grads), None
-        bar = self._progress_bar(run.total_steps)
+        bar = progress_bar(run.total_steps, self.progress, "training", "step")
         state: StepState | None = None
         cbs.on_train_begin(run)
         try:
@@ -295,11 +295,3 @@ class Trainer:
         return StepState(step=self.step, epoch=epoch, loss=value, batch_size=batch, params=self._ro_params,
                          grads=self._ro_grads, lr=self.optimizer.lr, activations=activations,
                          preactivations=preacts, objective=objective, masks=masks)
-
-    def _progress_bar(self, total: int):
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        if not show:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="step", desc="training", dynamic_ncols=True, leave=False)

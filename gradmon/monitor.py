@@ -342,7 +342,7 @@ class Monitor(Callback):
             if "threshold" in entry:
                 values["curvature/stability_threshold"] = entry["threshold"]
             self._tb("scalars", state.step, {k: float(v) for k, v in values.items() if v is not None})
-        self._judge(codes=("sharpness_above_stability",))
+        self._judge(codes=("sharpness_above_stability",), step=state.step)
 
     def should_stop(self) -> str | None:
         """Stop before a non-finite update is applied (unless ``stop_on_nonfinite=False``)."""
@@ -397,8 +397,8 @@ class Monitor(Callback):
                             initial_loss=initial, best_loss=self._best_loss if math.isfinite(self._best_loss)
                             else initial, initial_grad_norm=first_norm, sizes=sizes, curvature=self.curvature)
 
-    def _judge(self, final: bool = False, codes: Sequence[str] | None = None) -> None:
-        if self.window is None or not len(self.window):
+    def _judge(self, final: bool = False, codes: Sequence[str] | None = None, step: int | None = None) -> None:
+        if self.window is None:
             return
         ctx = self._context()
         observations: list[Observation] = []
@@ -410,7 +410,8 @@ class Monitor(Callback):
                 continue
             judged.extend(det.codes)
             observations.extend(det.judge(ctx))
-        self.tracker.update(max(self.steps - 1, 0), observations, judged, final=final)
+        at = step if step is not None else max(self.steps - 1, 0)
+        self.tracker.update(at, observations, judged, final=final)
 
     def _opened(self, finding: Finding) -> None:
         if self._advice_ctx is not None:

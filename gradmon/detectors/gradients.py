@@ -107,7 +107,7 @@ class ExplodingGradients(Detector):
         open_after = None
         peak = float(np.max(ok[-3:]))
         if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early:
-            reasons.append(f"the global norm reached {peak:.3g}, {peak / early:.0f}x its early level")
+            reasons.append(f"the global norm reached {peak:.3g}, {peak / early:.3g}x its early level")
             evidence["blowup_factor"] = sig(peak / early)
             if peak > 10 * self.blowup_factor * early:
                 open_after = 1  # orders of magnitude within a few steps: no time to wait
@@ -137,9 +137,10 @@ class ExplodingGradients(Detector):
                     layer = ctx.units[0].name
         if not reasons:
             return []
-        # a typical healthy norm for clipping: the median of the calmer half of the window
+        # a healthy norm to clip at: the early-training level, else the median of the calmer half
         calm = np.sort(ok)[: max(1, ok.size // 2)]
-        evidence["suggested_clip_norm"] = sig(float(np.median(calm)), 2)
+        typical = early if np.isfinite(early) and early > 0 else float(np.median(calm))
+        evidence["suggested_clip_norm"] = sig(typical, 2)
         loss = ctx.window.scalar("loss")
         diverging = np.isfinite(ctx.initial_loss) and smoothed(loss) > 2.0 * ctx.initial_loss
         severity = "error" if diverging or not np.isfinite(smoothed(norms, 3)) else "warning"

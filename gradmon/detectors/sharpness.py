@@ -17,7 +17,7 @@ from gradmon.detectors.loss import LossOscillation, is_diverging
 
 class SharpnessAboveStability(Detector):
     codes = ("sharpness_above_stability",)
-    min_records = 1
+    min_records = 0    # judged at each curvature measurement, from the first step on
     margin = 1.0       # report when lambda_max > margin * threshold
     safety = 0.8       # suggested lr = safety * the largest stable lr
 

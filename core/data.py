@@ -1,0 +1,225 @@
+"""Data sets: generated 2-D classification sets, a regression teacher, the digits, and files.
+
+All generators are ``fn(n_samples, noise, rng, **kw) -> (X, y)`` with ``X`` float64 ``(n, d)`` and ``y``
+int64 class labels ``(n,)`` (classification) or float64 targets ``(n, k)`` (regression).
+
+>>> ds = load_dataset("moons", n_samples=200, seed=0)
+>>> ds.X_train.shape, ds.n_classes
+((160, 2), 2)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Dataset:
+    """Train and test splits.  ``n_classes`` is 0 for regression."""
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    task: str
+    n_classes: int
+    n_features: int
+
+    @property
+    def n_outputs(self) -> int:
+        if self.task == "classification":
+            return self.n_classes
+        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+
+
+# -- generators ---------------------------------------------------------------------------------------------
+def spirals(n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n_classes`` interleaved spiral arms."""
+    y = np.arange(n_samples) % n_classes
+    r = rng.uniform(0.05, 1.0, n_samples)
+    theta = y * 2 * np.pi / n_classes + r * 4.0 + rng.normal(0, noise, n_samples) * 2
+    return np.stack([r * np.sin(theta), r * np.cos(theta)], 1), y.astype(np.int64)
+
+
+def moons(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaved half circles."""
+    t = rng.uniform(0, np.pi, n_samples)
+    y = (rng.random(n_samples) < 0.5).astype(np.int64)
+    X = np.stack([np.where(y == 0, np.cos(t), 1 - np.cos(t)), np.where(y == 0, np.sin(t), 0.5 - np.sin(t))], 1)
+    return X + rng.normal(0, noise, X.shape), y
+
+
+def circles(n_samples: int, noise: float, rng: np.random.Generator, factor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A small circle inside a large one."""
+    t = rng.uniform(0, 2 * np.pi, n_samples)
+    y = (rng.random(n_samples) < 0.5).astype(np.int64)
+    r = np.where(y == 1, factor, 1.0)
+    X = np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    return X + rng.normal(0, noise, X.shape), y
+
+
+def xor(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Four quadrants, opposite ones sharing a class."""
+    X = rng.uniform(-1, 1, (n_samples, 2))
+    y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(np.int64)
+    return X + rng.normal(0, noise, X.shape), y
+
+
+def blobs(n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs around centres on a circle of radius 2; ``noise`` scales their spread (plus 0.5)."""
+    y = np.arange(n_samples) % n_classes
+    angles = 2 * np.pi * np.arange(n_classes) / n_classes
+    centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    return centres[y] + rng.normal(0, 0.5 + noise, (n_samples, 2)), y.astype(np.int64)
+
+
+def teacher(n_samples: int, noise: float, rng: np.random.Generator, n_features: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Regression from a random one-layer tanh teacher: ``y = tanh(X @ w) + noise * N(0, 1)``."""
+    X = rng.normal(size=(n_samples, n_features))
+    w = rng.normal(size=(n_features, 1))
+    return X, np.tanh(X @ w) + noise * rng.normal(size=(n_samples, 1))
+
+
+def digits(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 handwritten digits scikit-learn ships (1797 images, 10 classes), pixels scaled to [0, 1];
+    ``n_samples`` caps the count (a random subset), ``noise`` is ignored."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError('the digits data set comes with scikit-learn: pip install "gradmon[digits]"') from None
+    d = load_digits()
+    X, y = d.data / 16.0, d.target.astype(np.int64)
+    if n_samples < len(X):
+        idx = np.sort(rng.permutation(len(X))[:n_samples])
+        X, y = X[idx], y[idx]
+    return X, y
+
+
+DATASETS: dict[str, Generator] = {
+    "spirals": spirals, "moons": moons, "circles": circles, "xor": xor, "blobs": blobs, "teacher": teacher,
+    "digits": digits,
+}
+REGRESSION = frozenset({"teacher"})
+#: generated 2-D sets are standardised with the train split's statistics
+STANDARDISE = frozenset({"spirals", "moons", "circles", "xor", "blobs"})
+
+
+# -- files --------------------------------------------------------------------------------------------------
+def _check(path: Path, X: np.ndarray, y: np.ndarray) -> None:
+    if X.size == 0 or len(X) == 0:
+        raise ValueError(f"{path}: the data is empty")
+    if X.ndim != 2:
+        raise ValueError(f"{path}: X must be 2-D (samples, features), got shape {X.shape}")
+    if len(y) != len(X):
+        raise ValueError(f"{path}: X has {len(X)} rows but y has {len(y)}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{path}: X contains NaN or Inf")
+    if not np.isfinite(y.astype(float)).all():
+        raise ValueError(f"{path}: y contains NaN or Inf")
+
+
+def load_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` and ``y`` from an ``.npz`` (arrays X and y) or a ``.csv`` (last column is y; a header row is
+    detected and skipped)."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: no such data file")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as data:
+                missing = [k for k in ("X", "y") if k not in data]
+                if missing:
+                    raise ValueError(f"{p}: missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
+                X, y = np.asarray(data["X"], dtype=float), np.asarray(data["y"])
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+    elif suffix == ".csv":
+        with open(p, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        if rows and not _numeric(rows[0]):
+            rows = rows[1:]
+        if not rows:
+            raise ValueError(f"{p}: the data is empty")
+        if any(len(r) != len(rows[0]) for r in rows) or len(rows[0]) < 2:
+            raise ValueError(f"{p}: every row needs the same number (>= 2) of columns, y last")
+        try:
+            table = np.array([[float(c) for c in r] for r in rows])
+        except ValueError:
+            raise ValueError(f"{p}: a cell is not a number") from None
+        X, y = table[:, :-1], table[:, -1]
+    else:
+        raise ValueError(f"{p}: unsupported data file type {suffix!r}; use .npz (X, y) or .csv (y last)")
+    if y.ndim == 2 and y.shape[1] == 1 and np.issubdtype(y.dtype, np.integer):
+        y = y[:, 0]
+    _check(p, X, y)
+    if y.ndim == 1 and np.all(np.asarray(y, dtype=float) == np.round(np.asarray(y, dtype=float))):
+        y = np.asarray(y, dtype=float).astype(np.int64)
+        if y.min() < 0:
+            raise ValueError(f"{p}: class labels must be >= 0, found {y.min()}")
+    return X, y
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(c) for c in row]
+        return True
+    except ValueError:
+        return False
+
+
+# -- the data set a spec asks for ---------------------------------------------------------------------------
+def load_dataset(name: str | None = None, path: str | os.PathLike | None = None, n_samples: int = 1000,
+                 noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0, **kw: Any) -> Dataset:
+    """A built-in data set by ``name`` or a file by ``path``, shuffled and split; deterministic per seed."""
+    if (name is None) == (path is None):
+        raise ValueError("give exactly one of a data set name or a file path")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    if name is not None:
+        if name not in DATASETS:
+            raise ValueError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
+        X, y = DATASETS[name](int(n_samples), float(noise), rng, **kw)
+        label = name
+    else:
+        X, y = load_file(path)
+        label = Path(path).stem
+    task = "regression" if (name in REGRESSION or np.issubdtype(np.asarray(y).dtype, np.floating)) else "classification"
+    if task == "classification":
+        classes, y = np.unique(y, return_inverse=True)
+        y = y.astype(np.int64)
+        n_classes = int(len(classes))
+    else:
+        y = np.asarray(y, dtype=float)
+        y = y[:, None] if y.ndim == 1 else y
+        n_classes = 0
+    order = rng.permutation(len(X))
+    X, y = X[order], y[order]
+    n_test = int(round(test_fraction * len(X)))
+    if len(X) - n_test < 1:
+        raise ValueError(f"{label}: no training examples left after the test split")
+    X_train, X_test, y_train, y_test = X[n_test:], X[:n_test], y[n_test:], y[:n_test]
+    if path is not None or name in STANDARDISE:
+        mean, std = X_train.mean(0), X_train.std(0)
+        std[std == 0] = 1.0
+        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+    return Dataset(name=label, X_train=np.ascontiguousarray(X_train, dtype=float), y_train=y_train,
+                   X_test=np.ascontiguousarray(X_test, dtype=float).reshape(-1, X.shape[1]), y_test=y_test,
+                   task=task, n_classes=n_classes, n_features=int(X.shape[1]))
+
+
+def iterate_minibatches(n: int, batch_size: int, rng: np.random.Generator, shuffle: bool = True) -> Iterator[np.ndarray]:
+    """Index arrays of at most ``batch_size`` covering ``range(n)`` (the last batch may be smaller)."""
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]

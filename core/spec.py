@@ -1,0 +1,364 @@
+"""The run spec: TOML, JSON or a dict -> data, model and trainer.
+
+>>> spec = load_spec({"model": {"hidden": [32]}}, ["train.lr=0.05"])
+>>> spec["train"]["lr"], spec["model"]["activation"]
+(0.05, 'relu')
+
+Every key is validated at the boundary; a bad spec raises :class:`SpecError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+
+class SpecError(ValueError):
+    """A bad run spec; the message is one line that names the key or file."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "data": {"name": "spirals", "path": None, "n_samples": 1000, "noise": 0.1, "test_fraction": 0.2,
+             "n_classes": None},
+    "model": {"hidden": [64, 64], "activation": "relu", "init": "he_normal", "init_std": 0.05, "init_limit": 0.05,
+              "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
+    "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "batch_size": 32,
+              "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
+    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024},
+}
+SECTIONS = ("data", "model", "train", "monitor")
+
+
+# -- value checks (each returns the cleaned value or raises SpecError naming the key) ----------------------------
+def _number(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise SpecError(f"{key}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _positive(key: str, v: Any) -> float:
+    x = _number(key, v)
+    if x <= 0:
+        raise SpecError(f"{key}: expected a positive number, got {v!r}")
+    return x
+
+
+def _nonneg(key: str, v: Any) -> float:
+    x = _number(key, v)
+    if x < 0:
+        raise SpecError(f"{key}: expected a number >= 0, got {v!r}")
+    return x
+
+
+def _int(key: str, v: Any, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise SpecError(f"{key}: expected an integer, got {v!r}")
+    if v < low:
+        raise SpecError(f"{key}: expected an integer >= {low}, got {v}")
+    return int(v)
+
+
+def _unit(key: str, v: Any) -> float:
+    x = _number(key, v)
+    if not 0 <= x < 1:
+        raise SpecError(f"{key}: expected a number in [0, 1), got {v!r}")
+    return x
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise SpecError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _string(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise SpecError(f"{key}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _choice(options: Callable[[], Iterable[str]]) -> Callable[[str, Any], str]:
+    def check(key: str, v: Any) -> str:
+        valid = list(options())
+        if v not in valid:
+            hint = difflib.get_close_matches(str(v), valid, n=1)
+            raise SpecError(f"{key}: unknown value {v!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; use one of {', '.join(valid)}")
+        return v
+    return check
+
+
+def _hidden(key: str, v: Any) -> list[int]:
+    if not isinstance(v, list):
+        raise SpecError(f"{key}: expected a list of layer widths like [64, 64], got {v!r}")
+    return [_int(f"{key}[{i}]", h, 1) for i, h in enumerate(v)]
+
+
+def _batch(key: str, v: Any) -> int | str:
+    if v == "full":
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SpecError(f"{key}: expected a positive integer or \"full\", got {v!r}")
+    return v
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda key, v: None if v is None else check(key, v)
+
+
+def _datasets() -> Iterable[str]:
+    from core.data import DATASETS
+
+    return DATASETS
+
+
+def _activations() -> Iterable[str]:
+    from core.activations import ACTIVATIONS
+
+    return ACTIVATIONS
+
+
+def _inits() -> Iterable[str]:
+    from core.initializers import INITIALIZERS
+
+    return INITIALIZERS
+
+
+def _optimizers() -> Iterable[str]:
+    from core.optimizers import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _losses() -> Iterable[str]:
+    from core.losses import LOSSES
+
+    return ["auto", *LOSSES]
+
+
+CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
+    "": {"name": _string, "seed": lambda k, v: _int(k, v, 0)},
+    "data": {"name": _optional(_choice(_datasets)), "path": _optional(_string),
+             "n_samples": lambda k, v: _int(k, v, 2), "noise": _nonneg, "test_fraction": _unit,
+             "n_classes": _optional(lambda k, v: _int(k, v, 2))},
+    "model": {"hidden": _hidden, "activation": _choice(_activations), "init": _choice(_inits),
+              "init_std": _positive, "init_limit": _positive, "bias_init": _number, "batchnorm": _bool,
+              "dropout": _unit, "leaky_alpha": _unit},
+    "train": {"loss": _choice(_losses), "optimizer": _choice(_optimizers), "lr": _positive, "momentum": _unit,
+              "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
+              "clip_value": _nonneg, "l2": _nonneg},
+    "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
+                "curvature_samples": lambda k, v: _int(k, v, 1)},
+}
+
+
+def _all_keys() -> list[str]:
+    return [k for k in CHECKS[""]] + [f"{s}.{k}" for s in SECTIONS for k in CHECKS[s]]
+
+
+def _unknown(key: str) -> SpecError:
+    hint = difflib.get_close_matches(key, _all_keys(), n=1)
+    return SpecError(f"unknown key {key}" + (f" (did you mean {hint[0]}?)" if hint else "")
+                     + f"; spec sections are {', '.join(SECTIONS)}")
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def spec_name(source: str | os.PathLike | Mapping[str, Any]) -> str:
+    if isinstance(source, Mapping):
+        return str(source.get("name") or "run")
+    return Path(source).stem
+
+
+def read_spec_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw dict of a ``.toml`` or ``.json`` spec file."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"{p}: no such spec file")
+    if p.is_dir():
+        raise SpecError(f"{p}: is a directory, not a spec file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{p}: cannot read it ({exc})") from None
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise SpecError(f"{p}: unknown spec format {suffix!r}; use .toml or .json")
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{p}: invalid TOML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: a spec must be a table/object at the top level")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=0.5"`` -> ``("train.lr", 0.5)``; values are TOML values ([64, 64], true, "x"), or bare
+    strings when they don't parse (``model.activation=tanh``)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.05")
+    key, text = item.split("=", 1)
+    key, text = key.strip(), text.strip()
+    if not key:
+        raise SpecError(f"--set {item!r}: the key is empty")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def _set(spec: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] in CHECKS[""]:
+        spec[parts[0]] = value
+        return
+    if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in CHECKS[parts[0]]:
+        raise _unknown(key)
+    spec[parts[0]][parts[1]] = value
+
+
+def _merge(base: dict[str, Any], raw: Mapping[str, Any]) -> None:
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise SpecError(f"{key}: expected a table of keys, got {value!r}")
+            for sub, v in value.items():
+                _set(base, f"{key}.{sub}", v)
+        else:
+            _set(base, str(key), value)
+
+
+def validate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check and clean every key; cross-key rules too.  Returns the same dict."""
+    for key, check in CHECKS[""].items():
+        spec[key] = check(key, spec[key])
+    for section in SECTIONS:
+        for key, check in CHECKS[section].items():
+            spec[section][key] = check(f"{section}.{key}", spec[section][key])
+    data = spec["data"]
+    if (data["name"] is None) == (data["path"] is None):
+        raise SpecError("data: give exactly one of data.name (a built-in set) or data.path (a .npz/.csv file)")
+    return spec
+
+
+def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read, merge onto defaults, apply ``--set`` overrides and validate; returns the resolved spec."""
+    spec = copy.deepcopy(DEFAULTS)
+    if isinstance(source, Mapping):
+        raw = dict(source)
+        spec["name"] = spec_name(source)
+    else:
+        raw = read_spec_file(source)
+        spec["name"] = spec_name(source)
+    raw_data = raw.get("data")
+    if isinstance(raw_data, Mapping) and "path" in raw_data and "name" not in raw_data:
+        spec["data"]["name"] = None  # a file replaces the default data set
+    _merge(spec, raw)
+    for item in overrides:
+        key, value = parse_override(item)
+        if key == "data.path":
+            spec["data"]["name"] = None
+        _set(spec, key, value)
+    return validate(spec)
+
+
+def apply_patch(spec: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """A new validated spec with dotted ``patch`` keys set (the input is not modified)."""
+    out = copy.deepcopy(dict(spec))
+    for section in SECTIONS:
+        out.setdefault(section, copy.deepcopy(DEFAULTS[section]))
+    for key, value in patch.items():
+        _set(out, key, copy.deepcopy(value))
+    return validate(out)
+
+
+def flatten(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys: ``{"train.lr": 0.1, ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if isinstance(value, Mapping):
+            for sub, v in value.items():
+                out[f"{key}.{sub}"] = v
+        else:
+            out[key] = value
+    return out
+
+
+# -- building ---------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a spec builds: the resolved spec (concrete loss), data, model, trainer and epochs."""
+
+    spec: dict[str, Any]
+    data: Any
+    model: Any
+    trainer: Any
+    epochs: int
+
+
+def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool | None = None) -> Run:
+    """Data, model and trainer for a resolved spec (see :func:`load_spec`)."""
+    import core
+    from core.data import load_dataset
+
+    spec = validate(copy.deepcopy(dict(spec)))
+    d, m, t = spec["data"], spec["model"], spec["train"]
+    kw = {"n_classes": d["n_classes"]} if d["n_classes"] and d["name"] in ("spirals", "blobs") else {}
+    try:
+        data = load_dataset(d["name"], d["path"], n_samples=d["n_samples"], noise=d["noise"],
+                            test_fraction=d["test_fraction"], seed=spec["seed"], **kw)
+    except ValueError as exc:
+        raise SpecError(f"data: {exc}") from None
+    loss = t["loss"]
+    if loss == "auto":
+        loss = "cross_entropy" if data.task == "classification" else "mse"
+    if data.task == "regression" and loss != "mse":
+        raise SpecError(f"train.loss: {loss} needs class labels, but {data.name} is a regression data set; use mse")
+    if data.task == "classification" and loss == "mse":
+        raise SpecError(f"train.loss: mse needs real-valued targets, but {data.name} has class labels")
+    if loss == "binary_cross_entropy" and data.n_classes != 2:
+        raise SpecError(f"train.loss: binary_cross_entropy needs 2 classes, {data.name} has {data.n_classes}")
+    spec["train"]["loss"] = loss
+    n_out = 1 if loss == "binary_cross_entropy" else data.n_outputs
+    layers: list[Any] = []
+    width = data.n_features
+    dense_kw = {"init": m["init"], "std": m["init_std"], "limit": m["init_limit"]}
+    for h in m["hidden"]:
+        layers.append(core.Dense(width, h, bias_init=m["bias_init"], **dense_kw))
+        if m["batchnorm"]:
+            layers.append(core.BatchNorm(h))
+        act_kw = {"alpha": m["leaky_alpha"]} if m["activation"] == "leaky_relu" else {}
+        layers.append(core.get_activation(m["activation"], **act_kw))
+        if m["dropout"] > 0:
+            layers.append(core.Dropout(m["dropout"]))
+        width = h
+    layers.append(core.Dense(width, n_out, **dense_kw))
+    model = core.Sequential(layers, seed=spec["seed"], dtype="float32")
+    opt_kw: dict[str, Any] = {"lr": t["lr"]}
+    if t["optimizer"] == "momentum":
+        opt_kw.update(momentum=t["momentum"], nesterov=t["nesterov"])
+    optimizer = core.get_optimizer(t["optimizer"], **opt_kw)
+    trainer = core.Trainer(model, loss=loss, optimizer=optimizer,
+                           batch_size=None if t["batch_size"] == "full" else t["batch_size"],
+                           clip_norm=t["clip_norm"] or None, clip_value=t["clip_value"] or None, l2=t["l2"],
+                           callbacks=callbacks, seed=spec["seed"], progress=progress)
+    trainer.spec = spec
+    return Run(spec=spec, data=data, model=model, trainer=trainer, epochs=t["epochs"])
