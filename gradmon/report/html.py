@@ -1,0 +1,191 @@
+"""The health report as one self-contained HTML file (inline CSS, plots embedded as PNG data URIs).
+
+Every string that comes from a spec, a model, a finding or its evidence is escaped, so a layer named
+``<script>`` renders as text.  Stable hooks for tests: ``#status[data-status]``, ``.finding[data-code]``,
+``.suggestion``, ``#heatmap``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from typing import Any
+
+from gradmon.findings import HealthReport
+from gradmon.report.markdown import fmt
+from gradmon.report.text import patch_to_cli
+
+COLOURS = {"healthy": ("#e6f4ea", "#1e7d32"), "warning": ("#fff4e0", "#a05a00"), "error": ("#fde8e4", "#b3261e")}
+SEVERITY_COLOURS = {"info": "#0072B2", "warning": "#a05a00", "error": "#b3261e"}
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#fafafa;color:#222}
+main{max-width:1180px;margin:0 auto;padding:16px 24px}
+#status{border-radius:10px;padding:18px 22px;margin:8px 0 18px 0;border:2px solid}
+#status h1{margin:0 0 6px 0;font-size:26px}
+.counts span{margin-right:14px;font-weight:600}
+h2{margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.finding{background:#fff;border-left:6px solid;border-radius:6px;padding:12px 16px;margin:10px 0;
+ box-shadow:0 1px 2px rgba(0,0,0,.08)}
+.finding h3{margin:0 0 6px 0;font-size:17px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;margin-right:6px;
+ vertical-align:middle}
+.meta{color:#555;font-size:13px;margin-bottom:6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}
+.suggestion{background:#f6f9ff;border:1px solid #d5e2f7;border-radius:6px;padding:6px 10px;margin:6px 0}
+code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px}
+pre{background:#f3f3f3;padding:8px;border-radius:4px;overflow-x:auto;white-space:pre-wrap}
+.plots img{max-width:100%;margin:6px 0;background:#fff;border:1px solid #eee}
+details summary{cursor:pointer;color:#444}
+"""
+
+
+def _img(png: bytes, alt: str, ident: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img id="{ident}" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _evidence_table(evidence: dict[str, Any], label: str = "evidence") -> str:
+    if not evidence:
+        return ""
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(fmt(v))}</td></tr>" for k, v in evidence.items())
+    return f'<details><summary>{escape(label)}</summary><table class="evidence">{rows}</table></details>'
+
+
+def _group(findings: list) -> list[list]:
+    """Findings of one code together (a symptom seen in five layers is one card), worst first."""
+    groups: dict[str, list] = {}
+    for f in findings:
+        groups.setdefault(f.code, []).append(f)
+    return list(groups.values())
+
+
+def _finding(group: list) -> str:
+    f = group[0]  # the worst (findings arrive sorted worst first)
+    colour = SEVERITY_COLOURS.get(f.severity, "#555")
+    layers = [g.layer for g in group if g.layer]
+    where = f" in {', '.join(f'<code>{escape(l)}</code>' for l in layers)}" if layers else ""
+    first, last = min(g.first_step for g in group), max(g.last_step for g in group)
+    parts = [f'<div class="finding" data-code="{escape(f.code)}" data-severity="{escape(f.severity)}" '
+             f'style="border-color:{colour}">',
+             f'<h3><span class="badge" style="background:{colour}">{escape(f.severity.upper())}</span>'
+             f'<code>{escape(f.code)}</code>{where}</h3>',
+             f'<div class="meta">steps {int(first)}–{int(last)}</div>',
+             "".join(f"<p>{escape(g.message)}</p>" for g in group[:3])]
+    if len(group) > 3:
+        parts.append(f"<p>(and {len(group) - 3} more layers)</p>")
+    for s in f.suggestions:
+        parts.append(f'<div class="suggestion" data-code="{escape(s.code)}"><b>{escape(s.code)}</b>: '
+                     f"{escape(s.text)}")
+        if s.patch:
+            parts.append(f"<br><code>{escape(patch_to_cli(s.patch))}</code> &nbsp; "
+                         f"<code>{escape(json.dumps(s.patch))}</code>")
+        parts.append("</div>")
+    for g in group:
+        label = f"evidence ({g.layer})" if g.layer and len(group) > 1 else "evidence"
+        parts.append(_evidence_table(g.evidence, label))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _summary_table(findings: list) -> str:
+    rows = "".join(
+        f"<tr><td><span class='badge' style='background:{SEVERITY_COLOURS.get(g[0].severity, '#555')}'>"
+        f"{escape(g[0].severity)}</span></td><td><code>{escape(g[0].code)}</code></td>"
+        f"<td>{escape(', '.join(x.layer for x in g if x.layer) or 'model')}</td>"
+        f"<td>{int(min(x.first_step for x in g))}–{int(max(x.last_step for x in g))}</td>"
+        f"<td>{escape(g[0].suggestions[0].code) if g[0].suggestions else '-'}</td></tr>"
+        for g in _group(findings))
+    return ("<table id='summary'><tr><th>severity</th><th>finding</th><th>where</th><th>steps</th>"
+            f"<th>first fix</th></tr>{rows}</table>")
+
+
+def _layers_table(layers: list[dict[str, Any]]) -> str:
+    if not layers:
+        return ""
+    head = ("<tr><th>layer</th><th>activation</th><th>grad norm first</th><th>last</th><th>median</th>"
+            "<th>update ratio (median)</th><th>saturation (median)</th><th>dead fraction (median)</th></tr>")
+    rows = []
+    for l in layers:
+        g = l.get("grad_norm", {})
+        rows.append("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
+            l.get("name"), l.get("activation") or "-", g.get("first"), g.get("last"), g.get("median"),
+            l.get("update_ratio", {}).get("median"), l.get("saturation", {}).get("median"),
+            l.get("dead_fraction", {}).get("median"))) + "</tr>")
+    return f'<table id="layers">{head}{"".join(rows)}</table>'
+
+
+def _curvature_table(curvature: list[dict[str, Any]]) -> str:
+    if not curvature:
+        return ""
+    head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k, '-')))}</td>"
+                                     for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
+                   for c in curvature)
+    return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
+
+
+def _doctor(extra: dict[str, Any]) -> str:
+    doc = extra.get("doctor")
+    if not doc:
+        return ""
+    rows = "".join(
+        f"<tr><td>{t['rank']}</td><td>{escape('+'.join(t['suggestions']))}</td>"
+        f"<td>{escape(fmt(t.get('val_loss', t['final_loss'])))}</td><td>{escape(', '.join(t['closed']) or '-')}</td>"
+        f"<td>{escape(', '.join(t['findings']) or '-')}</td><td><code>{escape(patch_to_cli(t['patch']))}</code></td></tr>"
+        for t in doc.get("trials", []))
+    return ("<h2>Fixes tried (gradmon doctor)</h2><table><tr><th>rank</th><th>fix</th><th>loss</th><th>closed</th>"
+            f"<th>still open</th><th>patch</th></tr>{rows}</table>")
+
+
+def render_html(report: HealthReport, history: Any = None) -> str:
+    from gradmon.report import plots
+
+    status = report.status
+    bg, fg = COLOURS[status]
+    counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
+    name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
+    headline = {"healthy": "Training looks healthy", "warning": "Training has problems worth fixing",
+                "error": "Training is broken"}[status]
+    top = report.worst("warning")
+    first = f"<p>Most important: <b>{escape(top[0].code)}</b> — {escape(top[0].message)}</p>" if top else ""
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gradmon: {escape(name)} — "
+             f"{escape(status)}</title><style>{CSS}</style></head><body><main>",
+             f'<section id="status" data-status="{escape(status)}" style="background:{bg};border-color:{fg};'
+             f'color:{fg}"><h1>{escape(status.upper())}: {escape(headline)}</h1>',
+             f'<div class="counts"><span>{counts["error"]} errors</span><span>{counts["warning"]} warnings</span>'
+             f'<span>{counts["info"]} info</span><span>{int(report.steps)} steps</span>'
+             f"<span>run: {escape(name)}</span><span>ended: {escape(str(report.ended))}</span></div>{first}</section>"]
+    findings = report.worst("info")
+    if findings:
+        parts.append(_summary_table(findings))
+    figures = plots.all_plots(report, history) if plots.matplotlib_available() else None
+    parts.append('<h2>Plots</h2><div class="plots">')
+    if figures is None:
+        parts.append('<p>Plots need matplotlib: <code>pip install "gradmon[report]"</code></p>')
+    else:
+        for key, alt in (("heatmap", "gradient norm heatmap"), ("loss", "training loss"),
+                         ("activations", "saturation and dead units"), ("curvature", "curvature against 2/lr")):
+            if key in figures:
+                parts.append(_img(figures[key], alt, key))
+        if history is None:
+            parts.append("<p>(per-step plots need the run's history.npz)</p>")
+    parts.append("</div><h2>Findings</h2>")
+    if findings:
+        parts.extend(_finding(g) for g in _group(findings))
+    else:
+        parts.append("<p>No findings: gradients, activations, updates and the loss all stayed in healthy ranges.</p>")
+    if report.layers:
+        parts.append(f"<h2>Layers</h2>{_layers_table(report.layers)}")
+    if report.curvature:
+        parts.append(f"<h2>Curvature</h2>{_curvature_table(report.curvature)}")
+    parts.append(_doctor(report.extra))
+    if report.extra.get("sink_errors"):
+        items = "".join(f"<li>{escape(str(e))}</li>" for e in report.extra["sink_errors"])
+        parts.append(f"<h2>Sink problems</h2><ul>{items}</ul>")
+    parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(report.spec, indent=2, default=str))}</pre>")
+    parts.append("</main></body></html>")
+    return "".join(parts)
