@@ -31,13 +31,14 @@ def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def unflatten(vec: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Split ``vec`` into float64 arrays shaped and keyed like ``like``."""
+    total = sum(int(np.prod(np.shape(a))) for a in like.values())
+    if vec.size != total:
+        raise ValueError(f"vector of length {vec.size} does not match parameters of total size {total}")
     out, offset = {}, 0
     for key, a in like.items():
         n = int(np.prod(np.shape(a)))
         out[key] = vec[offset:offset + n].reshape(np.shape(a))
         offset += n
-    if offset != vec.size:
-        raise ValueError(f"vector of length {vec.size} does not match parameters of total size {offset}")
     return out
 
 
