@@ -32,7 +32,7 @@ class SaturatedActivations(Detector):
 class DeadUnits(Detector):
     codes = ("dead_units",)
     min_records = 10
-    warn_fraction = 0.5     # median fraction of units silent for a whole batch
+    warn_fraction = 0.6     # median fraction of units silent for a whole batch
     error_fraction = 0.9
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
