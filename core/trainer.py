@@ -197,6 +197,9 @@ class Trainer:
         bar = progress_bar(run.total_steps, self.progress, "training", "step")
         state: StepState | None = None
         cbs.on_train_begin(run)
+        # overflow to Inf/NaN is a training outcome (reported, and stopped on), not a numpy warning
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+        errstate.__enter__()
         try:
             for epoch in range(epochs):
                 order = self.rng.permutation(n) if self.shuffle and bs < n else np.arange(n)
@@ -275,6 +278,8 @@ class Trainer:
                 bar.close()
             cbs.on_exception(exc, state)
             raise
+        finally:
+            errstate.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         cbs.on_train_end({"history": dict(history), "steps": self.step, "stopped": history["stopped"]})

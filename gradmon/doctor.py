@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from core.progress import progress_bar
+from gradmon.report.text import cli_value, patch_to_cli
 
 SCHEMA = "gradmon.doctor/1"
 
@@ -107,31 +108,52 @@ def _trial_job(args: tuple) -> TrialOutcome:
 
 
 def candidate_fixes(findings: list[dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """Distinct patches from the findings' suggestions, plus the first fix of each finding combined."""
+    """Distinct patches from the suggestions of the warning and error findings, in table order."""
     out: list[tuple[list[str], dict[str, Any]]] = []
     seen: set[str] = set()
-
-    def add(codes: list[str], patch: dict[str, Any]) -> None:
-        key = repr(sorted(patch.items()))
-        if patch and key not in seen:
-            seen.add(key)
-            out.append((codes, patch))
-
-    firsts: list[tuple[str, dict[str, Any]]] = []
     for f in findings:
         if f["severity"] not in ("warning", "error"):
             continue
-        for i, s in enumerate(f["suggestions"]):
-            add([s["code"]], dict(s["patch"]))
-            if i == 0 and all(s["code"] != c for c, _ in firsts):
-                firsts.append((s["code"], dict(s["patch"])))
-    if len(firsts) > 1:  # the first fix of every finding, together (later keys don't override earlier ones)
-        combined: dict[str, Any] = {}
-        for _, patch in firsts:
-            for k, v in patch.items():
-                combined.setdefault(k, v)
-        add([c for c, _ in firsts], combined)
+        for s in f["suggestions"]:
+            key = repr(sorted(s["patch"].items()))
+            if s["patch"] and key not in seen:
+                seen.add(key)
+                out.append(([s["code"]], dict(s["patch"])))
     return out
+
+
+def combination(ranked: list[TrialOutcome], baseline: TrialOutcome) -> tuple[list[str], dict[str, Any]] | None:
+    """The two best single fixes together, when both measurably helped and touch different spec keys
+    (ReLU + He init + batch normalization, say)."""
+    helped = [t for t in ranked if t.closed and t.errors == 0 and t.loss <= baseline.loss]
+    if len(helped) < 2 or set(helped[0].patch) & set(helped[1].patch):
+        return None
+    return helped[0].suggestions + helped[1].suggestions, {**helped[0].patch, **helped[1].patch}
+
+
+def _run_jobs(jobs: list[tuple], workers: int | None, bar: Any) -> list[TrialOutcome]:
+    outcomes: list[TrialOutcome] = []
+    n = workers or min(len(jobs), os.cpu_count() or 1)
+    if n > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=n) as pool:
+            for outcome in pool.map(_trial_job, jobs):
+                outcomes.append(outcome)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            outcomes.append(_trial_job(job))
+            if bar is not None:
+                bar.update(1)
+    return outcomes
+
+
+def _rank(outcomes: list[TrialOutcome], baseline: TrialOutcome) -> None:
+    for t in outcomes:
+        t.closed = sorted(set(baseline.findings) - set(t.findings))
+    outcomes.sort(key=TrialOutcome.sort_key)
+    for i, t in enumerate(outcomes, start=1):
+        t.rank = i
 
 
 def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None = None,
@@ -143,30 +165,19 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
     root = str(logdir) if logdir is not None else None
     baseline, findings = run_trial(spec, {}, [], budget_steps, os.path.join(root, "baseline") if root else None)
     candidates = candidate_fixes(findings)
-    jobs = [(spec, patch, codes, budget_steps, os.path.join(root, f"trial{i + 1}") if root else None)
-            for i, (codes, patch) in enumerate(candidates)]
+    trial_dir = (lambda i: os.path.join(root, f"trial{i}")) if root else (lambda i: None)
+    jobs = [(spec, patch, codes, budget_steps, trial_dir(i + 1)) for i, (codes, patch) in enumerate(candidates)]
     outcomes: list[TrialOutcome] = []
     if jobs:
-        n = workers or min(len(jobs), os.cpu_count() or 1)
-        bar = progress_bar(len(jobs), progress, "doctor", "trial")
-        if n > 1:
-            with ProcessPoolExecutor(max_workers=n) as pool:
-                for outcome in pool.map(_trial_job, jobs):
-                    outcomes.append(outcome)
-                    if bar is not None:
-                        bar.update(1)
-        else:
-            for job in jobs:
-                outcomes.append(_trial_job(job))
-                if bar is not None:
-                    bar.update(1)
+        bar = progress_bar(len(jobs) + 1, progress, "doctor", "trial")
+        outcomes = _run_jobs(jobs, workers, bar)
+        _rank(outcomes, baseline)
+        combo = combination(outcomes, baseline)
+        if combo is not None:
+            outcomes += _run_jobs([(spec, combo[1], combo[0], budget_steps, trial_dir(len(jobs) + 1))], 1, bar)
+            _rank(outcomes, baseline)
         if bar is not None:
             bar.close()
-    for t in outcomes:
-        t.closed = sorted(set(baseline.findings) - set(t.findings))
-    outcomes.sort(key=TrialOutcome.sort_key)
-    for i, t in enumerate(outcomes, start=1):
-        t.rank = i
     result = DoctorResult(spec=spec, budget_steps=budget_steps, baseline=baseline, trials=outcomes)
     if root:
         _write_into_report(os.path.join(root, "baseline"), result)
@@ -201,24 +212,17 @@ def render_doctor(result: DoctorResult) -> str:
         lines.append("nothing to fix: the baseline raised no warning or error.")
         return "\n".join(lines)
     lines.append("")
-    lines.append(f"{'rank':<5}{'fix':<28}{'loss':>10}{'acc':>8}  {'closed':<34}still open")
-    for t in result.trials:
-        acc = f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
-        lines.append(f"{t.rank:<5}{'+'.join(t.suggestions):<28}{t.loss:>10.4g}{acc:>8}  "
-                     f"{', '.join(t.closed) or '-':<34}{', '.join(t.findings) or '-'}")
+    rows = [(str(t.rank), "+".join(t.suggestions), f"{t.loss:.4g}", f"{t.accuracy:.1%}" if t.accuracy is not None
+             else "-", ", ".join(t.closed) or "-", ", ".join(t.findings) or "-") for t in result.trials]
+    head = ("rank", "fix", "loss", "acc", "closed", "still open")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        lines.append("  ".join(c.ljust(w) if i != 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     if result.trials:
         best = result.trials[0]
-        patch = " ".join(f"--set {k}={_cli_value(v)}" for k, v in best.patch.items())
-        lines += ["", f"best fix: {'+'.join(best.suggestions)}  ->  gradmon run SPEC {patch}"]
+        lines += ["", f"best fix: {'+'.join(best.suggestions)}  ->  gradmon run SPEC {patch_to_cli(best.patch)}"]
     return "\n".join(lines)
-
-
-def _cli_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_cli_value(x) for x in v) + "]"
-    return str(v)
 
 
 def health_trial(budget_steps: int | None = None):
@@ -261,7 +265,7 @@ def render_leaderboard(trials: list) -> str:
         loss = m.get("val_loss", m.get("final_loss", math.nan))
         acc = f"{m['accuracy']:.1%}" if m.get("accuracy") is not None else "-"
         note = f"pruned: {m['pruned']}" if m.get("pruned") else ", ".join(m.get("findings", [])) or "-"
-        lines.append(f"{t.rank:<5}" + "".join(f"{_cli_value(t.params[k]):<18}" for k in keys)
+        lines.append(f"{t.rank:<5}" + "".join(f"{cli_value(t.params[k]):<18}" for k in keys)
                      + f"{loss:>10.4g}{acc:>8}  {m.get('status', '-'):<8} {note}")
     return "\n".join(lines)
 
