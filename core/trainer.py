@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from core.callbacks import CallbackList, RunInfo, StepState, readonly
+from core.checkpoint import save_checkpoint
 from core.clipping import clip_by_global_norm, clip_by_value
 from core.layers import Context
 from core.losses import Loss, get_loss
@@ -93,6 +95,7 @@ class Trainer:
         self.progress = progress
         self.stop_on_nonfinite = stop_on_nonfinite
         self.step = 0
+        self.epoch = 0
         self.spec: Mapping[str, Any] | None = None
         self._ctx = Context(training=True, rng=model.dropout_rng, reuse=True, update_stats=True)
         # gradients live in one vector, like the parameters: one pass for norms, clipping and updates
@@ -169,8 +172,14 @@ class Trainer:
                        task=task, probe=probe, spec=self.spec)
 
     def fit(self, X: np.ndarray, y: np.ndarray, epochs: int = 10,
-            validation: tuple[np.ndarray, np.ndarray] | None = None) -> TrainingHistory:
-        """Train for ``epochs`` passes over ``(X, y)``; returns the per-epoch history."""
+            validation: tuple[np.ndarray, np.ndarray] | None = None,
+            checkpoint: str | os.PathLike | None = None) -> TrainingHistory:
+        """Train for ``epochs`` more passes over ``(X, y)``; returns the per-epoch history.
+
+        With ``checkpoint``, the state is saved there (atomically) after every epoch and when training stops
+        on non-finite values (the bad step is never applied, so that checkpoint is the last finite state);
+        :func:`core.checkpoint.load_checkpoint` and another ``fit`` resume exactly.
+        """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         model, loss = self.model, self.loss
@@ -271,6 +280,10 @@ class Trainer:
                         history["val_accuracy"].append(ev["accuracy"])
                         logs["val_accuracy"] = ev["accuracy"]
                 cbs.on_epoch_end(epoch, logs)
+                if not history["stopped"]:
+                    self.epoch += 1
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, self)
                 if history["stopped"]:
                     break
         except BaseException as exc:

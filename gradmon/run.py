@@ -69,7 +69,9 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
     run.trainer.spec = dict(run.spec)
     t0 = time.perf_counter()
     validation = (run.data.X_test, run.data.y_test) if len(run.data.X_test) else None
-    history = run.trainer.fit(run.data.X_train, run.data.y_train, epochs=run.epochs, validation=validation)
+    checkpoint = Path(logdir) / "checkpoint.npz" if logdir is not None else None
+    history = run.trainer.fit(run.data.X_train, run.data.y_train, epochs=run.epochs, validation=validation,
+                              checkpoint=checkpoint)
     return RunResult(spec=dict(run.spec), report=monitor.report(), history=monitor.history,
                      train_history=dict(history), logdir=Path(logdir) if logdir is not None else None,
                      seconds=time.perf_counter() - t0)

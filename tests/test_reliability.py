@@ -1,0 +1,169 @@
+"""A monitor must never be the reason a training run is lost: checkpoints resume exactly, failures and
+interrupts still leave readable reports and event files, and no input makes the spec parser or the
+detectors crash (property tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import core
+import gradmon
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.spec import SpecError, load_spec
+from gradmon.detectors import JudgeContext, default_detectors
+from gradmon.findings import HealthReport
+from gradmon.history import LAYER_QUANTITIES, Window
+from gradmon.layout import units_from_run
+from gradmon.run import run_spec
+from gradmon.scenarios import scenario_path
+from tests.tbutil import read_scalars
+from tests.test_monitor import mlp, moons
+
+
+def make_trainer(seed=0):
+    net = core.Sequential([core.Dense(2, 16, init="he_normal"), core.BatchNorm(16), core.ReLU(), core.Dropout(0.2),
+                           core.Dense(16, 2)], seed=seed)
+    return core.Trainer(net, optimizer=core.Adam(1e-2), batch_size=16, seed=seed, progress=False)
+
+
+def test_checkpoint_resumes_training_exactly(tmp_path):
+    X, y = moons(200)
+    straight = make_trainer()
+    straight.fit(X, y, epochs=4)
+    first = make_trainer()
+    first.fit(X, y, epochs=2, checkpoint=tmp_path / "ckpt.npz")
+    resumed = make_trainer(seed=0)
+    meta = load_checkpoint(tmp_path / "ckpt.npz", resumed)
+    assert meta["epoch"] == 2 and meta["step"] == 26
+    resumed.fit(X, y, epochs=2)
+    for k, v in straight.model.parameters().items():
+        assert np.array_equal(v, resumed.model.parameters()[k]), k
+    bn = straight.model.layer("batchnorm1")
+    assert np.array_equal(bn.running_var, resumed.model.layer("batchnorm1").running_var)
+
+
+def test_checkpoint_errors(tmp_path):
+    trainer = make_trainer()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "none.npz", trainer)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.npz", trainer)
+    save_checkpoint(tmp_path / "adam.npz", trainer)
+    other = core.Trainer(trainer.model, optimizer=core.SGD(0.1), progress=False)
+    with pytest.raises(ValueError, match="Adam state"):
+        load_checkpoint(tmp_path / "adam.npz", other)
+    assert not list(tmp_path.glob(".*.npz"))  # no temp files left behind
+
+
+def test_nonfinite_run_keeps_report_events_and_a_finite_checkpoint(tmp_path):
+    spec = load_spec(scenario_path("exploding"))
+    result = run_spec(spec, tmp_path, progress=False, console=False)
+    report = HealthReport.load(tmp_path)
+    assert report.ended == "nonfinite" and report.status == "error"
+    nonfinite = [f for f in report.findings if f.code == "nonfinite_values"][0]
+    assert nonfinite.layer is not None and nonfinite.first_step == result.train_history["steps"]
+    trainer = core.spec.build(spec).trainer
+    load_checkpoint(tmp_path / "checkpoint.npz", trainer)
+    assert all(np.isfinite(v).all() for v in trainer.model.parameters().values())
+    assert "loss/train" in read_scalars(tmp_path)
+
+
+@pytest.mark.parametrize("exc,ended", [(KeyboardInterrupt(), "interrupted"),
+                                       (RuntimeError("disk on fire"), "exception: RuntimeError: disk on fire")])
+def test_interrupts_and_crashes_leave_a_partial_report(tmp_path, exc, ended):
+    X, y = moons(320)
+    monitor = gradmon.Monitor(logdir=tmp_path, curvature_every=0, console=False, tensorboard_every=1)
+
+    class Crash(core.Callback):
+        def on_step_end(self, state):
+            if state.step == 12:
+                raise exc
+
+    trainer = core.Trainer(mlp("relu", "he_normal", [16]), batch_size=32, callbacks=[monitor, Crash()],
+                           progress=False)
+    with pytest.raises(type(exc)):
+        trainer.fit(X, y, epochs=5)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["ended"] == ended and data["steps"] == 13
+    assert (tmp_path / "report.html").exists()
+    steps = [s for s, _ in read_scalars(tmp_path)["loss/train"]]
+    assert steps == list(range(13))  # every recorded step reached the event file
+
+
+def test_keep_going_on_nonfinite_when_asked():
+    X, y = moons(200)
+    monitor = gradmon.Monitor(curvature_every=0, console=False, stop_on_nonfinite=False)
+    trainer = core.Trainer(mlp("relu", "he_normal", [16]), optimizer=core.SGD(1e9), batch_size=50,
+                           callbacks=[monitor], progress=False, stop_on_nonfinite=False)
+    history = trainer.fit(X * 1e3, y, epochs=3)
+    assert history["steps"] == 12 and history["stopped"] is None
+    assert "nonfinite_values" in {f.code for f in monitor.report().findings}
+
+
+# -- property tests ---------------------------------------------------------------------------------------------
+values = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+                   st.text(max_size=8), st.lists(st.integers(-3, 300), max_size=4))
+keys = st.sampled_from(["lr", "epochs", "hidden", "activation", "batch_size", "name", "noise", "init", "x", "dropout",
+                        "every", "curvature_every", "n_samples", "clip_norm", "optimizer", "loss", "path"])
+sections = st.sampled_from(["data", "model", "train", "monitor", "extra"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(sections, st.dictionaries(keys, values, max_size=4), max_size=3))
+def test_spec_parser_never_crashes(raw):
+    try:
+        spec = load_spec(raw)
+    except SpecError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert spec["train"]["lr"] > 0 and spec["train"]["epochs"] >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=12), max_size=3))
+def test_overrides_never_crash(items):
+    try:
+        load_spec({}, items)
+    except SpecError as exc:
+        assert "\n" not in str(exc)
+
+
+def _run_info():
+    net = mlp("tanh", "xavier_normal", [4, 4])
+    return core.Trainer(net, progress=False).run_info(np.zeros((8, 2)), np.zeros(8, dtype=int), 1)
+
+
+series = st.one_of(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0, max_size=80),
+    st.builds(lambda v, n: [v] * n, st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 80)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(series, series, st.floats(allow_nan=True, allow_infinity=True))
+def test_detectors_never_crash(loss, norms, lam):
+    run = _run_info()
+    units = units_from_run(run)
+    window = Window([u.name for u in units], size=60)
+    rng = np.random.default_rng(len(loss))
+    for i in range(max(len(loss), len(norms))):
+        layer_values = {q: rng.choice([np.nan, 0.0, 1e-30, 1.0, 1e30, np.inf, -1.0], size=len(units))
+                        for q in LAYER_QUANTITIES}
+        window.append(i, {"loss": loss[i] if i < len(loss) else np.nan,
+                          "grad_norm": norms[i] if i < len(norms) else np.nan}, layer_values)
+    ctx = JudgeContext(step=len(loss), window=window, units=units, run=run,
+                       initial_loss=loss[0] if loss else math.nan, best_loss=min(loss) if loss else math.nan,
+                       initial_grad_norm=norms[0] if norms else math.nan, sizes=np.ones(len(units)),
+                       curvature=[{"step": 0, "lambda_max": lam}])
+    for det in default_detectors():
+        for obs in det.judge(ctx):
+            assert obs.code in gradmon.FINDING_CODES and obs.severity in ("info", "warning", "error")
+            json.dumps(gradmon.Finding(obs.code, obs.severity, obs.layer, 0, 1, obs.message,
+                                       obs.evidence).to_dict())
