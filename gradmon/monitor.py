@@ -36,7 +36,7 @@ from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.sinks.console import ConsoleSink
 
 #: tags of the per-layer quantities written to TensorBoard
-TB_QUANTITIES = ("grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
+TB_QUANTITIES = ("log10_grad_norm", "grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
 MAX_CURVATURE_RECORDS = 512
 
 
@@ -452,13 +452,15 @@ class Monitor(Callback):
     def _write_scalars(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> None:
         values = {"loss/train": scalars["loss"], "grad_norm/global": scalars["grad_norm"],
                   "clip_coef": scalars["clip_coef"], "lr": scalars["lr"]}
+        with np.errstate(divide="ignore", invalid="ignore"):  # orders of magnitude read better on a log scale
+            derived = {"log10_grad_norm": np.log10(layers["grad_norm"])}
         for q in TB_QUANTITIES:
-            arr = layers.get(q)
+            arr = layers.get(q, derived.get(q))
             if arr is None:
                 continue
             for u in self.units:
                 v = float(arr[u.index])
-                if not math.isnan(v):
+                if math.isfinite(v):
                     values[f"{q}/{u.name}"] = v
         self._tb("scalars", step, values)
 

@@ -9,9 +9,6 @@ from typing import Any
 from gradmon.findings import HealthReport
 from gradmon.report.text import patch_to_cli
 
-_ICON = {"healthy": "✅", "warning": "⚠️", "error": "❌"}
-
-
 def fmt(value: Any) -> str:
     """Numbers to 4 significant digits; everything else as text."""
     if isinstance(value, bool) or value is None:
@@ -35,7 +32,7 @@ def cell(value: Any) -> str:
 
 def render_markdown(report: HealthReport, history: Any = None) -> str:
     counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
-    out = [f"# gradmon health report: {_ICON[report.status]} {report.status.upper()}", "",
+    out = [f"# gradmon health report: {report.status.upper()}", "",
            f"{report.steps} steps, ended: {report.ended}; findings: {counts['error']} errors, "
            f"{counts['warning']} warnings, {counts['info']} info.", ""]
     if report.findings:
