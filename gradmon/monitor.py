@@ -158,9 +158,9 @@ class Monitor(Callback):
         self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
-        # unknown length (other loops): every 10 records
+        # unknown length (other loops): every 25 records
         self._judge_every = self.judge_every or (int(min(25, max(1, total // (20 * self.every))))
-                                                 if run.total_steps > 0 else 10)
+                                                 if run.total_steps > 0 else 25)
         hist_every = self.histogram_every if self.histogram_every is not None else (
             max(1, total // 20) if run.total_steps > 0 else 100)
         self._hist_schedule = every_schedule(int(hist_every)) if self.use_tensorboard else every_schedule(0)

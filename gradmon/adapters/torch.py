@@ -159,6 +159,8 @@ class Watcher:
         self._before: dict[str, np.ndarray] = {}
         self._loss: float | None = None
         self._batch = 0
+        self._named = list(model.named_parameters())  # the same tensors all run long (updates are in place)
+        self._param_views: dict[str, np.ndarray] | None = None
         self._handles = [m.register_forward_hook(self._forward_hook(n)) for n, m in self._act_modules.items()]
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(lambda opt, a, k: self._before_step()))
@@ -205,13 +207,19 @@ class Watcher:
 
     # -- steps ----------------------------------------------------------------------------------------
     def _params(self) -> dict[str, np.ndarray]:
-        return {n: p.detach().cpu().numpy() for n, p in self.model.named_parameters()}
+        """Numpy views of the parameters (zero-copy on CPU: they follow in-place updates)."""
+        if self._param_views is None or any(t.device.type != "cpu" for _, t in self._named):
+            views = {n: p.detach().cpu().numpy() for n, p in self._named}
+            if all(t.device.type == "cpu" for _, t in self._named):
+                self._param_views = views
+            return views
+        return self._param_views
 
     def _before_step(self) -> None:
         """Inside ``optimizer.step()``, before the update: measure the gradients it is about to apply."""
         self._finish()  # the previous step, if it never got a loss
         grads = {}
-        for n, p in self.model.named_parameters():
+        for n, p in self._named:
             g = p.grad
             grads[n] = g.detach().cpu().numpy() if g is not None else np.zeros(tuple(p.shape), dtype=np.float32)
         params = self._params()
@@ -228,8 +236,9 @@ class Watcher:
         state.extras["loss_missing"] = not loss_known
         self._loss = None
         # the views above see the live tensors: measure now, before the optimizer changes them
-        self._before = {n: v.copy() for n, v in params.items()} if self.monitor.will_record_update(self._step) \
-            else {}
+        # the update needs the weights before the step; only weights enter update ratios
+        self._before = {n: v.copy() for n, v in params.items() if n.endswith(".weight")} \
+            if self.monitor.will_record_update(self._step) else {}
         self.monitor.on_after_backward(state)
         self._pending, self._done = state, False
 
@@ -239,7 +248,7 @@ class Watcher:
             return
         if self._before:
             after = self._params()
-            state.update = readonly({n: after[n] - self._before[n] for n in after})
+            state.update = readonly({n: after[n] - self._before[n] for n in self._before})
         self._before = {}
         self._done = True
         if not state.extras["loss_missing"]:
