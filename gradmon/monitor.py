@@ -136,6 +136,7 @@ class Monitor(Callback):
         self._nonfinite_step: int | None = None
         self._advice_ctx: AdviceContext | None = None
         self._closed = False
+        self.merged: dict[str, Any] | None = None
         if self.logdir is not None:
             _check_writable(self.logdir)
 
@@ -472,8 +473,20 @@ class Monitor(Callback):
                          np.asarray(state.activations[u.activation_layer]).ravel())
 
     # -- results ----------------------------------------------------------------------------------------
+    def judge_now(self) -> None:
+        """Run the detectors on what has been recorded so far, as at the end of a run."""
+        if self._pending is not None:
+            self._commit(None)
+        self._judge(final=True)
+
     def report(self) -> HealthReport:
         """The health report so far (final after training ends)."""
+        if self.merged is not None:  # a data-parallel run merged over ranks (gradmon.adapters.distributed)
+            merged = HealthReport.from_dict({**self.merged, "ended": self.ended})
+            for f in merged.findings:
+                if self._advice_ctx is not None:
+                    f.suggestions = advise(f, self._advice_ctx)
+            return merged
         if self.run is None:
             return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
         findings = sorted(self.tracker.findings, key=lambda f: (f.first_step, f.code))

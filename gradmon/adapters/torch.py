@@ -16,9 +16,10 @@ How it reads the loop:
   work.
 - Curvature uses exact Hessian-vector products by double backward on a probe batch (``probe=(x, y)`` and
   ``loss_fn``), with hooks off, dropout off and BatchNorm buffers copied so running statistics don't move.
-- Under ``torch.distributed`` each rank measures locally; activation statistics are averaged over ranks
-  (gradients are already averaged by DDP), and only rank 0 writes TensorBoard events and reports.  A
-  finding is tagged with the ranks whose local statistics disagree (see :mod:`gradmon.adapters.distributed`).
+- Under ``torch.distributed`` each rank measures and judges locally (gradients are already averaged by
+  DDP); at ``close()`` rank 0 gathers every rank's report, averages activation statistics over ranks, names
+  the ranks of findings they disagree on, and alone writes TensorBoard events and reports
+  (see :mod:`gradmon.adapters.distributed`).
 """
 
 from __future__ import annotations
@@ -224,10 +225,6 @@ class Watcher:
             grads[n] = g.detach().cpu().numpy() if g is not None else np.zeros(tuple(p.shape), dtype=np.float32)
         params = self._params()
         acts = {n: a.cpu().numpy() for n, a in self._acts.items()} if self._capture else None
-        if self.world > 1 and acts is not None:
-            from gradmon.adapters.distributed import reduce_activations
-
-            acts = reduce_activations(acts)
         lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float("nan")
         loss_known = self._loss is not None  # logged before opt.step(): it belongs to this step
         state = StepState(step=self._step, epoch=0, loss=self._loss if loss_known else float("nan"),
@@ -295,6 +292,13 @@ class Watcher:
         self._finish()
         for h in self._handles:
             h.remove()
+        if self.world > 1:  # every rank judged its own shard: rank 0 merges and alone writes
+            from gradmon.adapters.distributed import gather_reports, merge_reports
+
+            self.monitor.judge_now()
+            reports = gather_reports(self.monitor.report().to_dict())
+            if reports is not None:
+                self.monitor.merged = merge_reports(reports)
         self.monitor.on_train_end({"steps": self._step, "stopped": None})
 
     def __enter__(self) -> "Watcher":
