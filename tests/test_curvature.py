@@ -195,3 +195,42 @@ def test_monitor_reports_curvature_per_measurement(tmp_path):
     H = np.stack([hvp(e) for e in np.eye(dim)])
     assert report.curvature[0]["lambda_max"] == pytest.approx(np.linalg.eigvalsh(0.5 * (H + H.T)).max(), rel=2e-3)
     assert report.curvature[0]["trace"] == pytest.approx(np.trace(H), rel=0.5)
+
+
+# -- sharpness against 2/lr -------------------------------------------------------------------------------------
+def _teacher_run(lr, epochs, momentum=0.0):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 10))
+    Y = np.tanh(X @ rng.normal(size=(10, 1)))
+    monitor = gradmon.Monitor(curvature_every=5, curvature_samples=400, console=False)
+    net = core.Sequential([core.Dense(10, 32, init="xavier_normal"), core.Tanh(),
+                           core.Dense(32, 32, init="xavier_normal"), core.Tanh(),
+                           core.Dense(32, 1, init="xavier_normal")], seed=0)
+    core.Trainer(net, loss="mse", optimizer=core.SGD(lr, momentum=momentum), batch_size=None, callbacks=[monitor],
+                 progress=False).fit(X, Y, epochs=epochs)
+    return monitor.report()
+
+
+def test_sharpness_edge_of_stability_is_information_with_a_concrete_lr():
+    report = _teacher_run(0.4, 60)
+    f = [f for f in report.findings if f.code == "sharpness_above_stability"]
+    assert f and f[0].severity == "info" and report.status == "healthy"
+    ev = f[0].evidence
+    assert ev["lambda_max"] > ev["threshold"] == pytest.approx(2 / 0.4)
+    assert ev["max_stable_lr"] == pytest.approx(2 / ev["lambda_max"], rel=1e-2)
+    lower = [s for s in f[0].suggestions if s.code == "lower_lr"][0]
+    assert 0 < lower.patch["train.lr"] < ev["max_stable_lr"]
+
+
+def test_sharpness_with_a_diverging_loss_is_an_error_and_small_steps_are_quiet():
+    diverging = _teacher_run(0.8, 40)
+    f = [f for f in diverging.findings if f.code == "sharpness_above_stability"]
+    assert f and f[0].severity == "error"
+    calm = _teacher_run(0.02, 40)
+    assert "sharpness_above_stability" not in {f.code for f in calm.findings}
+
+
+def test_momentum_adjusted_bound():
+    report = _teacher_run(0.2, 30, momentum=0.9)
+    for c in report.curvature:
+        assert c["threshold"] == pytest.approx(2 * 1.9 / 0.2)
