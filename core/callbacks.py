@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import numpy as np
 
 #: Names a callback may return from ``requests(step)``.
-REQUESTS = frozenset({"activations", "curvature"})
+REQUESTS = frozenset({"activations", "curvature", "grad_norms"})
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -117,7 +117,9 @@ class StepState:
     ``name``.  ``grads`` are the raw gradients of the loss (L2 term included) before clipping.
     ``update[k]`` is the change applied to ``params[k]`` (only in ``on_step_end``).  ``clip_coef`` is the
     factor the global norm clipping multiplied the gradient by (1.0 when no clipping happened).
-    ``objective`` re-evaluates this batch (same dropout masks and batch statistics).  ``masks[name]`` is
+    ``objective`` re-evaluates this batch (same dropout masks and batch statistics).  With the
+    ``grad_norms`` request, ``extras["grad_sq_norms"][key]`` is the squared L2 norm of ``grads[key]``,
+    computed as the gradient was written (the loop may omit it).  ``masks[name]`` is
     the boolean ``output > 0`` of rectifier layer ``name`` kept from the forward pass (with activations).
     """
 

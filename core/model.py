@@ -172,8 +172,13 @@ class Sequential:
         return h
 
     def backward(self, g: np.ndarray, ctx: Context, params: Mapping[str, np.ndarray] | None = None,
-                 grads: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Parameter gradients keyed like ``parameters()``, given ``g = dL/d(output)``."""
+                 grads: dict[str, np.ndarray] | None = None,
+                 sq_norms: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Parameter gradients keyed like ``parameters()``, given ``g = dL/d(output)``.
+
+        ``sq_norms``, when given, receives each gradient's squared L2 norm, computed right after the layer
+        wrote it (while it is still in cache: reading it again later costs a trip to memory).
+        """
         per_layer = self._split(self._params if params is None else params)
         layer_grads: dict[str, Params] = {}
         if grads is not None:  # reuse the arrays of a previous call
@@ -183,6 +188,10 @@ class Sequential:
         for layer, p in zip(reversed(self.layers), reversed(per_layer)):
             lg = layer_grads.setdefault(layer.name, {})
             g = layer.backward(g, p, ctx, lg)
+            if sq_norms is not None:
+                for pname, arr in lg.items():
+                    flat = arr.reshape(-1)
+                    sq_norms[f"{layer.name}.{pname}"] = float(np.dot(flat, flat))
         if grads is None:
             return {key: layer_grads[layer.name][pname] for key, (layer, pname) in self._owner.items()}
         for key, (layer, pname) in self._owner.items():

@@ -105,13 +105,13 @@ class Trainer:
         self._weights = [k for k in model.parameters() if k.endswith(".weight")]
 
     # -- one evaluation ------------------------------------------------------------------------------
-    def _forward_backward(self, xb: np.ndarray, yb: np.ndarray, record: dict | None) -> tuple[float, np.ndarray,
-                                                                                               dict[str, np.ndarray]]:
+    def _forward_backward(self, xb: np.ndarray, yb: np.ndarray, record: dict | None,
+                          sq_norms: dict | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         ctx = self._ctx
         ctx.masks = {}
         z = self.model.forward(xb, ctx=ctx, record=record)
         value, g = self.loss(z, yb)
-        grads = self.model.backward(g, ctx, grads=self._grads)
+        grads = self.model.backward(g, ctx, grads=self._grads, sq_norms=None if self.l2 else sq_norms)
         if self.l2:
             params = self.model.parameters()
             for k in self._weights:
@@ -218,7 +218,8 @@ class Trainer:
                     xb, yb = X[idx], y[idx]
                     wanted = cbs.requests(self.step) if cbs else set()
                     record = {} if "activations" in wanted else None
-                    value, z, grads = self._forward_backward(xb, yb, record)
+                    sq_norms = {} if "grad_norms" in wanted and not self.l2 else None
+                    value, z, grads = self._forward_backward(xb, yb, record, sq_norms)
                     if classify:
                         correct += int(np.sum(loss.predictions(z) == yb))
                     gflat = self._gflat
@@ -233,6 +234,8 @@ class Trainer:
                         state = self._state(epoch, value, len(idx), params, grads, record, xb, yb)
                         if norm is not None:
                             state.extras["grad_norm"] = norm
+                        if sq_norms is not None:
+                            state.extras["grad_sq_norms"] = sq_norms
                         cbs.on_after_backward(state)
                     if not finite and self.stop_on_nonfinite:
                         history["stopped"] = (f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} "

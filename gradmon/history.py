@@ -23,8 +23,97 @@ LAYER_QUANTITIES: tuple[str, ...] = (
 )
 
 
-class History:
-    """Bounded buffers of per-step scalars and per-layer quantities.
+class Record:
+    """One step's values as two preallocated rows: ``scalars`` ``(len(SCALARS),)`` and ``layers``
+    ``(len(LAYER_QUANTITIES), n_layers)``, NaN until set.  The monitor fills one and appends it whole."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.step = 0
+        self.scalars = np.full(len(SCALARS), np.nan)
+        self.layers = np.full((len(LAYER_QUANTITIES), n_layers), np.nan)
+
+    def reset(self, step: int) -> "Record":
+        self.step = int(step)
+        self.scalars.fill(np.nan)
+        self.layers.fill(np.nan)
+        return self
+
+    def set_scalar(self, name: str, value: float) -> None:
+        self.scalars[_SCALAR_INDEX[name]] = value
+
+    def set_layer(self, name: str, values: np.ndarray) -> None:
+        self.layers[_LAYER_INDEX[name]] = values
+
+    def layer(self, name: str) -> np.ndarray:
+        return self.layers[_LAYER_INDEX[name]]
+
+    def scalar(self, name: str) -> float:
+        return float(self.scalars[_SCALAR_INDEX[name]])
+
+    @classmethod
+    def from_dicts(cls, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray],
+                   n_layers: int) -> "Record":
+        rec = cls(n_layers).reset(step)
+        for k, v in scalars.items():
+            if k in _SCALAR_INDEX:
+                rec.set_scalar(k, float(v))
+        for k, v in layers.items():
+            rec.set_layer(k, v)
+        return rec
+
+
+_SCALAR_INDEX = {k: i for i, k in enumerate(SCALARS)}
+_LAYER_INDEX = {k: i for i, k in enumerate(LAYER_QUANTITIES)}
+
+
+class _Buffers:
+    """Row storage shared by :class:`History` and :class:`Window`: ``size`` rows of steps, scalars and
+    per-layer quantities."""
+
+    def __init__(self, layer_names: Iterable[str], size: int) -> None:
+        self.layer_names = list(layer_names)
+        self._steps = np.zeros(size, dtype=np.int64)
+        self._scalars = np.full((size, len(SCALARS)), np.nan)
+        self._layers = np.full((size, len(LAYER_QUANTITIES), len(self.layer_names)), np.nan)
+
+    def _write(self, i: int, record: Record) -> None:
+        self._steps[i] = record.step
+        self._scalars[i] = record.scalars
+        self._layers[i] = record.layers
+
+    def _rows(self) -> np.ndarray | slice:
+        raise NotImplementedError
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._steps[self._rows()]
+
+    def scalar(self, name: str, last: int | None = None) -> np.ndarray:
+        if name not in _SCALAR_INDEX:
+            raise KeyError(f"unknown scalar {name!r}; known: {', '.join(SCALARS)}")
+        out = self._scalars[self._rows(), _SCALAR_INDEX[name]]
+        return out if last is None else out[-last:]
+
+    def layer(self, name: str, last: int | None = None) -> np.ndarray:
+        if name not in _LAYER_INDEX:
+            raise KeyError(f"unknown layer quantity {name!r}; known: {', '.join(LAYER_QUANTITIES)}")
+        out = self._layers[self._rows(), _LAYER_INDEX[name], :]
+        return out if last is None else out[-last:]
+
+    def append(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> bool:
+        """Record one step from dicts (``layers[q]`` is a length-``n_layers`` vector; missing ones stay NaN)."""
+        return self.append_record(Record.from_dicts(step, scalars, layers, len(self.layer_names)))
+
+    def append_record(self, record: Record) -> bool:
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (constant for a given size and layer count)."""
+        return self._steps.nbytes + self._scalars.nbytes + self._layers.nbytes
+
+
+class History(_Buffers):
+    """Bounded buffers of per-step scalars and per-layer quantities over a whole run.
 
     Shapes: ``steps`` is ``(n,)``; ``scalar(name)`` is ``(n,)``; ``layer(name)`` is ``(n, n_layers)``,
     column ``j`` belonging to ``layer_names[j]``.
@@ -33,38 +122,20 @@ class History:
     def __init__(self, layer_names: Iterable[str], capacity: int = 2048) -> None:
         if capacity < 4 or capacity % 2:
             raise ValueError(f"capacity must be an even number >= 4, got {capacity}")
-        self.layer_names = list(layer_names)
+        super().__init__(layer_names, capacity)
         self.capacity = int(capacity)
         self.stride = 1
         self._seen = 0
         self._n = 0
-        self._steps = np.zeros(capacity, dtype=np.int64)
-        self._scalars = {k: np.full(capacity, np.nan) for k in SCALARS}
-        self._layers = {k: np.full((capacity, len(self.layer_names)), np.nan) for k in LAYER_QUANTITIES}
 
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def steps(self) -> np.ndarray:
-        return self._steps[: self._n]
+    def _rows(self) -> slice:
+        return slice(0, self._n)
 
-    def scalar(self, name: str) -> np.ndarray:
-        if name not in self._scalars:
-            raise KeyError(f"unknown scalar {name!r}; known: {', '.join(SCALARS)}")
-        return self._scalars[name][: self._n]
-
-    def layer(self, name: str) -> np.ndarray:
-        if name not in self._layers:
-            raise KeyError(f"unknown layer quantity {name!r}; known: {', '.join(LAYER_QUANTITIES)}")
-        return self._layers[name][: self._n]
-
-    def append(self, step: int, scalars: Mapping[str, float],
-               layers: Mapping[str, np.ndarray | list[float]]) -> bool:
-        """Record one step; returns False when the stride skips it.
-
-        ``layers[q]`` is a length-``n_layers`` vector; missing quantities stay NaN.
-        """
+    def append_record(self, record: Record) -> bool:
+        """Keep ``record`` (copied) unless the stride skips it; returns whether it was kept."""
         keep = self._seen % self.stride == 0
         self._seen += 1
         if not keep:
@@ -73,32 +144,16 @@ class History:
             self._compact()
             if (self._seen - 1) % self.stride:
                 return False
-        i = self._n
-        self._steps[i] = step
-        for k, buf in self._scalars.items():
-            buf[i] = float(scalars.get(k, np.nan))
-        for k, buf in self._layers.items():
-            if k in layers:
-                buf[i] = layers[k]
-            else:
-                buf[i] = np.nan
+        self._write(self._n, record)
         self._n += 1
         return True
 
     def _compact(self) -> None:
         half = self.capacity // 2
-        self._steps[:half] = self._steps[0::2]
-        for buf in self._scalars.values():
-            buf[:half] = buf[0::2]
-        for buf in self._layers.values():
+        for buf in (self._steps, self._scalars, self._layers):
             buf[:half] = buf[0::2]
         self._n = half
         self.stride *= 2
-
-    def nbytes(self) -> int:
-        """Bytes held by the buffers (constant for a given capacity and layer count)."""
-        return (self._steps.nbytes + sum(b.nbytes for b in self._scalars.values())
-                + sum(b.nbytes for b in self._layers.values()))
 
     def summary(self, quantity: str) -> list[dict[str, float]]:
         """Per layer ``{"first", "last", "median"}`` of ``quantity`` over finite values (NaN if none)."""
@@ -138,20 +193,19 @@ class History:
             names = [str(s) for s in data["layer_names"]]
             n = int(data["steps"].shape[0])
             h = cls(names, capacity=max(4, n + (n % 2)))
-            h._n = n
-            h._seen = n
+            h._n = h._seen = n
             h.stride = int(data["stride"])
             h._steps[:n] = data["steps"]
-            for k in SCALARS:
+            for i, k in enumerate(SCALARS):
                 if f"scalar/{k}" in data:
-                    h._scalars[k][:n] = data[f"scalar/{k}"]
-            for k in LAYER_QUANTITIES:
+                    h._scalars[:n, i] = data[f"scalar/{k}"]
+            for i, k in enumerate(LAYER_QUANTITIES):
                 if f"layer/{k}" in data:
-                    h._layers[k][:n] = data[f"layer/{k}"]
+                    h._layers[:n, i, :] = data[f"layer/{k}"]
         return h
 
 
-class Window:
+class Window(_Buffers):
     """The most recent ``size`` records at full resolution (a ring buffer), for detectors.
 
     Same quantities as :class:`History`; ``scalar(name)`` is ``(n,)`` and ``layer(name)`` is
@@ -161,43 +215,21 @@ class Window:
     def __init__(self, layer_names: Iterable[str], size: int = 200) -> None:
         if size < 2:
             raise ValueError(f"window size must be >= 2, got {size}")
-        self.layer_names = list(layer_names)
+        super().__init__(layer_names, size)
         self.size = int(size)
         self._i = 0
         self._n = 0
-        self._steps = np.zeros(size, dtype=np.int64)
-        self._scalars = {k: np.full(size, np.nan) for k in SCALARS}
-        self._layers = {k: np.full((size, len(self.layer_names)), np.nan) for k in LAYER_QUANTITIES}
 
     def __len__(self) -> int:
         return self._n
 
-    def append(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> None:
-        i = self._i
-        self._steps[i] = step
-        for k, buf in self._scalars.items():
-            buf[i] = float(scalars.get(k, np.nan))
-        for k, buf in self._layers.items():
-            if k in layers:
-                buf[i] = layers[k]
-            else:
-                buf[i] = np.nan
-        self._i = (i + 1) % self.size
+    def append_record(self, record: Record) -> bool:
+        self._write(self._i, record)
+        self._i = (self._i + 1) % self.size
         self._n = min(self._n + 1, self.size)
+        return True
 
-    def _order(self) -> np.ndarray:
+    def _rows(self) -> np.ndarray | slice:
         if self._n < self.size:
-            return np.arange(self._n)
+            return slice(0, self._n)
         return (np.arange(self.size) + self._i) % self.size
-
-    @property
-    def steps(self) -> np.ndarray:
-        return self._steps[self._order()]
-
-    def scalar(self, name: str, last: int | None = None) -> np.ndarray:
-        out = self._scalars[name][self._order()]
-        return out if last is None else out[-last:]
-
-    def layer(self, name: str, last: int | None = None) -> np.ndarray:
-        out = self._layers[name][self._order()]
-        return out if last is None else out[-last:]

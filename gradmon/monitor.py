@@ -28,7 +28,7 @@ from gradmon.advice import Context as AdviceContext
 from gradmon.advice import advise
 from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation, default_detectors
 from gradmon.findings import Finding, HealthReport
-from gradmon.history import History, Window
+from gradmon.history import History, Record, Window
 from gradmon.layout import Unit, units_from_run
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
@@ -121,7 +121,8 @@ class Monitor(Callback):
         self.curvature: list[dict[str, Any]] = []
         self.steps = 0
         self.ended = "running"
-        self._pending: dict[str, Any] | None = None
+        self._pending: Record | None = None
+        self._slow = False
         self._records = 0
         self._first_losses: list[float] = []
         self._first_norms: list[float] = []
@@ -132,7 +133,6 @@ class Monitor(Callback):
         self._judge_every = 1
         self._hist_schedule: Schedule = every_schedule(0)
         self._last_weight_norms: np.ndarray | None = None
-        self._other_params: list[str] | None = None
         self._nonfinite_step: int | None = None
         self._advice_ctx: AdviceContext | None = None
         self._closed = False
@@ -144,7 +144,7 @@ class Monitor(Callback):
     def requests(self, step: int) -> set[str]:
         wanted = set()
         if self._measure(step):
-            wanted.add("activations")
+            wanted.update(("activations", "grad_norms"))
         if self._curv_schedule(step):
             wanted.add("curvature")
         return wanted
@@ -156,6 +156,7 @@ class Monitor(Callback):
         names = [u.name for u in self.units]
         self.history = History(names, capacity=self.capacity)
         self.window = Window(names, size=self.window_size)
+        self._record = Record(len(names))
         self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
@@ -178,34 +179,32 @@ class Monitor(Callback):
         loss = float(state.loss) if loss_known else math.nan
         measure = self._measure(step)
         with np.errstate(over="ignore", invalid="ignore"):
-            unit_sq = gradq.layer_sq_norms(state.grads, self.units) if measure else None
+            sq = state.extras.get("grad_sq_norms")  # from the loop, computed while the gradients were hot
+            if sq is None:
+                sq = {k: gradq.sq_norm(g) for k, g in state.grads.items()}
+            unit_sq = np.array([sum(sq[k] for k in u.params) for u in self.units])
             gnorm = state.extras.get("grad_norm")
             if gnorm is None:
-                if unit_sq is None:
-                    unit_sq = gradq.layer_sq_norms(state.grads, self.units)
-                if self._other_params is None:
-                    owned = {k for u in self.units for k in u.params}
-                    self._other_params = [k for k in state.grads if k not in owned]
-                gnorm = math.sqrt(float(unit_sq.sum()) + sum(gradq.sq_norm(state.grads[k])
-                                                               for k in self._other_params))
+                gnorm = math.sqrt(sum(sq.values()))
         if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
             self._nonfinite(state, loss, gnorm)
         if measure:
-            record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": gnorm, "lr": float(state.lr)}
-            layers: dict[str, np.ndarray] = {"grad_norm": np.sqrt(unit_sq)}
-            slow = self._records % self.weight_every == 0
+            rec = self._record.reset(step)
+            rec.set_scalar("loss", loss)
+            rec.set_scalar("grad_norm", gnorm)
+            rec.set_scalar("lr", float(state.lr))
+            rec.set_layer("grad_norm", np.sqrt(unit_sq))
+            self._slow = self._records % self.weight_every == 0
             with np.errstate(over="ignore", invalid="ignore"):
                 # weights move slowly: their norms, the update ratios and activation moments every few records
-                if slow or self._last_weight_norms is None:
+                if self._slow or self._last_weight_norms is None:
                     self._last_weight_norms = gradq.layer_norms(state.params, self.units, weights_only=True)
-                    layers["weight_norm"] = self._last_weight_norms
+                    rec.set_layer("weight_norm", self._last_weight_norms)
                 if state.activations is not None:
-                    self._activation_stats(state, layers, with_moments=slow)
+                    self._activation_stats(state, rec, with_moments=self._slow)
             if not self._sizes.size:
                 self._sizes = np.array([state.params[u.weight].size for u in self.units], dtype=float)
-            record["layers"] = layers
-            record["slow"] = slow
-            self._pending = record
+            self._pending = rec
             if len(self._first_losses) < 5 and math.isfinite(loss):
                 self._first_losses.append(loss)
             if len(self._first_norms) < 5 and math.isfinite(gnorm):
@@ -220,7 +219,7 @@ class Monitor(Callback):
         (call before ``on_step_end``)."""
         value = float(value)
         if self._pending is not None:
-            self._pending["loss"] = value
+            self._pending.set_scalar("loss", value)
             if len(self._first_losses) < 5 and math.isfinite(value):
                 self._first_losses.append(value)
         if not math.isfinite(value) and self._nonfinite_step is None:
@@ -273,9 +272,9 @@ class Monitor(Callback):
             self.close()
 
     # -- measuring --------------------------------------------------------------------------------------
-    def _activation_stats(self, state: StepState, layers: dict[str, np.ndarray], with_moments: bool) -> None:
-        n = len(self.units)
-        sat, dead, mean, std = (np.full(n, np.nan) for _ in range(4))
+    def _activation_stats(self, state: StepState, rec: Record, with_moments: bool) -> None:
+        sat, dead = rec.layer("saturation"), rec.layer("dead_fraction")
+        mean, std = rec.layer("act_mean"), rec.layer("act_std")
         activations, masks = state.activations, state.masks or {}
         for u in self.units:
             y = activations.get(u.activation_layer) if u.activation_layer else None
@@ -290,22 +289,19 @@ class Monitor(Callback):
                     dead[u.index] = frac
             if with_moments:
                 mean[u.index], std[u.index] = actq.moments(y)
-        layers.update(saturation=sat, dead_fraction=dead, act_mean=mean, act_std=std)
 
     def _commit(self, state: StepState | None) -> None:
         rec, self._pending = self._pending, None
-        layers = rec["layers"]
-        if state is not None and state.update is not None and rec["slow"]:
+        if state is not None and state.update is not None and self._slow:
             with np.errstate(over="ignore", invalid="ignore"):
-                layers["update_ratio"] = gradq.update_ratios(state.update, self._last_weight_norms, self.units)
-        clip = float(state.clip_coef) if state is not None else 1.0
-        scalars = {"loss": rec["loss"], "grad_norm": rec["grad_norm"], "clip_coef": clip, "lr": rec["lr"]}
-        self.history.append(rec["step"], scalars, layers)
-        self.window.append(rec["step"], scalars, layers)
+                rec.set_layer("update_ratio", gradq.update_ratios(state.update, self._last_weight_norms, self.units))
+        rec.set_scalar("clip_coef", float(state.clip_coef) if state is not None else 1.0)
+        self.history.append_record(rec)
+        self.window.append_record(rec)
         self._records += 1
-        self.steps = max(self.steps, rec["step"] + 1)
+        self.steps = max(self.steps, rec.step + 1)
         if self.tb is not None and self._records % self.tensorboard_every == 1 % self.tensorboard_every:
-            self._write_scalars(rec["step"], scalars, layers)
+            self._write_scalars(rec)
         if self._records % self._judge_every == 0:
             self._judge()
 
@@ -450,20 +446,18 @@ class Monitor(Callback):
         if sink == "tensorboard":
             self.tb = None
 
-    def _write_scalars(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> None:
-        values = {"loss/train": scalars["loss"], "grad_norm/global": scalars["grad_norm"],
-                  "clip_coef": scalars["clip_coef"], "lr": scalars["lr"]}
+    def _write_scalars(self, rec: Record) -> None:
+        values = {"loss/train": rec.scalar("loss"), "grad_norm/global": rec.scalar("grad_norm"),
+                  "clip_coef": rec.scalar("clip_coef"), "lr": rec.scalar("lr")}
         with np.errstate(divide="ignore", invalid="ignore"):  # orders of magnitude read better on a log scale
-            derived = {"log10_grad_norm": np.log10(layers["grad_norm"])}
+            derived = {"log10_grad_norm": np.log10(rec.layer("grad_norm"))}
         for q in TB_QUANTITIES:
-            arr = layers.get(q, derived.get(q))
-            if arr is None:
-                continue
+            arr = derived[q] if q in derived else rec.layer(q)
             for u in self.units:
                 v = float(arr[u.index])
                 if math.isfinite(v):
                     values[f"{q}/{u.name}"] = v
-        self._tb("scalars", step, values)
+        self._tb("scalars", rec.step, values)
 
     def _histograms(self, state: StepState) -> None:
         for u in self.units:

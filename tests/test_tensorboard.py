@@ -92,7 +92,7 @@ def test_sink_survives_a_failing_writer(tmp_path):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    sink._writer.add_scalar = broken
+    sink._writer._get_file_writer = broken
     sink.scalars(1, {"a": 2.0})  # must not raise
     assert sink.failed and "No space left" in sink.failed
     sink.scalars(2, {"a": 3.0})
@@ -116,7 +116,7 @@ def test_monitor_keeps_going_when_tensorboard_fails(tmp_path):
             if state.step == 3 and monitor.tb is not None:
                 def broken(*a, **k):
                     raise OSError(28, "No space left on device")
-                monitor.tb._writer.add_scalar = broken
+                monitor.tb._writer._get_file_writer = broken
 
     trainer.callbacks = core.CallbackList([Sabotage(), monitor])
     history = trainer.fit(X, y, epochs=3)

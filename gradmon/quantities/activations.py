@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: distance from the asymptote below which a unit counts as saturated
@@ -34,13 +36,15 @@ def active_units(y: np.ndarray) -> np.ndarray:
     return (y if y.dtype == np.bool_ else y > 0).any(axis=0)
 
 
-def moments(y: np.ndarray, max_rows: int = 64) -> tuple[float, float]:
+def moments(y: np.ndarray, max_rows: int = 16) -> tuple[float, float]:
     """Mean and standard deviation over the entries of ``y`` (its first ``max_rows`` examples: a batch's
     rows are already a random sample, so this bounds the cost without biasing the estimate)."""
     if y.size == 0:
         return float("nan"), float("nan")
-    sample = y[:max_rows]
-    return float(sample.mean(dtype=np.float64)), float(sample.std(dtype=np.float64))
+    sample = y[:max_rows].reshape(-1)
+    mean = float(np.add.reduce(sample, dtype=np.float64)) / sample.size
+    centred = sample - np.asarray(mean, dtype=sample.dtype)
+    return mean, math.sqrt(float(np.dot(centred, centred)) / sample.size)
 
 
 class DeadUnitTracker:

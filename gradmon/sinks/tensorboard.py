@@ -64,20 +64,28 @@ class TensorBoardSink:
         self._guard("the layout", self._writer.add_custom_scalars, {"gradmon": charts})
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """All ``values`` of one step in a single event (one protobuf, not one per tag)."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
         def write() -> None:
-            for tag, value in values.items():
-                if value is not None:
-                    self._writer.add_scalar(tag, float(value), int(step))
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v))
+                                     for tag, v in values.items() if v is not None])
+            self._writer._get_file_writer().add_summary(summary, int(step))
         self._guard("scalars", write)
         self._calls += 1
         if self._calls % self.flush_every == 0:
             self.flush()
 
-    def histogram(self, step: int, tag: str, values: np.ndarray) -> None:
-        data = np.asarray(values, dtype=np.float64).ravel()
+    def histogram(self, step: int, tag: str, values: np.ndarray, max_values: int = 4096, bins: int = 64) -> None:
+        """A histogram of the finite values; large arrays are represented by an evenly strided sample of
+        ``max_values`` (the shape of a distribution of 200k gradients needs far fewer points)."""
+        data = np.asarray(values).ravel()
+        if data.size > max_values:
+            data = data[:: data.size // max_values]
+        data = data.astype(np.float64)
         data = data[np.isfinite(data)]
         if data.size:
-            self._guard(f"histogram {tag}", self._writer.add_histogram, tag, data, int(step), bins="auto")
+            self._guard(f"histogram {tag}", self._writer.add_histogram, tag, data, int(step), bins=bins)
 
     def text(self, step: int, tag: str, markdown: str) -> None:
         self._guard(f"text {tag}", self._writer.add_text, tag, markdown, int(step))
