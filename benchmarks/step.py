@@ -63,11 +63,10 @@ def time_core(steps: int, callbacks=(), seed: int = 0) -> float:
     return (clock.last - clock.start) / clock.steps
 
 
-def time_torch(steps: int, seed: int = 0) -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+def torch_setup(seed: int = 0):
+    """The benchmark MLP in PyTorch with plain SGD, and the data as tensors."""
+    import torch
+
     torch.manual_seed(seed)
     layers = []
     for i in range(len(SIZES) - 1):
@@ -77,7 +76,15 @@ def time_torch(steps: int, seed: int = 0) -> float | None:
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     Xn, yn = make_data(BATCH * 40)
-    X, y = torch.from_numpy(Xn), torch.from_numpy(yn)
+    return model, opt, torch.from_numpy(Xn), torch.from_numpy(yn)
+
+
+def time_torch(steps: int, seed: int = 0) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    model, opt, X, y = torch_setup(seed)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def epoch() -> None:

@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from step import BATCH, SIZES, make_data  # noqa: E402
+from step import BATCH, torch_setup  # noqa: E402
 
 
 def time_loop(steps: int, watch: bool) -> float:
@@ -23,16 +23,7 @@ def time_loop(steps: int, watch: bool) -> float:
 
     import gradmon.torch
 
-    torch.manual_seed(0)
-    layers = []
-    for i in range(len(SIZES) - 1):
-        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1]))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    Xn, yn = make_data(BATCH * 40)
-    X, y = torch.from_numpy(Xn), torch.from_numpy(yn)
+    model, opt, X, y = torch_setup(0)
     watcher = gradmon.torch.watch(model, optimizer=opt, curvature_every=0, console=False) if watch else None
 
     def run(n: int) -> None:

@@ -64,7 +64,7 @@ class Monitor(Callback):
         Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
     tensorboard_every: records between TensorBoard scalar writes (the history keeps every record).
     histogram_every: steps between gradient/activation histograms (default: ~20 per run).
-    judge_every: records between detector judgments (default: 25, fewer for short runs).
+    judge_every: records between detector judgments (default: 50, fewer for short runs).
     weight_every: records between weight norms, update-to-weight ratios and activation moments (weights
         move slowly; this keeps the every-step cost to gradient norms and activation health).
     console: print findings as they open.
@@ -160,9 +160,9 @@ class Monitor(Callback):
         self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
-        # unknown length (other loops): every 25 records
-        self._judge_every = self.judge_every or (int(min(25, max(1, total // (20 * self.every))))
-                                                 if run.total_steps > 0 else 25)
+        # unknown length (other loops): adaptive, see _due_judgment
+        self._judge_every = self.judge_every or (int(min(50, max(1, total // (20 * self.every))))
+                                                 if run.total_steps > 0 else 0)
         hist_every = self.histogram_every if self.histogram_every is not None else (
             max(1, total // 20) if run.total_steps > 0 else 100)
         self._hist_schedule = every_schedule(int(hist_every)) if self.use_tensorboard else every_schedule(0)
@@ -302,8 +302,14 @@ class Monitor(Callback):
         self.steps = max(self.steps, rec.step + 1)
         if self.tb is not None and self._records % self.tensorboard_every == 1 % self.tensorboard_every:
             self._write_scalars(rec)
-        if self._records % self._judge_every == 0:
+        if self._due_judgment():
             self._judge()
+
+    def _due_judgment(self) -> bool:
+        """Every ``judge_every`` records; for loops of unknown length, every tenth of the records so far
+        (at least 5, at most 50), so short runs are judged often enough and long ones cheaply."""
+        every = self._judge_every or max(5, min(50, self._records // 10))
+        return self._records % every == 0
 
     def _measure_curvature(self, state: StepState) -> None:
         from gradmon.quantities.curvature import estimate_curvature, flat_hvp, stability_threshold

@@ -76,10 +76,10 @@ def test_same_gradient_norms_as_core():
 def test_deep_sigmoid_torch_net_is_flagged_like_core():
     X, y = moons(1000)
     net, tnet = twin_models("sigmoid", hidden=(64,) * 10)
-    mon = gradmon.Monitor(curvature_every=0, console=False)
+    mon = gradmon.Monitor(curvature_every=0, console=False, judge_every=10)  # the same cadence on both sides
     core.Trainer(net, optimizer=core.SGD(0.1), batch_size=32, shuffle=False, callbacks=[mon],
                  progress=False).fit(X, y, epochs=5)
-    watcher = train_torch(tnet, X, y, epochs=5, lr=0.1)
+    watcher = train_torch(tnet, X, y, epochs=5, lr=0.1, judge_every=10)
     report = watcher.report()
     watcher.close()
     core_codes = {(f.code, f.severity) for f in mon.report().findings}

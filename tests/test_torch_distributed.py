@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
+import os
 import sys
 from pathlib import Path
 
@@ -16,17 +16,13 @@ import torch.multiprocessing as mp  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, logdir: str) -> None:
+def _worker(rank: int, world: int, store: str, logdir: str) -> None:
     sys.path.insert(0, str(ROOT))
     import gradmon.torch
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # rendezvous through a file (no port race); gloo then talks over loopback
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
     with torch.no_grad():  # every first-layer unit adds its inputs with positive weights
@@ -57,14 +53,16 @@ def _worker(rank: int, world: int, port: int, logdir: str) -> None:
 
         for a, b in zip(*gathered):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+    dist.barrier()  # nobody leaves while another rank still talks
     dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_rank0_aggregates_and_names_the_rank(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    events = list(tmp_path.glob("events.out.tfevents*"))
+    logdir = tmp_path / "run"
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(logdir)), nprocs=2, join=True)
+    events = list(logdir.glob("events.out.tfevents*"))
     assert len(events) == 1  # rank 0 alone writes
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((logdir / "report.json").read_text())
     assert report["extra"]["world_size"] == 2
     dead = [f for f in report["findings"] if f["code"] == "dead_units"]
     assert dead and dead[0]["evidence"]["ranks"] == [1] and "on rank 1 of 2" in dead[0]["message"]
