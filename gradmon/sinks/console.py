@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 from gradmon.findings import Finding, HealthReport
+from gradmon.report.text import patch_to_cli
 
 _LABEL = {"info": "info", "warning": "WARNING", "error": "ERROR"}
 
@@ -31,11 +32,13 @@ class ConsoleSink:
         tqdm.write(line, file=self.stream or sys.stderr)
 
     def finding(self, f: Finding) -> None:
+        """Warnings and errors as they open (information stays in the report and TensorBoard)."""
+        if f.severity == "info":
+            return
         self._write(format_finding(f))
         if f.suggestions:
             s = f.suggestions[0]
-            patch = " ".join(f"--set {k}={v}" for k, v in s.patch.items())
-            self._write(f"          fix: {s.text}" + (f"  ({patch})" if patch else ""))
+            self._write(f"          fix: {s.text}" + (f"  ({patch_to_cli(s.patch)})" if s.patch else ""))
 
     def summary(self, report: HealthReport, where: str | None = None) -> None:
         counts = {sev: sum(1 for f in report.findings if f.severity == sev) for sev in ("error", "warning", "info")}

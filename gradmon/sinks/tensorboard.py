@@ -100,14 +100,16 @@ class TensorBoardSink:
         """Hyperparameters and result metrics for the HPARAMS tab, in this same run."""
         from tensorboardX.summary import hparams as hparams_summary
 
+        finite = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}  # a diverged run has no final loss
+
         def write() -> None:
             clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
-            exp, ssi, sei = hparams_summary(clean, dict(metrics))
+            exp, ssi, sei = hparams_summary(clean, finite)
             fw = self._writer._get_file_writer()
             for summary in (exp, ssi, sei):
                 fw.add_summary(summary)
-            for k, v in metrics.items():
-                self._writer.add_scalar(k, float(v), 0)
+            for k, v in finite.items():
+                self._writer.add_scalar(k, v, 0)
         self._guard("hparams", write)
 
     def flush(self) -> None:
