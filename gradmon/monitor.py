@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

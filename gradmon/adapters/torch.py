@@ -24,7 +24,6 @@ How it reads the loop:
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Mapping
 

@@ -66,8 +66,8 @@ class VanishingGradients(Detector):
         cause = "activation" if saturating and (sat_max >= self.saturation_cause or "sigmoid" in activations) \
             else "initialization"
         if cause == "activation":
-            why = (f"{'/'.join(activations)} units {'are ' + format(sat_max, '.0%') + ' saturated' if sat_max >= 0.01 else 'pass at most a fraction of the gradient'}"
-                   f", so each layer shrinks it: the activation is the cause")
+            state = f"are {sat_max:.0%} saturated" if sat_max >= 0.01 else "pass at most a quarter of the gradient"
+            why = f"{'/'.join(activations)} units {state}, so each layer shrinks it: the activation is the cause"
         else:
             init = sorted({u.init for u in ctx.units if u.init}) or ["?"]
             why = f"units are not saturated, so the initialization ({'/'.join(init)}) shrinks the signal"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from gradmon.findings import SEVERITIES, HealthReport, severity_rank
+from gradmon.findings import SEVERITIES, HealthReport
 
 FORMATS = ("text", "json", "markdown")
 
