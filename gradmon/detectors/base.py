@@ -81,6 +81,15 @@ def column_medians(data: np.ndarray) -> np.ndarray:
     return out
 
 
+def slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` against ``x`` (closed form; NaN with fewer than two points)."""
+    if x.size < 2:
+        return float("nan")
+    xc = x - x.mean()
+    denom = float(np.dot(xc, xc))
+    return float(np.dot(xc, y - y.mean()) / denom) if denom > 0 else float("nan")
+
+
 def smoothed(x: np.ndarray, k: int = 5) -> float:
     """Median of the last ``k`` finite values (NaN if none)."""
     tail = finite(x)[-k:]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from core.activations import SATURATING
-from gradmon.detectors.base import Detector, JudgeContext, Observation, column_medians, finite, sig, smoothed
+from gradmon.detectors.base import (Detector, JudgeContext, Observation, column_medians, finite, sig, slope,
+                                    smoothed)
 
 
 def layer_rms(ctx: JudgeContext, last: int = 50) -> np.ndarray:
@@ -33,7 +34,7 @@ def depth_slope(log_rms: np.ndarray) -> float:
     ok = np.isfinite(log_rms)
     if ok.sum() < 2:
         return float("nan")
-    return float(np.polyfit(idx[ok], log_rms[ok], 1)[0])
+    return slope(idx[ok], log_rms[ok])
 
 
 class VanishingGradients(Detector):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, sig, smoothed
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, sig, slope, smoothed
 
 
 def lag1_autocorrelation(x: np.ndarray) -> float:
@@ -30,7 +30,7 @@ def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
     current = smoothed(loss)
     start, best = ctx.initial_loss, ctx.best_loss
     half = ok[-max(5, ok.size // 4):]
-    rising = np.polyfit(np.arange(half.size), half, 1)[0] > 0
+    rising = slope(np.arange(half.size, dtype=float), half) > 0
     learned = start - best
     lost = (current - best) / learned if learned > 0 else 0.0
     above_start = current > 1.2 * start and current > start + 1e-3
