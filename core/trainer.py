@@ -102,6 +102,7 @@ class Trainer:
         self._gflat = np.zeros(model.size, dtype=model.dtype)
         self._grads = model.views(self._gflat)
         self._ro_params = self._ro_grads = self._ro_updates = None
+        self._ro_views: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._weights = [k for k in model.parameters() if k.endswith(".weight")]
 
     # -- one evaluation ------------------------------------------------------------------------------
@@ -305,14 +306,25 @@ class Trainer:
                record: dict | None, xb: np.ndarray, yb: np.ndarray) -> StepState:
         activations = preacts = masks = None
         if record is not None:
-            activations = readonly(record)
-            layers = self.model.layers
-            preacts = readonly({l.name: record[layers[i - 1].name] for i, l in enumerate(layers)
-                                if l.activation is not None and i > 0})
-            masks = readonly({l.name: self._ctx.cache[l.name]["mask"] for l in layers
-                              if l.activation in ("relu", "leaky_relu")})
+            layers, cache = self.model.layers, self._ctx.cache
+            activations = self._readonly("activations", record)
+            preacts = {l.name: activations[layers[i - 1].name] for i, l in enumerate(layers)
+                       if l.activation is not None and i > 0}
+            masks = self._readonly("masks", {l.name: cache[l.name]["mask"] for l in layers
+                                             if l.activation in ("relu", "leaky_relu")})
         masks_dropout = {k: m.copy() for k, m in self._ctx.masks.items()}
         objective = BatchObjective(self.model, self.loss, xb, yb, l2=self.l2, masks=masks_dropout)
         return StepState(step=self.step, epoch=epoch, loss=value, batch_size=batch, params=self._ro_params,
                          grads=self._ro_grads, lr=self.optimizer.lr, activations=activations,
                          preactivations=preacts, objective=objective, masks=masks)
+
+    def _readonly(self, kind: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Read-only views of ``arrays``.  The hot path's buffers persist across steps, so the view made for
+        a buffer is handed out again for as long as the buffer is the same array."""
+        out = {}
+        for key, arr in arrays.items():
+            kept = self._ro_views.get((kind, key))
+            if kept is None or kept[0] is not arr:
+                kept = self._ro_views[(kind, key)] = (arr, readonly({key: arr})[key])
+            out[key] = kept[1]
+        return out

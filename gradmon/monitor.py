@@ -26,6 +26,7 @@ from core.callbacks import Callback, RunInfo, StepState
 from gradmon.advice import Context as AdviceContext
 from gradmon.advice import advise
 from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation, default_detectors
+from gradmon.detectors.base import median
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import History, Record, Window
 from gradmon.layout import Unit, units_from_run
@@ -156,6 +157,7 @@ class Monitor(Callback):
         self.history = History(names, capacity=self.capacity)
         self.window = Window(names, size=self.window_size)
         self._record = Record(len(names))
+        self._unit_params = [u.params for u in self.units]
         self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
@@ -177,41 +179,45 @@ class Monitor(Callback):
         loss_known = not state.extras.get("loss_missing", False)
         loss = float(state.loss) if loss_known else math.nan
         measure = self._measure(step)
+        # one errstate for the whole step: norms of exploding values overflow to inf, which is reported
         with np.errstate(over="ignore", invalid="ignore"):
             sq = state.extras.get("grad_sq_norms")  # from the loop, computed while the gradients were hot
             if sq is None:
                 sq = {k: gradq.sq_norm(g) for k, g in state.grads.items()}
-            unit_sq = np.array([sum(sq[k] for k in u.params) for u in self.units])
             gnorm = state.extras.get("grad_norm")
             if gnorm is None:
                 gnorm = math.sqrt(sum(sq.values()))
-        if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
-            self._nonfinite(state, loss, gnorm)
-        if measure:
-            rec = self._record.reset(step)
-            rec.set_scalar("loss", loss)
-            rec.set_scalar("grad_norm", gnorm)
-            rec.set_scalar("lr", float(state.lr))
-            rec.set_layer("grad_norm", np.sqrt(unit_sq))
-            self._slow = self._records % self.weight_every == 0
-            with np.errstate(over="ignore", invalid="ignore"):
-                # weights move slowly: their norms, the update ratios and activation moments every few records
-                if self._slow or self._last_weight_norms is None:
-                    self._last_weight_norms = gradq.layer_norms(state.params, self.units, weights_only=True)
-                    rec.set_layer("weight_norm", self._last_weight_norms)
-                if state.activations is not None:
-                    self._activation_stats(state, rec, with_moments=self._slow)
-            if not self._sizes.size:
-                self._sizes = np.array([state.params[u.weight].size for u in self.units], dtype=float)
-            self._pending = rec
-            if len(self._first_losses) < 5 and math.isfinite(loss):
-                self._first_losses.append(loss)
-            if len(self._first_norms) < 5 and math.isfinite(gnorm):
-                self._first_norms.append(gnorm)
+            if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
+                self._nonfinite(state, loss, gnorm)
+            if measure:
+                self._measure_step(state, step, loss, gnorm, sq)
         if self._curv_schedule(step) and (math.isfinite(loss) or not loss_known):
             self._measure_curvature(state)
         if self._hist_schedule(step):
             self._histograms(state)
+
+    def _measure_step(self, state: StepState, step: int, loss: float, gnorm: float,
+                      sq: Mapping[str, float]) -> None:
+        """The cheap per-layer statistics of one step, into a pending record (committed at step end)."""
+        rec = self._record.reset(step)
+        rec.set_scalar("loss", loss)
+        rec.set_scalar("grad_norm", gnorm)
+        rec.set_scalar("lr", float(state.lr))
+        rec.set_layer("grad_norm", [math.sqrt(sum(sq[k] for k in keys)) for keys in self._unit_params])
+        # weights move slowly: their norms, the update ratios and activation moments every few records
+        self._slow = self._records % self.weight_every == 0
+        if self._slow or self._last_weight_norms is None:
+            self._last_weight_norms = gradq.layer_norms(state.params, self.units, weights_only=True)
+            rec.set_layer("weight_norm", self._last_weight_norms)
+        if state.activations is not None:
+            self._activation_stats(state, rec, with_moments=self._slow)
+        if not self._sizes.size:
+            self._sizes = np.array([state.params[u.weight].size for u in self.units], dtype=float)
+        self._pending = rec
+        if len(self._first_losses) < 5 and math.isfinite(loss):
+            self._first_losses.append(loss)
+        if len(self._first_norms) < 5 and math.isfinite(gnorm):
+            self._first_norms.append(gnorm)
 
     def log_loss(self, value: float) -> None:
         """The loss of the step measured last, for loops that learn it only after ``on_after_backward``
@@ -305,9 +311,9 @@ class Monitor(Callback):
             self._judge()
 
     def _due_judgment(self) -> bool:
-        """Every ``judge_every`` records; for loops of unknown length, every tenth of the records so far
-        (at least 5, at most 50), so short runs are judged often enough and long ones cheaply."""
-        every = self._judge_every or max(5, min(50, self._records // 10))
+        """Every ``judge_every`` records; for loops of unknown length, every fifth of the records so far
+        (at least 10, at most 50), so short runs are judged often enough and long ones cheaply."""
+        every = self._judge_every or max(10, min(50, self._records // 5))
         return self._records % every == 0
 
     def _measure_curvature(self, state: StepState) -> None:
@@ -371,7 +377,7 @@ class Monitor(Callback):
         evidence = {"step": state.step, "loss": loss, "grad_norm": gnorm, "first_layer": where,
                     "last_finite_loss": self._last_finite_loss()}
         if self._first_norms:
-            evidence["suggested_clip_norm"] = float(f"{np.median(self._first_norms):.2g}")
+            evidence["suggested_clip_norm"] = float(f"{median(self._first_norms):.2g}")
         obs = Observation("nonfinite_values", where, "error", message, evidence, open_after=1)
         self.tracker.update(state.step, [obs], ["nonfinite_values"])
 
@@ -388,11 +394,11 @@ class Monitor(Callback):
         loss = window.scalar("loss")
         ok = loss[np.isfinite(loss)]
         if ok.size >= 5:
-            self._best_loss = min(self._best_loss, float(np.median(ok[-5:])))
+            self._best_loss = min(self._best_loss, median(ok[-5:]))
         # the first loss bounds it: a run that diverges within five steps must not set its own baseline
-        initial = min(float(np.median(self._first_losses)), self._first_losses[0]) if self._first_losses \
+        initial = min(median(self._first_losses), self._first_losses[0]) if self._first_losses \
             else math.nan
-        first_norm = min(float(np.median(self._first_norms)), self._first_norms[0]) if self._first_norms \
+        first_norm = min(median(self._first_norms), self._first_norms[0]) if self._first_norms \
             else math.nan
         sizes = self._sizes if self._sizes.size else np.ones(len(self.units))
         return JudgeContext(step=self.steps, window=window, units=self.units, run=self.run,

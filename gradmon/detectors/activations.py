@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, column_medians, sig
+from gradmon.detectors.base import Detector, JudgeContext, Observation, sig
 
 
 class SaturatedActivations(Detector):
@@ -13,9 +13,9 @@ class SaturatedActivations(Detector):
     error_fraction = 0.95
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        sat = column_medians(ctx.window.layer("saturation", last=50))
-        means = column_medians(ctx.window.layer("act_mean", last=50))
-        stds = column_medians(ctx.window.layer("act_std", last=50))
+        sat = ctx.medians("saturation")
+        means = ctx.medians("act_mean")
+        stds = ctx.medians("act_std")
         out = []
         for unit, frac in zip(ctx.units, sat):
             if not np.isfinite(frac) or frac < self.warn_fraction:
@@ -36,7 +36,7 @@ class DeadUnits(Detector):
     error_fraction = 0.9
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        dead = column_medians(ctx.window.layer("dead_fraction", last=50))
+        dead = ctx.medians("dead_fraction")
         out = []
         for unit, frac in zip(ctx.units, dead):
             if not np.isfinite(frac) or frac < self.warn_fraction:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from core.activations import SATURATING
-from gradmon.detectors.base import (Detector, JudgeContext, Observation, column_medians, finite, sig, slope,
-                                    smoothed)
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
 
 
 def layer_rms(ctx: JudgeContext, last: int = 50) -> np.ndarray:
     """Median over the last records of each layer's gradient RMS per weight, shape ``(depth,)``."""
-    norms = column_medians(ctx.window.layer("grad_norm", last=last))
+    norms = ctx.medians("grad_norm", last)
     with np.errstate(divide="ignore", invalid="ignore"):
         return norms / np.sqrt(ctx.sizes)
 
@@ -60,7 +59,7 @@ class VanishingGradients(Detector):
         names = ctx.unit_names()
         top_layer = names[int(np.argmax(log_rms))]
         onset = next((names[j] for j in range(ctx.depth - 1, -1, -1) if log_rms[j] < top - 1.0), names[0])
-        saturation = column_medians(ctx.window.layer("saturation", last=50))
+        saturation = ctx.medians("saturation")
         sat_max = float(np.nanmax(saturation)) if np.isfinite(saturation).any() else float("nan")
         activations = sorted({u.activation for u in ctx.units if u.activation})
         saturating = any(a in SATURATING for a in activations)
@@ -99,11 +98,11 @@ class ExplodingGradients(Detector):
         ok = finite(norms)
         if ok.size < self.min_records:
             return []
-        median = float(np.median(ok))
+        window_median = median(ok)
         series = ok.size >= self.min_series
         early = ctx.initial_grad_norm
         recent = ok[-5:]
-        evidence: dict = {"median_norm": sig(median), "early_norm": sig(early), "last_norm": sig(float(ok[-1]))}
+        evidence: dict = {"median_norm": sig(window_median), "early_norm": sig(early), "last_norm": sig(float(ok[-1]))}
         reasons = []
         open_after = None
         peak = float(np.max(ok[-3:]))
@@ -112,12 +111,12 @@ class ExplodingGradients(Detector):
             evidence["blowup_factor"] = sig(peak / early)
             if peak > 10 * self.blowup_factor * early:
                 open_after = 1  # orders of magnitude within a few steps: no time to wait
-        spikes = int(np.sum(recent > self.spike_factor * median))
+        spikes = int(np.sum(recent > self.spike_factor * window_median))
         if series and spikes >= 2 and np.isfinite(early) and float(np.max(recent)) > self.early_factor * early:
-            reasons.append(f"the global norm spiked to {np.max(recent):.3g}, {np.max(recent) / median:.0f}x its "
+            reasons.append(f"the global norm spiked to {np.max(recent):.3g}, {np.max(recent) / window_median:.0f}x its "
                            f"recent median")
             evidence["spike_norm"] = sig(float(np.max(recent)))
-        head, tail = np.median(ok[: max(3, ok.size // 5)]), np.median(ok[-max(3, ok.size // 5):])
+        head, tail = median(ok[: max(3, ok.size // 5)]), median(ok[-max(3, ok.size // 5):])
         if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and \
                 np.log10(tail / head) >= self.growth_decades and \
                 (not np.isfinite(early) or tail > self.early_factor * early):
@@ -140,7 +139,7 @@ class ExplodingGradients(Detector):
             return []
         # a healthy norm to clip at: the early-training level, else the median of the calmer half
         calm = np.sort(ok)[: max(1, ok.size // 2)]
-        typical = early if np.isfinite(early) and early > 0 else float(np.median(calm))
+        typical = early if np.isfinite(early) and early > 0 else median(calm)
         evidence["suggested_clip_norm"] = sig(typical, 2)
         loss = ctx.window.scalar("loss")
         diverging = np.isfinite(ctx.initial_loss) and smoothed(loss) > 2.0 * ctx.initial_loss

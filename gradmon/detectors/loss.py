@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, sig, slope, smoothed
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
 
 
 def lag1_autocorrelation(x: np.ndarray) -> float:
@@ -64,16 +64,16 @@ class LossOscillation(Detector):
         loss = finite(ctx.window.scalar("loss", last=60))
         if loss.size < self.min_records:
             return []
-        level = float(np.median(loss))
+        level = median(loss)
         if not np.isfinite(ctx.initial_loss) or level < self.min_level * ctx.initial_loss or level <= 0:
             return []
         d = np.diff(loss)
         ac = lag1_autocorrelation(d)
-        amplitude = float(np.median(np.abs(d))) / level
+        amplitude = median(np.abs(d)) / level
         if not (ac <= self.max_autocorr and amplitude >= self.min_amplitude):
             return []
         q = max(3, loss.size // 4)
-        progress = 1.0 - float(np.median(loss[-q:])) / float(np.median(loss[:q]))
+        progress = 1.0 - median(loss[-q:]) / median(loss[:q])
         severity = "warning" if progress < 0.05 else "info"
         message = (f"The loss swings up and down every step (lag-1 autocorrelation of its changes {ac:.2f}, "
                    f"swings {amplitude:.0%} of its level)"
@@ -95,7 +95,7 @@ class LossPlateau(Detector):
         if loss.size < self.min_records or not np.isfinite(ctx.initial_loss) or ctx.initial_loss <= 0:
             return []
         q = max(5, loss.size // 4)
-        head, tail = float(np.median(loss[:q])), float(np.median(loss[-q:]))
+        head, tail = median(loss[:q]), median(loss[-q:])
         progress = 1.0 - tail / head if head > 0 else 0.0
         if progress > self.max_progress or tail < self.min_level * ctx.initial_loss:
             return []

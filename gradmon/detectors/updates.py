@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, column_medians, sig, smoothed
+from gradmon.detectors.base import Detector, JudgeContext, Observation, median, sig, smoothed
 
 
 class UpdateRatio(Detector):
@@ -19,13 +19,13 @@ class UpdateRatio(Detector):
     high_loss = 0.5     # "still high": above this fraction of the initial loss
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        ratios = column_medians(ctx.window.layer("update_ratio", last=50))
+        ratios = ctx.medians("update_ratio")
         loss_now = smoothed(ctx.window.scalar("loss"))
         still_high = np.isfinite(ctx.initial_loss) and loss_now > self.high_loss * ctx.initial_loss
         # large steps that still pay off (the loss halves within the window) are not a problem
         recent = ctx.window.scalar("loss", last=50)
         recent = recent[np.isfinite(recent)]
-        improving = recent.size >= 10 and np.median(recent[-5:]) < 0.5 * np.median(recent[:5])
+        improving = recent.size >= 10 and median(recent[-5:]) < 0.5 * median(recent[:5])
         out = []
         for unit, r in zip(ctx.units, ratios):
             if not np.isfinite(r):

@@ -61,6 +61,8 @@ class DeadUnitTracker:
     def add(self, y: np.ndarray) -> float | None:
         """Feed one batch; returns the dead fraction when enough examples were pooled, else None."""
         alive = active_units(y)
+        if self._alive is None and y.shape[0] >= self.min_examples:  # one batch is enough: nothing to pool
+            return 1.0 - np.count_nonzero(alive) / alive.size
         self._alive = alive if self._alive is None or self._alive.shape != alive.shape else (self._alive | alive)
         self._seen += y.shape[0]
         if self._seen < self.min_examples:
