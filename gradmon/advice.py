@@ -188,6 +188,21 @@ def too_small(ctx: Context, f: Finding) -> bool:
     return f.evidence.get("direction") == "too_small"
 
 
+def init_caused_not_he(ctx: Context, f: Finding) -> bool:
+    """Vanishing gradients the detector traced to the initialisation, in a rectified net without He init."""
+    return f.evidence.get("cause") == "initialization" and not_he(ctx, f)
+
+
+def init_caused_not_xavier(ctx: Context, f: Finding) -> bool:
+    """Vanishing gradients traced to the initialisation, in a tanh/sigmoid net without Xavier init."""
+    return f.evidence.get("cause") == "initialization" and not_xavier(ctx, f)
+
+
+def step_caused(ctx: Context, f: Finding) -> bool:
+    """Dead units the detector traced to a large step rather than to negative biases."""
+    return f.evidence.get("cause") == "step"
+
+
 def always(ctx: Context, f: Finding) -> bool:
     return True
 
@@ -198,8 +213,11 @@ def not_adam(ctx: Context, f: Finding) -> bool:
 
 Rule = tuple[str, Callable[[Context, Finding], bool], Callable[[Context, Finding], Suggestion]]
 
-#: finding code x condition -> suggestion, most direct fix first
+#: finding code x condition -> suggestion, most direct fix first (the detector's diagnosed cause decides
+#: which that is: the initialisation, the activation, negative biases or the step size)
 RULES: list[Rule] = [
+    ("vanishing_gradients", init_caused_not_he, he_init),
+    ("vanishing_gradients", init_caused_not_xavier, xavier_init),
     ("vanishing_gradients", saturating, relu),
     ("vanishing_gradients", not_he, he_init),
     ("vanishing_gradients", no_batchnorm, batchnorm),
@@ -216,6 +234,7 @@ RULES: list[Rule] = [
     ("saturated_activations", not_xavier, xavier_init),
     ("saturated_activations", no_batchnorm, batchnorm),
     ("dead_units", negative_bias, he_init),
+    ("dead_units", step_caused, lower_lr),
     ("dead_units", dead_relu, leaky_relu),
     ("dead_units", always, lower_lr),
     ("dead_units", not_he, he_init),

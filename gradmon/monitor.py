@@ -14,6 +14,7 @@ payloads and copies what it keeps.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -114,6 +115,7 @@ class Monitor(Callback):
                                       on_open=self._opened)
         self.tb: Any = None
         self.sink_errors: list[str] = []
+        self.notes: list[str] = []   # what was not measured and why (report.extra["notes"]), see add_note
         self.run: RunInfo | None = None
         self.units: list[Unit] = []
         self.history: History | None = None
@@ -127,6 +129,8 @@ class Monitor(Callback):
         self._first_losses: list[float] = []
         self._first_norms: list[float] = []
         self._best_loss = math.inf
+        self._batch = 0              # examples per step, from the first measured step
+        self._judged_at = 0          # records at the last full judgment
         self._dead: dict[str, actq.DeadUnitTracker] = {}
         self._sizes = np.zeros(0)
         self._probe = None
@@ -187,6 +191,9 @@ class Monitor(Callback):
             gnorm = state.extras.get("grad_norm")
             if gnorm is None:
                 gnorm = math.sqrt(sum(sq.values()))
+            if not math.isfinite(gnorm):  # overflow of huge but finite gradients, or NaN/Inf: count exactly
+                sq = {k: gradq.sq_norm(g) for k, g in state.grads.items()}
+                gnorm = math.sqrt(sum(sq.values()))
             if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
                 self._nonfinite(state, loss, gnorm)
             if measure:
@@ -209,15 +216,31 @@ class Monitor(Callback):
         if self._slow or self._last_weight_norms is None:
             self._last_weight_norms = gradq.layer_norms(state.params, self.units, weights_only=True)
             rec.set_layer("weight_norm", self._last_weight_norms)
-        if state.activations is not None:
-            self._activation_stats(state, rec, with_moments=self._slow)
+            rec.set_layer("bias_mean", gradq.bias_means(state.params, self.units))
+        if state.activations is not None and not self._activation_stats(state, rec, with_moments=self._slow):
+            self._nonfinite(state, loss, gnorm)  # NaN/Inf that saturating units hide from the loss
         if not self._sizes.size:
             self._sizes = np.array([state.params[u.weight].size for u in self.units], dtype=float)
+        if not self._batch:
+            self._batch = int(state.batch_size or self.run.batch_size or 1)
         self._pending = rec
-        if len(self._first_losses) < 5 and math.isfinite(loss):
-            self._first_losses.append(loss)
+        self._keep_first_loss(loss)
         if len(self._first_norms) < 5 and math.isfinite(gnorm):
             self._first_norms.append(gnorm)
+
+    def _keep_first_loss(self, loss: float) -> None:
+        if len(self._first_losses) < max(5, self._initial_records()) and math.isfinite(loss):
+            self._first_losses.append(loss)
+
+    def _initial_records(self) -> int:
+        """Records whose losses make the initial loss: at least 32 examples (the first record from
+        mini-batches of 32 or more)."""
+        return math.ceil(32 / max(1, self._batch))
+
+    def _smoothing(self) -> int:
+        """Records a loss level is smoothed over: about 256 examples, at least 5 records, at most a quarter
+        of the window (single-example losses are noise; full-batch losses are not)."""
+        return int(min(max(5, math.ceil(256 / max(1, self._batch))), max(5, self.window_size // 4)))
 
     def log_loss(self, value: float) -> None:
         """The loss of the step measured last, for loops that learn it only after ``on_after_backward``
@@ -225,8 +248,7 @@ class Monitor(Callback):
         value = float(value)
         if self._pending is not None:
             self._pending.set_scalar("loss", value)
-            if len(self._first_losses) < 5 and math.isfinite(value):
-                self._first_losses.append(value)
+            self._keep_first_loss(value)
         if not math.isfinite(value) and self._nonfinite_step is None:
             self._nonfinite_step = self.steps
             obs = Observation("nonfinite_values", None, "error",
@@ -277,7 +299,10 @@ class Monitor(Callback):
             self.close()
 
     # -- measuring --------------------------------------------------------------------------------------
-    def _activation_stats(self, state: StepState, rec: Record, with_moments: bool) -> None:
+    def _activation_stats(self, state: StepState, rec: Record, with_moments: bool) -> bool:
+        """Saturation, dead fractions (and moments) into ``rec``; False when the input of a sigmoid or tanh
+        layer holds NaN or Inf (tanh(inf) = 1: the loss and gradients would never show it)."""
+        finite = True
         sat, dead = rec.layer("saturation"), rec.layer("dead_fraction")
         mean, std = rec.layer("act_mean"), rec.layer("act_std")
         activations, masks = state.activations, state.masks or {}
@@ -287,6 +312,8 @@ class Monitor(Callback):
                 continue
             if u.activation in ("sigmoid", "tanh"):
                 sat[u.index] = actq.saturation_fraction(y, u.activation)
+                pre = (state.preactivations or {}).get(u.activation_layer)
+                finite = finite and (pre is None or gradq.all_finite(pre))
             tracker = self._dead.get(u.name)
             if tracker is not None:
                 frac = tracker.add(masks.get(u.activation_layer, y))
@@ -294,6 +321,7 @@ class Monitor(Callback):
                     dead[u.index] = frac
             if with_moments:
                 mean[u.index], std[u.index] = actq.moments(y)
+        return finite
 
     def _commit(self, state: StepState | None) -> None:
         rec, self._pending = self._pending, None
@@ -305,7 +333,8 @@ class Monitor(Callback):
         self.window.append_record(rec)
         self._records += 1
         self.steps = max(self.steps, rec.step + 1)
-        if self.tb is not None and self._records % self.tensorboard_every == 1 % self.tensorboard_every:
+        # every tensorboard_every records, and whenever the slow quantities (update ratios...) were measured
+        if self.tb is not None and (self._slow or self._records % self.tensorboard_every == 1 % self.tensorboard_every):
             self._write_scalars(rec)
         if self._due_judgment():
             self._judge()
@@ -317,30 +346,50 @@ class Monitor(Callback):
         return self._records % every == 0
 
     def _measure_curvature(self, state: StepState) -> None:
-        from gradmon.quantities.curvature import estimate_curvature, flat_hvp, stability_threshold
+        """One curvature estimate on the probe set (or this batch), judged against the stability bound.
+
+        HVPs are exact when the loop's objective has ``hvp``; otherwise they are central differences of its
+        ``grad`` with a checked step (two gradient evaluations each).  A failure here is reported once and
+        turns curvature off: it never stops training."""
+        from gradmon.quantities.curvature import estimate_curvature, fd_hvp, flat_hvp, stability_threshold
 
         run = self.run
         objective = None
-        if run.probe is not None:
-            if self._probe is None:
-                self._probe = run.probe(self.curvature_samples, self.seed)
-            objective = self._probe
-        elif state.objective is not None:
-            objective = state.objective
-        if objective is None:
+        try:
+            if run.probe is not None:
+                if self._probe is None:
+                    self._probe = run.probe(self.curvature_samples, self.seed)
+                objective = self._probe
+            elif state.objective is not None:
+                objective = state.objective
+            if objective is None:
+                return
+            params = {k: np.array(v, dtype=np.float64) for k, v in state.params.items()}
+            if hasattr(objective, "hvp"):
+                hvp = flat_hvp(lambda v: objective.hvp(v, params), params)
+                method = "exact"
+            else:
+                kinks = getattr(objective, "kinks", None)
+                hvp = flat_hvp(lambda v: fd_hvp(objective.grad, params, v, kink_fn=kinks)[0], params)
+                method = "finite differences"
+            dim = sum(v.size for v in params.values())
+            t0 = time.perf_counter()
+            est = estimate_curvature(hvp, dim, step=state.step, rtol=self.curvature_rtol,
+                                     max_iter=self.curvature_max_iter, trace_samples=self.trace_samples,
+                                     seed=self.seed + state.step)
+        except Exception as exc:  # curvature is a measurement: it must never be why training stops
+            self.curvature_every = 0
+            self._curv_schedule = every_schedule(0)
+            self._sink_failed("curvature", f"{type(exc).__name__}: {exc}")
             return
-        params = {k: np.array(v, dtype=np.float64) for k, v in state.params.items()}
-        hvp = flat_hvp(lambda v: objective.hvp(v, params), params)
-        dim = sum(v.size for v in params.values())
-        t0 = time.perf_counter()
-        est = estimate_curvature(hvp, dim, step=state.step, rtol=self.curvature_rtol,
-                                 max_iter=self.curvature_max_iter, trace_samples=self.trace_samples,
-                                 seed=self.seed + state.step)
         entry = est.to_dict()
         entry["seconds"] = time.perf_counter() - t0
+        entry["hvp"] = method
         entry["lr"] = float(state.lr)
-        if run.optimizer in ("sgd", "momentum"):
-            entry["threshold"] = stability_threshold(float(state.lr), float(run.hyperparams.get("momentum", 0.0)))
+        entry["loss"] = float(state.loss)
+        if run.optimizer in ("sgd", "momentum") and state.lr > 0:
+            entry["threshold"] = stability_threshold(float(state.lr), float(run.hyperparams.get("momentum", 0.0)),
+                                                     bool(run.hyperparams.get("nesterov", False)))
         self.curvature.append(entry)
         if len(self.curvature) > MAX_CURVATURE_RECORDS:
             self.curvature = self.curvature[::2]
@@ -362,24 +411,32 @@ class Monitor(Callback):
         if self._nonfinite_step is not None:  # reported once, where it first appeared
             return
         self._nonfinite_step = state.step
-        where = None
-        if state.activations is not None:
-            for u in self.units:
-                y = state.activations.get(u.activation_layer or u.name)
-                if y is not None and not np.isfinite(gradq.sq_norm(y)):
-                    where = u.name
-                    break
+        where = self._first_nonfinite_activation(state)
         if where is None:
-            where = gradq.first_nonfinite(state.grads, self.units) or gradq.first_nonfinite(state.params, self.units)
-        what = [name for name, ok in (("loss", math.isfinite(loss)), ("gradients", math.isfinite(gnorm))) if not ok]
+            where = gradq.first_nonfinite(state.grads, self.units, backward=True) \
+                or gradq.first_nonfinite(state.params, self.units)
+        what = [name for name, ok in (("loss", math.isfinite(loss)), ("gradients", math.isfinite(gnorm))) if not ok] \
+            or ["activations"]
         message = (f"NaN/Inf appeared at step {state.step} in the {' and '.join(what)}"
                    + (f", first in {where}" if where else "") + ": training cannot continue from here.")
         evidence = {"step": state.step, "loss": loss, "grad_norm": gnorm, "first_layer": where,
                     "last_finite_loss": self._last_finite_loss()}
-        if self._first_norms:
-            evidence["suggested_clip_norm"] = float(f"{median(self._first_norms):.2g}")
+        clip = self._typical_grad_norm()
+        if math.isfinite(clip):
+            evidence["suggested_clip_norm"] = float(f"{clip:.2g}")
         obs = Observation("nonfinite_values", where, "error", message, evidence, open_after=1)
         self.tracker.update(state.step, [obs], ["nonfinite_values"])
+
+    def _first_nonfinite_activation(self, state: StepState) -> str | None:
+        """The first unit, input to output, whose layer output (or activation) holds NaN or Inf."""
+        if state.activations is None:
+            return None
+        for u in self.units:
+            for layer in (u.name, u.activation_layer):
+                y = state.activations.get(layer) if layer else None
+                if y is not None and not gradq.all_finite(y):
+                    return u.name
+        return None
 
     def _last_finite_loss(self) -> float | None:
         if self.window is None or not len(self.window):
@@ -389,27 +446,50 @@ class Monitor(Callback):
         return float(ok[-1]) if ok.size else None
 
     # -- judging ----------------------------------------------------------------------------------------
+    def _initial_grad_norm(self) -> float:
+        """The global gradient norm at the start; the first one bounds it, so a run that blows up within its
+        first steps does not set its own baseline."""
+        if not self._first_norms:
+            return math.nan
+        return min(median(self._first_norms), self._first_norms[0])
+
+    def _typical_grad_norm(self) -> float:
+        """A gradient norm typical of the calm part of the run, where clipping should start: the norm at the
+        start, unless it is orders of magnitude below the median of the calmer half of the window (a tiny
+        initialisation), in which case that median (NaN before any)."""
+        early = self._initial_grad_norm()
+        calm = math.nan
+        if self.window is not None and len(self.window):
+            norms = self.window.scalar("grad_norm")
+            norms = np.sort(norms[np.isfinite(norms)])
+            calm = median(norms[: max(1, norms.size // 2)])
+        if math.isfinite(early) and early > 0 and not early < 0.01 * calm:
+            return early
+        return calm
+
     def _context(self) -> JudgeContext:
         window = self.window
-        loss = window.scalar("loss")
+        k = self._smoothing()
+        new = max(1, self._records - self._judged_at)
+        loss = window.scalar("loss", last=new + k - 1)
         ok = loss[np.isfinite(loss)]
-        if ok.size >= 5:
-            self._best_loss = min(self._best_loss, median(ok[-5:]))
-        # the first loss bounds it: a run that diverges within five steps must not set its own baseline
-        initial = min(median(self._first_losses), self._first_losses[0]) if self._first_losses \
-            else math.nan
-        first_norm = min(median(self._first_norms), self._first_norms[0]) if self._first_norms \
-            else math.nan
+        # the lowest loss level so far: medians of consecutive blocks of k records up to the newest one
+        for end in range(ok.size, k - 1, -k):
+            self._best_loss = min(self._best_loss, median(ok[end - k:end]))
+        first = self._first_losses[: self._initial_records()]
+        initial = median(first) if first else math.nan
         sizes = self._sizes if self._sizes.size else np.ones(len(self.units))
         return JudgeContext(step=self.steps, window=window, units=self.units, run=self.run,
-                            initial_loss=initial, best_loss=self._best_loss if math.isfinite(self._best_loss)
-                            else initial, initial_grad_norm=first_norm, sizes=sizes, curvature=self.curvature)
+                            initial_loss=initial,
+                            best_loss=min(self._best_loss, initial) if math.isfinite(initial) else self._best_loss,
+                            initial_grad_norm=self._initial_grad_norm(), sizes=sizes, curvature=self.curvature,
+                            smooth=k, new_records=new, open=self.tracker.open_severities(),
+                            suggested_clip_norm=self._typical_grad_norm())
 
     def _judge(self, final: bool = False, codes: Sequence[str] | None = None, step: int | None = None) -> None:
         if self.window is None:
             return
         ctx = self._context()
-        observations: list[Observation] = []
         judged: list[str] = []
         for det in self.detectors:
             if codes is not None and not set(det.codes) & set(codes):
@@ -417,16 +497,29 @@ class Monitor(Callback):
             if len(self.window) < det.min_records:
                 continue
             judged.extend(det.codes)
-            observations.extend(det.judge(ctx))
+            ctx.observations.extend(det.judge(ctx))
+        if codes is None:
+            self._judged_at = self._records
         at = step if step is not None else max(self.steps - 1, 0)
-        self.tracker.update(at, observations, judged, final=final)
+        self.tracker.update(at, ctx.observations, judged, final=final)
 
     def _opened(self, finding: Finding) -> None:
-        if self._advice_ctx is not None:
-            finding.suggestions = advise(finding, self._advice_ctx)
+        self._suggest(finding)
         self.console.finding(finding)
         if self.tb is not None:
             self._tb("alert", finding.first_step, finding.code, finding.severity, finding.layer, finding.message)
+
+    def _suggest(self, finding: Finding) -> None:
+        """Attach the advice for ``finding``, judged with the learning rate in force now (schedules)."""
+        if self._advice_ctx is None:
+            return
+        ctx = self._advice_ctx
+        if self.window is not None and len(self.window):
+            lrs = self.window.scalar("lr")
+            lrs = lrs[np.isfinite(lrs) & (lrs > 0)]
+            if lrs.size:
+                ctx = dataclasses.replace(ctx, lr=float(lrs[-1]))
+        finding.suggestions = advise(finding, ctx)
 
     # -- sinks ------------------------------------------------------------------------------------------
     def _start_tensorboard(self, names: list[str]) -> None:
@@ -451,7 +544,10 @@ class Monitor(Callback):
             self._sink_failed("tensorboard", reason)
 
     def _sink_failed(self, sink: str, why: Any) -> None:
-        message = f"[gradmon] the {sink} sink failed and is off for the rest of the run: {why}"
+        """Report once, on the console and in the report, that an output (or the curvature measurement)
+        failed and is off for the rest of the run."""
+        what = "the curvature measurement" if sink == "curvature" else f"the {sink} sink"
+        message = f"[gradmon] {what} failed and is off for the rest of the run: {why}"
         self.sink_errors.append(message)
         self.console._write(message)
         if sink == "tensorboard":
@@ -478,6 +574,12 @@ class Monitor(Callback):
                          np.asarray(state.activations[u.activation_layer]).ravel())
 
     # -- results ----------------------------------------------------------------------------------------
+    def add_note(self, text: str) -> None:
+        """A sentence for the report's ``extra["notes"]``: what this run did not measure and how to turn it
+        on (e.g. curvature without a probe in the PyTorch adapter).  Call after ``on_train_begin``."""
+        if text not in self.notes:
+            self.notes.append(str(text))
+
     def judge_now(self) -> None:
         """Run the detectors on what has been recorded so far, as at the end of a run."""
         if self._pending is not None:
@@ -489,15 +591,13 @@ class Monitor(Callback):
         if self.merged is not None:  # a data-parallel run merged over ranks (gradmon.adapters.distributed)
             merged = HealthReport.from_dict({**self.merged, "ended": self.ended})
             for f in merged.findings:
-                if self._advice_ctx is not None:
-                    f.suggestions = advise(f, self._advice_ctx)
+                self._suggest(f)
             return merged
         if self.run is None:
             return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
         findings = sorted(self.tracker.findings, key=lambda f: (f.first_step, f.code))
         for f in findings:
-            if self._advice_ctx is not None:
-                f.suggestions = advise(f, self._advice_ctx)
+            self._suggest(f)
         layers = []
         if self.history is not None:
             summaries = {q: self.history.summary(q) for q in ("grad_norm", "update_ratio", "saturation",
@@ -512,23 +612,34 @@ class Monitor(Callback):
                 loss.append({"step": int(s), "train": float(v)})
         spec = dict(self.run.spec) if self.run.spec else spec_from_run(self.run)
         extra = {"sink_errors": list(self.sink_errors)} if self.sink_errors else {}
+        if self.notes:
+            extra["notes"] = list(self.notes)
         return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,
                             curvature=list(self.curvature), loss=loss, ended=self.ended, extra=extra)
 
     def save(self, logdir: str | os.PathLike | None = None, formats: Sequence[str] = ("json", "html")) -> list[Path]:
-        """Write ``report.<fmt>`` and ``history.npz`` into ``logdir`` (the monitor's by default)."""
+        """Write ``history.npz`` and ``report.<fmt>`` into ``logdir`` (the monitor's by default); returns the
+        files written.  A file that cannot be written (disk full, a renderer failing on odd input) is reported
+        on the console and in the report's ``sink_errors``, and the others are still written."""
         target = Path(logdir) if logdir is not None else self.logdir
         if target is None:
             raise ValueError("no logdir: pass Monitor(logdir=...) or save(logdir)")
         report = self.report()
-        written = []
-        if self.history is not None:
-            written.append(self.history.save(target / "history.npz"))
-        for fmt in formats:
+        written: list[Path] = []
+
+        def attempt(name: str, write: Any) -> None:
             try:
-                written.append(report.save(target / f"report.{fmt}", history=self.history))
-            except ImportError as exc:  # e.g. HTML plots without matplotlib still render; other extras
-                self._sink_failed(f"report.{fmt}", exc)
+                written.append(write())
+            except Exception as exc:  # one output failing must not cost the others
+                self._sink_failed(name, f"{type(exc).__name__}: {exc}")
+
+        if self.history is not None:
+            attempt("history.npz", lambda: self.history.save(target / "history.npz"))
+        for fmt in formats:
+            if fmt != "json":
+                attempt(f"report.{fmt}", lambda: report.save(target / f"report.{fmt}", history=self.history))
+        if "json" in formats:  # last, so that it records any other output that failed
+            attempt("report.json", lambda: self.report().save(target / "report.json"))
         return written
 
     def close(self) -> None:
@@ -538,16 +649,15 @@ class Monitor(Callback):
         self._closed = True
         report = self.report()
         where = None
-        if self.logdir is not None:
-            try:
-                self.save()
-                where = str(self.logdir / "report.html")
-            except OSError as exc:
-                self._sink_failed("report", exc)
+        if self.logdir is not None and any(p.name == "report.html" for p in self.save()):
+            where = str(self.logdir / "report.html")
         if self.tb is not None:
             from gradmon.report.markdown import render_markdown
 
-            self._tb("text", self.steps, "report", render_markdown(report))
+            try:
+                self._tb("text", self.steps, "report", render_markdown(report))
+            except Exception as exc:
+                self._sink_failed("report.md", f"{type(exc).__name__}: {exc}")
             metrics = {"gradmon/findings": float(len(report.findings)),
                        "gradmon/errors": float(sum(f.severity == "error" for f in report.findings))}
             if report.loss:

@@ -130,12 +130,40 @@ def test_exploding_gradients_and_clipped_twin():
     assert twin.status == "healthy" and twin_history["stopped"] is None
 
 
+class FirstNonfinite(core.Callback):
+    """Oracle, by ``np.isfinite`` on every array: the first step with a NaN/Inf anywhere, and where it
+    appeared: the first Dense layer whose output holds one (forward order), else the first whose gradient
+    does in the order backward writes them (output to input)."""
+
+    def __init__(self):
+        self.step = self.layer = None
+
+    def requests(self, step):
+        return {"activations"}
+
+    def on_after_backward(self, state):
+        if self.step is not None:
+            return
+        dense = [k[: -len(".weight")] for k in state.grads if k.endswith(".weight")]
+        forward = [n for n in dense if not np.isfinite(state.activations[n]).all()]
+        backward = [n for n in reversed(dense) if not (np.isfinite(state.grads[f"{n}.weight"]).all()
+                                                       and np.isfinite(state.grads[f"{n}.bias"]).all())]
+        if forward or backward or not np.isfinite(state.loss):
+            self.step = state.step
+            self.layer = (forward or backward or [None])[0]
+
+
 def test_nonfinite_values_located_and_training_stops_before_the_update():
     X, y = teacher()
     model = mlp("relu", "he_normal", [64] * 6, inp=10, out=1)
-    report, history, monitor = monitored(model, X, y, loss="mse", optimizer=core.SGD(0.1), epochs=5)
+    oracle = FirstNonfinite()
+    monitor = gradmon.Monitor(curvature_every=0, console=False)
+    history = core.Trainer(model, loss="mse", optimizer=core.SGD(0.1), callbacks=[oracle, monitor],
+                           progress=False).fit(X, y, epochs=5)
+    report = monitor.report()
     f = [f for f in report.findings if f.code == "nonfinite_values"]
-    assert len(f) == 1 and f[0].severity == "error" and f[0].layer is not None
+    assert len(f) == 1 and f[0].severity == "error"
+    assert (f[0].first_step, f[0].layer) == (oracle.step, oracle.layer) and oracle.layer is not None
     assert "non-finite" in history["stopped"]
     assert all(np.isfinite(v).all() for v in model.parameters().values())  # the bad step was not applied
     assert report.ended == "nonfinite"
@@ -181,6 +209,10 @@ def test_loss_oscillation_and_smaller_step_twin():
                              batch_size=None, epochs=200)
     f = [f for f in report.findings if f.code == "loss_oscillation"]
     assert f and f[0].evidence["autocorrelation"] <= -0.8
+    # swinging between two levels without getting anywhere is a warning, not "still falling"
+    losses = [e["train"] for e in report.loss[-40:]]
+    pairs = [0.5 * (a + b) for a, b in zip(losses[:-1], losses[1:])]
+    assert abs(pairs[-1] / pairs[0] - 1) < 0.05 and f[0].severity == "warning"
     twin, _, _ = monitored(mlp("relu", "he_normal", [32, 32]), X, y, optimizer=core.SGD(0.5),
                            batch_size=None, epochs=200)
     assert "loss_oscillation" not in codes(twin, "info")
@@ -188,13 +220,147 @@ def test_loss_oscillation_and_smaller_step_twin():
 
 def test_loss_plateau_and_update_ratio_on_a_frozen_network():
     X, y = moons()
-    report, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64] * 10), X, y)
+    # a learning rate far too small: the updates are ~1e-8 of the weights and the loss does not move
+    report, _, _ = monitored(mlp("relu", "he_normal", [64, 64]), X, y, optimizer=core.SGD(1e-7))
     assert {"loss_plateau", "update_ratio"} <= codes(report)
     ratio = [f for f in report.findings if f.code == "update_ratio"][0]
-    assert ratio.evidence["direction"] == "too_small"
+    assert ratio.evidence["direction"] == "too_small" and ratio.evidence["update_ratio"] < 1e-6
     assert "raise_lr" in {s.code for s in ratio.suggestions}
     twin, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64]), X, y, optimizer=core.Adam(1e-2))
     assert not {"loss_plateau", "update_ratio"} & codes(twin, "info")
+
+
+def test_frozen_layers_explained_by_vanishing_gradients_are_not_reported_twice():
+    X, y = moons()
+    report, _, _ = monitored(mlp("sigmoid", "xavier_normal", [64] * 10), X, y)
+    found = codes(report)
+    assert {"vanishing_gradients", "loss_plateau"} <= found and "update_ratio" not in found
+    # their updates are indeed tiny: the vanishing finding is what explains them
+    assert min(layer["update_ratio"]["median"] for layer in report.layers) < 1e-6
+
+
+def test_update_ratio_too_large_when_steps_rewrite_the_weights():
+    X, y = moons(500)
+    report, _, monitor = monitored(mlp("tanh", "normal", [32, 32], std=0.01), X, y, optimizer=core.SGD(50.0))
+    large = [f for f in report.findings if f.code == "update_ratio" and f.evidence["direction"] == "too_large"]
+    assert large and large[0].evidence["update_ratio"] > 0.2
+    # the evidence is the recorded ratio: ||ΔW|| / ||W|| of that layer, median over the recent records
+    column = monitor.history.layer("update_ratio")[:, monitor.history.layer_names.index(large[0].layer)]
+    assert np.nanmax(column) >= large[0].evidence["update_ratio"]
+    assert "lower_lr" in {s.code for s in large[0].suggestions}
+
+
+# -- small batches, short events, unusual initialisations ---------------------------------------------------------
+@pytest.mark.parametrize("batch_size,seed", [(1, 0), (1, 2), (2, 0), (4, 1)])
+def test_small_batches_are_noisy_not_unhealthy(batch_size, seed):
+    """Single-example losses and gradient norms are heavy-tailed noise: a healthy stochastic run must not
+    read as diverging, on a plateau or exploding."""
+    X, y = moons(800, seed=seed)
+    report, history, _ = monitored(mlp("relu", "he_normal", [64, 64]), X, y, optimizer=core.Adam(1e-3),
+                                   batch_size=batch_size, epochs=2)
+    assert report.status == "healthy", [(f.code, f.message) for f in report.findings]
+
+
+def test_a_blow_up_between_two_judgments_is_still_reported():
+    """SGD at lr 3: the norm reaches ~1e12 within the first ten steps and the network dies; judgments come
+    every 25 records, after the blow-up has passed."""
+    X, y = moons()
+    report, _, monitor = monitored(mlp("relu", "he_normal", [64, 64]), X, y, optimizer=core.SGD(3.0))
+    norms = monitor.history.scalar("grad_norm")
+    peak_step = int(monitor.history.steps[np.nanargmax(norms)])
+    f = [f for f in report.findings if f.code == "exploding_gradients"]
+    assert f and f[0].evidence["peak_step"] == peak_step < monitor._judge_every
+    assert f[0].evidence["peak_norm"] == pytest.approx(np.nanmax(norms), rel=1e-2)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1e-2, 5e-2])
+def test_gradients_growing_from_a_tiny_initialisation_are_not_exploding(lr):
+    X, y = moons(500)
+    report, history, _ = monitored(mlp("relu", "normal", [32, 32], std=0.001), X, y, optimizer=core.Adam(lr))
+    assert "exploding_gradients" not in codes(report, "info")
+
+
+def test_nonfinite_values_hidden_by_saturation_are_reported():
+    """A weight so large that a pre-activation overflows to inf: tanh(inf) = 1, so the loss and gradients stay
+    finite; the monitor still reports the NaN/Inf where it is."""
+    X = np.random.default_rng(0).normal(size=(32, 2)) * 10
+    y = (X[:, 0] > 0).astype(int)
+    net = core.Sequential([core.Dense(2, 4), core.Tanh(), core.Dense(4, 2)], seed=0)
+    net.parameters()["dense0.weight"][...] = 1e38  # x @ W overflows float32 to ±inf
+    oracle = FirstNonfinite()
+    monitor = gradmon.Monitor(curvature_every=0, console=False)
+    core.Trainer(net, batch_size=None, callbacks=[oracle, monitor], progress=False).fit(X, y, epochs=3)
+    assert oracle.layer == "dense0" and np.isfinite(monitor.history.scalar("loss")[0])
+    f = [f for f in monitor.report().findings if f.code == "nonfinite_values"]
+    assert f and (f[0].first_step, f[0].layer) == (oracle.step, "dense0")
+    assert "activations" in f[0].message
+
+
+def test_dead_units_name_their_cause():
+    X, y = moons()
+    biased, _, _ = monitored(mlp("relu", "he_normal", [64] * 3, bias_init=-3.0), X, y)
+    f = [f for f in biased.findings if f.code == "dead_units"][0]
+    assert f.evidence["cause"] == "bias" and f.evidence["bias_init"] == -3.0 and "-3" in f.message
+    stepped, _, _ = monitored(mlp("relu", "he_normal", [64, 64]), X, y, optimizer=core.SGD(3.0))
+    f = [f for f in stepped.findings if f.code == "dead_units"][0]
+    assert f.evidence["bias_init"] == 0.0 and f.evidence["cause"] in ("bias", "step")
+    assert f.evidence["cause"] == "step" or f.evidence["bias_mean"] < 0
+
+
+# -- hysteresis and the console -----------------------------------------------------------------------------------
+def _obs(code="loss_plateau", severity="warning", message="m"):
+    from gradmon.detectors import Observation
+
+    return Observation(code, None, severity, message, {"severity": severity})
+
+
+def test_findings_open_after_three_judgments_and_close_after_five_quiet_ones():
+    from gradmon.detectors import FindingTracker
+
+    tracker = FindingTracker(open_after=3, close_after=5)
+    judged = ["loss_plateau"]
+    assert not tracker.update(0, [_obs()], judged) and not tracker.update(1, [_obs()], judged)
+    tracker.update(2, [], judged)                                    # a gap resets the streak
+    for step in (3, 4):
+        assert not tracker.update(step, [_obs()], judged)
+    (opened,) = tracker.update(5, [_obs()], judged)
+    assert (opened.first_step, opened.last_step) == (3, 5) and tracker.is_open("loss_plateau")
+    for step in range(6, 10):                                        # four quiet judgments: still open
+        tracker.update(step, [], judged)
+    assert tracker.is_open("loss_plateau")
+    tracker.update(10, [], judged)
+    assert not tracker.is_open("loss_plateau")
+    for step in (11, 12, 13):                                        # the same condition again: one finding
+        tracker.update(step, [_obs()], judged)
+    assert len(tracker.findings) == 1 and tracker.findings[0].last_step == 13
+    assert tracker.judgments == 14
+
+
+def test_a_finding_keeps_its_worst_severity_with_the_message_that_justified_it():
+    from gradmon.detectors import FindingTracker
+
+    tracker = FindingTracker(open_after=1)
+    tracker.update(0, [_obs(severity="warning", message="w")], ["loss_plateau"])
+    tracker.update(1, [_obs(severity="error", message="e")], ["loss_plateau"])
+    tracker.update(2, [_obs(severity="warning", message="w2")], ["loss_plateau"])
+    (f,) = tracker.findings
+    assert (f.severity, f.message, f.evidence["severity"], f.last_step) == ("error", "e", "error", 2)
+
+
+def test_console_prints_warnings_as_they_open_and_keeps_information_for_the_report():
+    import io
+
+    from gradmon.findings import Finding, Suggestion
+    from gradmon.sinks.console import ConsoleSink
+
+    out = io.StringIO()
+    sink = ConsoleSink(stream=out)
+    sink.finding(Finding("dead_units", "warning", "dense2", 40, 40, "70% dead",
+                         suggestions=[Suggestion("lower_lr", "Lower it.", {"train.lr": 0.01})]))
+    sink.finding(Finding("sharpness_above_stability", "info", None, 0, 0, "edge"))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[gradmon] WARNING dead_units in dense2 at step 40: 70% dead"
+    assert "Lower it." in lines[1] and "--set train.lr=0.01" in lines[1] and len(lines) == 2
 
 
 # -- quantities against independent computations -------------------------------------------------------------

@@ -30,6 +30,9 @@ class SaturatedActivations(Detector):
 
 
 class DeadUnits(Detector):
+    """ReLU units silent for a whole batch; the cause is read from the biases: negative ones (at
+    initialisation or pushed there by training) switch units off, otherwise a large step did."""
+
     codes = ("dead_units",)
     min_records = 10
     warn_fraction = 0.6     # median fraction of units silent for a whole batch
@@ -37,16 +40,23 @@ class DeadUnits(Detector):
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         dead = ctx.medians("dead_fraction")
+        bias = ctx.medians("bias_mean")
         out = []
-        for unit, frac in zip(ctx.units, dead):
+        for unit, frac, b in zip(ctx.units, dead, bias):
             if not np.isfinite(frac) or frac < self.warn_fraction:
                 continue
             severity = "error" if frac >= self.error_fraction else "warning"
             n = f" ({round(frac * unit.units)} of {unit.units})" if unit.units else ""
+            if unit.bias_init is not None and unit.bias_init < 0:
+                cause, why = "bias", f"their biases started at {unit.bias_init:g}, which switches units off"
+            elif np.isfinite(b) and b < 0:
+                cause, why = "bias", f"training pushed their biases negative (mean {b:.2g})"
+            else:
+                cause, why = "step", f"a large step (lr {ctx.lr:g} with {ctx.run.optimizer}) pushed them off"
             message = (f"{frac:.0%} of {unit.name}'s ReLU units{n} output zero for every example of a batch: "
-                       f"they get no gradient and cannot recover; a large step or a negative bias pushed them "
-                       f"off.")
+                       f"they get no gradient and cannot recover; {why}.")
             out.append(Observation("dead_units", unit.name, severity, message,
-                                   {"dead_fraction": sig(float(frac)), "units": unit.units,
-                                    "lr": sig(ctx.run.lr), "optimizer": ctx.run.optimizer}))
+                                   {"dead_fraction": sig(float(frac)), "units": unit.units, "cause": cause,
+                                    "bias_mean": sig(float(b)), "bias_init": unit.bias_init,
+                                    "lr": sig(ctx.lr), "optimizer": ctx.run.optimizer}))
         return out

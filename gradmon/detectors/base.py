@@ -33,9 +33,18 @@ class Observation:
 
 @dataclass
 class JudgeContext:
-    """What detectors may read.  ``window`` holds recent records (oldest first); ``initial_loss`` is the
-    median loss of the first records; ``best_loss`` the lowest smoothed loss so far; ``sizes`` the number
-    of weights per unit; ``curvature`` the curvature measurements so far (dicts)."""
+    """What detectors may read.
+
+    ``window`` holds recent records (oldest first).  Loss levels are smoothed over ``smooth`` records, enough
+    for a few hundred examples whatever the batch size (single-example losses are noise): ``initial_loss``
+    is the loss at the start (the first records, at least 32 examples), ``best_loss`` the lowest smoothed
+    loss so far.  ``new_records`` counts the records since the previous judgment (a detector looking for
+    short events scans them all).  ``sizes`` is the number of weights per unit; ``curvature`` the curvature
+    measurements so far (dicts).  ``open`` maps the ``(code, layer)`` of findings open before this judgment
+    to their severity, and ``observations`` holds what earlier detectors observed in it, so a detector can defer to a finding that
+    already explains what it sees.  ``suggested_clip_norm`` is a gradient norm typical of the calm part of
+    the run (NaN before there is one).
+    """
 
     step: int
     window: Window
@@ -46,7 +55,25 @@ class JudgeContext:
     initial_grad_norm: float
     sizes: np.ndarray
     curvature: Sequence[Mapping[str, Any]] = ()
+    smooth: int = 5
+    new_records: int = 1
+    open: Mapping[tuple[str, str | None], str] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
+    suggested_clip_norm: float = float("nan")
     _medians: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def is_open(self, code: str, layer: str | None = None, any_layer: bool = False, severity: str = "info") -> bool:
+        """Whether a ``code`` finding for ``layer`` (any layer with ``any_layer``) was open before this
+        judgment, at ``severity`` or worse: a confirmed condition, not one noisy judgment."""
+        floor = severity_rank(severity)
+        return any(c == code and (any_layer or lay == layer) and severity_rank(sev) >= floor
+                   for (c, lay), sev in self.open.items())
+
+    def observed(self, code: str, layer: str | None = None, any_layer: bool = False) -> bool:
+        """Whether ``code`` holds for ``layer`` (any layer with ``any_layer``): an open finding, or an
+        observation of an earlier detector in this judgment."""
+        return self.is_open(code, layer, any_layer) or any(
+            o.code == code and (any_layer or o.layer == layer) for o in self.observations)
 
     def medians(self, quantity: str, last: int = 50) -> np.ndarray:
         """Per-layer median of ``quantity`` over the last ``last`` records, shape ``(depth,)`` (computed
@@ -55,6 +82,12 @@ class JudgeContext:
         if key not in self._medians:
             self._medians[key] = column_medians(self.window.layer(quantity, last=last))
         return self._medians[key]
+
+    @property
+    def lr(self) -> float:
+        """The learning rate at the latest record (schedules change it), else the run's."""
+        lrs = finite(self.window.scalar("lr"))
+        return float(lrs[-1]) if lrs.size else self.run.lr
 
     @property
     def depth(self) -> int:
@@ -121,11 +154,24 @@ def sig(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def _extend(finding: Finding, obs: Observation, step: int) -> None:
+    """``obs`` held again: the finding lasts until ``step``.  Its severity is the worst seen, and its message
+    and evidence are those of the latest observation at that severity (they always justify it)."""
+    finding.last_step = step
+    if severity_rank(obs.severity) >= severity_rank(finding.severity):
+        finding.severity = obs.severity
+        finding.message, finding.evidence = obs.message, obs.evidence
+
+
 class FindingTracker:
     """Hysteresis over observations: opens, updates and closes :class:`Finding` objects.
 
-    ``on_open(finding)`` is called once when a finding opens (sinks print and log it there).
+    ``on_open(finding)`` is called once when a finding opens (sinks print and log it there).  At the final
+    judgment of a run that had fewer than ``short_run`` judgments, a condition that held on the last two
+    opens even without ``open_after`` of them.
     """
+
+    short_run = 10
 
     def __init__(self, open_after: int = 3, close_after: int = 5,
                  on_open: Callable[[Finding], None] | None = None) -> None:
@@ -139,14 +185,15 @@ class FindingTracker:
         self._closed: dict[tuple[str, str | None], Finding] = {}
         self._streak: dict[tuple[str, str | None], tuple[int, int]] = {}  # key -> (count, first step)
         self._quiet: dict[tuple[str, str | None], int] = {}
+        self.judgments = 0
 
     def update(self, step: int, observations: Sequence[Observation], judged_codes: Sequence[str],
                final: bool = False) -> list[Finding]:
         """Feed one judgment; ``judged_codes`` are the codes whose detectors ran.  Returns newly opened.
 
-        ``final`` marks the last judgment of a run: a condition that held on the last two judgments opens
-        even if a run this short never gave it ``open_after`` of them.
+        ``final`` marks the last judgment of a run (see the class docstring for short runs).
         """
+        self.judgments += 1
         opened: list[Finding] = []
         seen = set()
         for obs in observations:
@@ -155,26 +202,19 @@ class FindingTracker:
             self._quiet.pop(key, None)
             current = self._open.get(key)
             if current is not None:
-                current.last_step = step
-                current.message = obs.message
-                current.evidence = obs.evidence
-                if severity_rank(obs.severity) > severity_rank(current.severity):
-                    current.severity = obs.severity
+                _extend(current, obs, step)
                 continue
             count, first = self._streak.get(key, (0, step))
             count += 1
             self._streak[key] = (count, first)
             need = obs.open_after if obs.open_after is not None else self.open_after
-            if final:
-                need = min(need, 2)
+            if final and self.judgments < self.short_run:
+                need = min(need, 2)  # a run too short for open_after judgments still reports what held twice
             if count >= need:
                 self._streak.pop(key, None)
                 earlier = self._closed.pop(key, None)
                 if earlier is not None:  # the same condition again: one finding, extended
-                    earlier.last_step = step
-                    earlier.message, earlier.evidence = obs.message, obs.evidence
-                    if severity_rank(obs.severity) > severity_rank(earlier.severity):
-                        earlier.severity = obs.severity
+                    _extend(earlier, obs, step)
                     self._open[key] = earlier
                     continue
                 finding = Finding(code=obs.code, severity=obs.severity, layer=obs.layer, first_step=first,
@@ -198,6 +238,10 @@ class FindingTracker:
             else:
                 self._quiet[key] = quiet
         return opened
+
+    def open_severities(self) -> dict[tuple[str, str | None], str]:
+        """``(code, layer) -> severity`` of the findings open now."""
+        return {key: f.severity for key, f in self._open.items()}
 
     def is_open(self, code: str, layer: str | None = None) -> bool:
         return (code, layer) in self._open

@@ -8,8 +8,10 @@ slope over depth of at least ``min_slope`` decades per layer).  The finding is l
 output-most layer already a decade below the top; the cause is read from saturation (activation) or its
 absence (initialisation).
 
-Exploding: the global norm spikes far above both its recent median and its early-training level, grows
-by orders of magnitude within the window, or grows along depth towards the input.
+Exploding: the global norm jumps far above its early-training level (suddenly, or while the loss is not
+falling: gradients that grow from a tiny initialisation as the loss falls are learning), spikes repeatedly
+above its window median, grows by orders of magnitude within the window, or grows along depth towards the
+input.  Every record since the previous judgment is scanned, so a blow-up between two judgments is seen.
 """
 
 from __future__ import annotations
@@ -86,12 +88,13 @@ class ExplodingGradients(Detector):
     codes = ("exploding_gradients",)
     min_records = 3
     min_series = 20           # records before judging spikes and growth of the global norm
-    blowup_factor = 100.0     # x the early-training norm, at any time
-    spike_factor = 10.0       # x the window median
+    blowup_factor = 100.0     # x the early-training norm, and x the window median or with the loss rising
+    spike_factor = 10.0       # x the window's 90th percentile: a spike
     early_factor = 3.0        # x the early-training norm
     growth_decades = 2.0      # within the window
     depth_drop = 2.0          # decades of growth towards the input
     depth_slope = 0.25
+    catastrophe_factor = 1e4  # x the early-training norm: the weights are thrown away (an error)
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         norms = ctx.window.scalar("grad_norm")
@@ -101,23 +104,38 @@ class ExplodingGradients(Detector):
         window_median = median(ok)
         series = ok.size >= self.min_series
         early = ctx.initial_grad_norm
-        recent = ok[-5:]
+        # every record since the previous judgment: a blow-up that came and went in between still counts
+        fresh = norms[-max(5, min(ctx.new_records, norms.size)):]
+        fresh = fresh[np.isfinite(fresh)]
+        loss = ctx.window.scalar("loss")
+        smooth_loss = smoothed(loss, ctx.smooth)
+        loss_rising = np.isfinite(ctx.initial_loss) and smooth_loss > 1.2 * ctx.initial_loss
         evidence: dict = {"median_norm": sig(window_median), "early_norm": sig(early), "last_norm": sig(float(ok[-1]))}
         reasons = []
         open_after = None
-        peak = float(np.max(ok[-3:]))
-        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early:
-            reasons.append(f"the global norm reached {peak:.3g}, {peak / early:.3g}x its early level")
+        peak = float(np.max(fresh)) if fresh.size else float(ok[-1])
+        # far above the early level, and either orders of magnitude above the window's median (sudden) or with
+        # the loss rising: gradients grown from a tiny initialisation, whose batches differ tenfold once the
+        # loss is near zero, are learning, not exploding
+        sudden = peak > self.blowup_factor * window_median
+        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early and (sudden or loss_rising):
+            at = int(ctx.window.steps[np.flatnonzero(norms == peak)[-1]])
+            reasons.append(f"the global norm reached {peak:.3g} at step {at}, {peak / early:.3g}x its early level")
             evidence["blowup_factor"] = sig(peak / early)
+            evidence["peak_norm"], evidence["peak_step"] = sig(peak), at
             if peak > 10 * self.blowup_factor * early:
                 open_after = 1  # orders of magnitude within a few steps: no time to wait
-        spikes = int(np.sum(recent > self.spike_factor * window_median))
-        if series and spikes >= 2 and np.isfinite(early) and float(np.max(recent)) > self.early_factor * early:
-            reasons.append(f"the global norm spiked to {np.max(recent):.3g}, {np.max(recent) / window_median:.0f}x its "
-                           f"recent median")
-            evidence["spike_norm"] = sig(float(np.max(recent)))
+        # a spike stands out from the window's own spread (its 90th percentile): per-example gradient norms of
+        # small batches are heavy-tailed, and one example 20x the median is noise, not an explosion
+        spread = float(np.sort(ok)[int(0.9 * (ok.size - 1))])
+        spikes = int(np.sum(fresh > self.spike_factor * spread))
+        if series and spikes >= 2 and np.isfinite(early) and peak > self.early_factor * early \
+                and "blowup_factor" not in evidence:
+            reasons.append(f"the global norm spiked {spikes} times, up to {peak:.3g} ({peak / window_median:.3g}x "
+                           f"its median over the window)")
+            evidence["spike_norm"], evidence["spikes"] = sig(peak), spikes
         head, tail = median(ok[: max(3, ok.size // 5)]), median(ok[-max(3, ok.size // 5):])
-        if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and \
+        if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and loss_rising and \
                 np.log10(tail / head) >= self.growth_decades and \
                 (not np.isfinite(early) or tail > self.early_factor * early):
             reasons.append(f"the global norm grew {tail / head:.0f}x within {ok.size} records")
@@ -137,13 +155,11 @@ class ExplodingGradients(Detector):
                     layer = ctx.units[0].name
         if not reasons:
             return []
-        # a healthy norm to clip at: the early-training level, else the median of the calmer half
-        calm = np.sort(ok)[: max(1, ok.size // 2)]
-        typical = early if np.isfinite(early) and early > 0 else median(calm)
-        evidence["suggested_clip_norm"] = sig(typical, 2)
-        loss = ctx.window.scalar("loss")
-        diverging = np.isfinite(ctx.initial_loss) and smoothed(loss) > 2.0 * ctx.initial_loss
-        severity = "error" if diverging or not np.isfinite(smoothed(norms, 3)) else "warning"
+        if np.isfinite(ctx.suggested_clip_norm):
+            evidence["suggested_clip_norm"] = sig(ctx.suggested_clip_norm, 2)
+        diverging = np.isfinite(ctx.initial_loss) and smooth_loss > 2.0 * ctx.initial_loss
+        catastrophic = np.isfinite(early) and early > 0 and peak > self.catastrophe_factor * early
+        severity = "error" if diverging or catastrophic or not np.isfinite(smoothed(norms, 3)) else "warning"
         message = "Exploding gradients: " + "; ".join(reasons) + (
             ", and the loss is climbing" if diverging else "") + "."
         return [Observation("exploding_gradients", layer, severity, message, evidence, open_after=open_after)]

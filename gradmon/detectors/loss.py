@@ -22,15 +22,19 @@ def lag1_autocorrelation(x: np.ndarray) -> float:
 
 
 def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
-    """The loss is above where it started, or has lost most of what it had learned while rising."""
-    loss = ctx.window.scalar("loss")
-    ok = finite(loss)
-    if ok.size < 5 or not np.isfinite(ctx.initial_loss):
+    """The loss is rising, and is above where it started or has lost most of what it had learned.
+
+    Levels are medians over ``ctx.smooth`` records (a few hundred examples), and rising means the latest
+    such level is 5% above the one before it, so the noise of small batches is not mistaken for a trend.
+    """
+    k = ctx.smooth
+    ok = finite(ctx.window.scalar("loss"))
+    if ok.size < max(5, k + 2) or not np.isfinite(ctx.initial_loss):
         return False, {}
-    current = smoothed(loss)
-    start, best = ctx.initial_loss, ctx.best_loss
-    half = ok[-max(5, ok.size // 4):]
-    rising = slope(np.arange(half.size, dtype=float), half) > 0
+    q = min(k, ok.size // 2)
+    current, before = median(ok[-q:]), median(ok[-2 * q:-q])
+    start, best = ctx.initial_loss, min(ctx.best_loss, current)
+    rising = current > 1.05 * before
     learned = start - best
     lost = (current - best) / learned if learned > 0 else 0.0
     above_start = current > 1.2 * start and current > start + 1e-3
@@ -50,6 +54,8 @@ class LossDivergence(Detector):
         severity = "error" if current > 10 * start else "warning"
         message = (f"The loss is diverging: {current:.3g} now against {start:.3g} at the start and "
                    f"{evidence['best_loss']:.3g} at best; steps are too large for the curvature.")
+        if np.isfinite(ctx.suggested_clip_norm):
+            evidence["suggested_clip_norm"] = sig(ctx.suggested_clip_norm, 2)
         return [Observation("loss_divergence", None, severity, message, evidence)]
 
 
@@ -72,8 +78,10 @@ class LossOscillation(Detector):
         amplitude = median(np.abs(d)) / level
         if not (ac <= self.max_autocorr and amplitude >= self.min_amplitude):
             return []
-        q = max(3, loss.size // 4)
-        progress = 1.0 - median(loss[-q:]) / median(loss[:q])
+        # progress of the loss averaged over neighbouring steps, which cancels the swing itself
+        pairs = 0.5 * (loss[1:] + loss[:-1])
+        q = max(3, pairs.size // 4)
+        progress = 1.0 - median(pairs[-q:]) / median(pairs[:q])
         severity = "warning" if progress < 0.05 else "info"
         message = (f"The loss swings up and down every step (lag-1 autocorrelation of its changes {ac:.2f}, "
                    f"swings {amplitude:.0%} of its level)"
@@ -88,6 +96,7 @@ class LossPlateau(Detector):
     codes = ("loss_plateau",)
     min_records = 40
     max_progress = 0.01       # relative improvement over the window
+    max_rise = 0.5            # relative rise over the window still called flat
     min_level = 0.8           # still above this fraction of the initial loss
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
@@ -97,7 +106,8 @@ class LossPlateau(Detector):
         q = max(5, loss.size // 4)
         head, tail = median(loss[:q]), median(loss[-q:])
         progress = 1.0 - tail / head if head > 0 else 0.0
-        if progress > self.max_progress or tail < self.min_level * ctx.initial_loss:
+        # neither falling nor rising: a loss going up is diverging, which is another finding
+        if not -self.max_rise <= progress <= self.max_progress or tail < self.min_level * ctx.initial_loss:
             return []
         steps = ctx.window.steps[-loss.size:]
         message = (f"The loss has stopped improving at {tail:.3g} ({tail / ctx.initial_loss:.0%} of where it "

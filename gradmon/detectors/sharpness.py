@@ -1,10 +1,17 @@
 """Sharpness above the stability threshold: the top Hessian eigenvalue against ``2/lr``.
 
 Gradient descent on a quadratic with curvature λ is stable only while ``λ < 2/lr`` (``2(1+β)/lr`` with
-heavy-ball momentum β).  Full-batch gradient descent typically rises to λmax ≈ 2/lr and hovers there (the
-edge of stability) while the loss keeps falling, so sharpness alone is reported as information; it becomes
-a warning when the loss oscillates without progress and an error when the loss diverges.  Only plain and
-momentum SGD have this bound; adaptive optimizers precondition the curvature and are not judged.
+heavy-ball momentum β, ``2(1+β)/(lr(1+2β))`` with Nesterov's).  Full-batch gradient descent typically rises
+to λmax ≈ 2/lr and hovers there (the edge of stability) while the loss keeps falling, so sharpness alone is
+reported as information; it becomes a warning while the loss oscillates without progress and an error while
+the loss diverges — both judged, with their own hysteresis, by the loss detectors, so one noisy judgment
+does not decide it.  Only plain and momentum SGD have this bound; adaptive optimizers precondition the
+curvature and are not judged.
+
+Each measurement is compared with the threshold of the learning rate in force when it was taken (schedules
+change it).  The learning rate suggested is set by the sharpest measurement taken while training was still
+sane (finite loss, not above twice the initial one): curvature measured on weights that have already blown
+up says nothing about the step size that would have kept them from it.
 """
 
 from __future__ import annotations
@@ -12,7 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from gradmon.detectors.base import Detector, JudgeContext, Observation, sig
-from gradmon.detectors.loss import LossOscillation, is_diverging
+
+
+def _finite(entry: dict, key: str) -> float:
+    value = entry.get(key)
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else float("nan")
 
 
 class SharpnessAboveStability(Detector):
@@ -20,31 +31,50 @@ class SharpnessAboveStability(Detector):
     min_records = 0    # judged at each curvature measurement, from the first step on
     margin = 1.0       # report when lambda_max > margin * threshold
     safety = 0.8       # suggested lr = safety * the largest stable lr
+    sane_loss = 2.0    # measurements with a loss above this multiple of the initial loss are post-mortem
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        if not ctx.curvature or ctx.run.optimizer not in ("sgd", "momentum"):
+        if ctx.run.optimizer not in ("sgd", "momentum"):
             return []
-        last = ctx.curvature[-1]
-        lam = float(last.get("lambda_max", np.nan))
-        lr = ctx.run.lr
-        momentum = float(ctx.run.hyperparams.get("momentum", 0.0))
-        if not np.isfinite(lam) or lam <= 0 or not lr > 0:
+        # the latest usable measurement (the Lanczos estimate on blown-up weights can be NaN or negative)
+        usable = [c for c in ctx.curvature if _finite(c, "lambda_max") > 0 and _finite(c, "threshold") > 0
+                  and _finite(c, "lr") > 0]
+        if not usable:
             return []
-        from gradmon.quantities.curvature import stability_threshold
-
-        threshold = stability_threshold(lr, momentum)
+        last = usable[-1]
+        lam, threshold, lr = _finite(last, "lambda_max"), _finite(last, "threshold"), _finite(last, "lr")
         if lam <= self.margin * threshold:
             return []
-        max_lr = (2.0 * (1.0 + momentum)) / lam
-        diverging, _ = is_diverging(ctx)
-        oscillating = bool(LossOscillation().judge(ctx)) if len(ctx.window) >= LossOscillation.min_records else False
-        severity = "error" if diverging else ("warning" if oscillating else "info")
-        bound = "2(1+β)/lr" if momentum else "2/lr"
-        state = ("and the loss is diverging" if diverging else "and the loss oscillates" if oscillating
-                 else "while the loss still falls (the edge of stability)")
-        message = (f"The top Hessian eigenvalue {lam:.3g} exceeds {bound} = {threshold:.3g} at step "
-                   f"{int(last.get('step', ctx.step))} {state}; a learning rate below {max_lr:.2g} is stable.")
+        momentum = float(ctx.run.hyperparams.get("momentum", 0.0))
+        nesterov = bool(ctx.run.hyperparams.get("nesterov", False))
+        reference = self._reference(ctx)
+        bound = lr * threshold  # the dimensionless bound: 2, 2(1+β) or 2(1+β)/(1+2β)
+        max_lr = bound / reference
+        step = int(last.get("step", ctx.step))
+        if ctx.is_open("loss_divergence") or ctx.is_open("nonfinite_values", any_layer=True):
+            severity, state = "error", "and the loss is diverging"
+        elif ctx.is_open("loss_oscillation", severity="warning"):
+            severity, state = "warning", "and the loss oscillates without progress"
+        else:
+            severity, state = "info", "while the loss has not diverged: gradient descent can hover at this edge " \
+                                      "of stability"
+        formula = ("2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr") if momentum else "2/lr"
+        when = "at initialisation" if step == 0 else f"at step {step}"
+        message = (f"The top Hessian eigenvalue {lam:.3g} exceeds {formula} = {threshold:.3g} {when} "
+                   f"{state}; a learning rate below {max_lr:.2g} is stable"
+                   + (f" (set by λmax = {reference:.3g}, the sharpest measured while the loss was sane)"
+                      if reference != lam else "") + ".")
         evidence = {"lambda_max": sig(lam), "threshold": sig(threshold), "lr": sig(lr), "momentum": momentum,
-                    "ratio": sig(lam / threshold), "max_stable_lr": sig(max_lr),
-                    "suggested_lr": sig(self.safety * max_lr, 2), "measured_at": int(last.get("step", ctx.step))}
+                    "nesterov": nesterov, "ratio": sig(lam / threshold), "reference_lambda_max": sig(reference),
+                    "max_stable_lr": sig(max_lr), "suggested_lr": sig(self.safety * max_lr, 2),
+                    "measured_at": step}
         return [Observation("sharpness_above_stability", None, severity, message, evidence, open_after=1)]
+
+    def _reference(self, ctx: JudgeContext) -> float:
+        """The largest λmax measured while the loss was finite and at most ``sane_loss`` times the initial
+        loss (the latest measurement when none qualifies)."""
+        limit = self.sane_loss * ctx.initial_loss if np.isfinite(ctx.initial_loss) else np.inf
+        sane = [_finite(c, "lambda_max") for c in ctx.curvature
+                if np.isfinite(_finite(c, "loss")) and _finite(c, "loss") <= limit]
+        sane = [lam for lam in sane if lam > 0]
+        return max(sane) if sane else _finite(ctx.curvature[-1], "lambda_max")

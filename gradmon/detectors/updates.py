@@ -2,13 +2,16 @@
 
 A rule of thumb puts healthy ratios near 1e-3.  Above ``too_large`` each step rewrites a fifth of the
 weights, which is overshooting unless the loss is still falling fast (halving within the window); below
-``too_small`` while the loss is still high, the layer is effectively frozen.
+``too_small`` while the loss is still high, the layer is effectively frozen — unless dead or saturated units
+or vanishing gradients already explain it (their findings carry the fix; a larger step would not help a layer whose
+gradient is zero).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from gradmon.detectors.activations import DeadUnits
 from gradmon.detectors.base import Detector, JudgeContext, Observation, median, sig, smoothed
 
 
@@ -26,6 +29,11 @@ class UpdateRatio(Detector):
         recent = ctx.window.scalar("loss", last=50)
         recent = recent[np.isfinite(recent)]
         improving = recent.size >= 10 and median(recent[-5:]) < 0.5 * median(recent[:5])
+        # dead units, saturated units or vanishing gradients anywhere starve layers of gradient: their findings
+        # explain frozen layers and carry the fix
+        starved = any(ctx.observed(code, any_layer=True) for code in
+                      ("vanishing_gradients", "dead_units", "saturated_activations")) \
+            or bool(np.any(ctx.medians("dead_fraction") >= DeadUnits.warn_fraction))
         out = []
         for unit, r in zip(ctx.units, ratios):
             if not np.isfinite(r):
@@ -35,11 +43,12 @@ class UpdateRatio(Detector):
                            f"each step rewrites the layer, so training overshoots.")
                 out.append(Observation("update_ratio", unit.name, "warning", message,
                                        {"update_ratio": sig(float(r)), "direction": "too_large",
-                                        "lr": sig(ctx.run.lr)}))
-            elif r < self.too_small and still_high:
-                message = (f"{unit.name}'s updates are only {r:.2g} of its weights per step while the loss is "
-                           f"still {loss_now:.3g}: the layer is effectively frozen.")
+                                        "lr": sig(ctx.lr)}))
+            elif r < self.too_small and still_high and not starved:
+                size = "zero" if r == 0 else f"only {r:.2g} of its weights"
+                message = (f"{unit.name}'s updates are {size} per step while the loss is still {loss_now:.3g}: "
+                           f"the layer is effectively frozen.")
                 out.append(Observation("update_ratio", unit.name, "warning", message,
                                        {"update_ratio": sig(float(r)), "direction": "too_small",
-                                        "lr": sig(ctx.run.lr)}))
+                                        "lr": sig(ctx.lr)}))
         return out

@@ -4,13 +4,14 @@
 
 - Saturation: the fraction of entries pinned near an asymptote, where the derivative has fallen below
   about 2% of its maximum: ``|tanh| > 0.99``; ``sigmoid < 0.01`` or ``> 0.99``.
-- Dead units: ReLU units whose output is zero for every example seen (a batch, or several small batches
-  accumulated by :class:`DeadUnitTracker`).
+- Dead units: ReLU units whose output is zero for every example seen (a batch, or a sliding pool of the
+  latest small batches, :class:`DeadUnitTracker`).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -48,26 +49,35 @@ def moments(y: np.ndarray, max_rows: int = 16) -> tuple[float, float]:
 
 
 class DeadUnitTracker:
-    """Accumulates which units fired over at least ``min_examples`` examples, then reports the fraction
-    that never did.  With mini-batches of ``min_examples`` or more this is the per-batch dead fraction; with
-    stochastic gradient descent (batch 1) it pools consecutive examples so that a unit that is merely off
-    for one input doesn't count as dead."""
+    """The fraction of units that did not fire over the last ``min_examples`` examples or more.
+
+    With mini-batches of ``min_examples`` or more this is the per-batch dead fraction.  Smaller batches are
+    pooled over a sliding window of the latest batches (a unit merely off for one input of stochastic
+    gradient descent does not count as dead), so there is a value at every step once enough examples were
+    seen."""
 
     def __init__(self, min_examples: int = 64) -> None:
         self.min_examples = int(min_examples)
-        self._alive: np.ndarray | None = None
+        self._pool: deque[tuple[np.ndarray, int]] = deque()
         self._seen = 0
 
     def add(self, y: np.ndarray) -> float | None:
-        """Feed one batch; returns the dead fraction when enough examples were pooled, else None."""
+        """Feed one batch ``(batch, units)`` (outputs or the ``> 0`` mask); returns the dead fraction over the
+        pool, or None until ``min_examples`` examples were seen."""
         alive = active_units(y)
-        if self._alive is None and y.shape[0] >= self.min_examples:  # one batch is enough: nothing to pool
+        n = int(y.shape[0])
+        if n >= self.min_examples:  # one batch is enough: nothing to pool
+            self._pool.clear()
+            self._seen = 0
             return 1.0 - np.count_nonzero(alive) / alive.size
-        self._alive = alive if self._alive is None or self._alive.shape != alive.shape else (self._alive | alive)
-        self._seen += y.shape[0]
+        if self._pool and self._pool[0][0].shape != alive.shape:
+            self._pool.clear()
+            self._seen = 0
+        self._pool.append((alive, n))
+        self._seen += n
+        while self._seen - self._pool[0][1] >= self.min_examples:  # drop batches the pool no longer needs
+            self._seen -= self._pool.popleft()[1]
         if self._seen < self.min_examples:
             return None
-        fraction = 1.0 - float(np.count_nonzero(self._alive)) / self._alive.size
-        self._alive = None
-        self._seen = 0
-        return fraction
+        pooled = np.logical_or.reduce([a for a, _ in self._pool])
+        return 1.0 - np.count_nonzero(pooled) / pooled.size

@@ -231,15 +231,21 @@ def fd_hvp(grad_fn: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, 
 
 
 # -- stability --------------------------------------------------------------------------------------------------
-def stability_threshold(lr: float, momentum: float = 0.0) -> float:
-    """Largest curvature gradient descent can follow stably: ``2/lr``; ``2(1+β)/lr`` with heavy-ball
-    momentum β (on a quadratic, the iteration ``θ ← θ - lr∇L + β(θ - θ_prev)`` is stable iff
-    ``lr·λ < 2(1+β)``).  Nesterov momentum is judged by the same bound."""
+def stability_threshold(lr: float, momentum: float = 0.0, nesterov: bool = False) -> float:
+    """Largest curvature gradient descent can follow stably, in 1/loss-units.
+
+    On a quadratic with curvature λ: plain gradient descent is stable iff ``lr·λ < 2``; heavy-ball momentum
+    β (``v ← βv + g; θ ← θ - lr·v``) iff ``lr·λ < 2(1+β)``; Nesterov momentum (``θ ← θ - lr(g + βv)``) iff
+    ``lr·λ < 2(1+β)/(1+2β)``, a bound 2.8 times lower at β = 0.9.
+    """
     if isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"the learning rate must be positive, got {lr!r}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return 2.0 * (1.0 + momentum) / lr
+    bound = 2.0 * (1.0 + momentum)
+    if nesterov:
+        bound /= 1.0 + 2.0 * momentum
+    return bound / lr
 
 
 # -- one estimate -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Per-layer gradient quantities: gradient norm, weight norm, update-to-weight ratio.
+"""Per-layer parameter quantities: gradient norm, weight norm, update-to-weight ratio, mean bias.
 
 All norms are L2 norms over a layer's weight and bias together, computed with dot products on flat views
 (no temporaries).  Inputs are dicts of arrays keyed like ``model.parameters()``.
@@ -17,10 +17,21 @@ Arrays = Mapping[str, np.ndarray]
 
 
 def sq_norm(a: np.ndarray) -> float:
-    """Squared L2 norm as a Python float (inf/nan propagate).  Call inside ``np.errstate(over="ignore",
-    invalid="ignore")`` when the values may overflow (the monitor does, once per step)."""
+    """Squared L2 norm as a Python float (inf/nan propagate).  A fast dot product in the array's dtype; when a
+    float32 sum overflows (finite values above ~1e19), it is recounted in float64.  Call inside
+    ``np.errstate(over="ignore", invalid="ignore")`` when the values may overflow (the monitor does)."""
     flat = a.reshape(-1)
-    return float(np.dot(flat, flat))
+    value = float(np.dot(flat, flat))
+    if value == math.inf and flat.dtype != np.float64:
+        flat = flat.astype(np.float64)
+        value = float(np.dot(flat, flat))
+    return value
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every entry of ``a`` is finite: a fast dot product, checked entry by entry only when it
+    overflows."""
+    return math.isfinite(sq_norm(a)) or bool(np.isfinite(a).all())
 
 
 def layer_sq_norms(arrays: Arrays, units: Sequence[Unit], weights_only: bool = False) -> np.ndarray:
@@ -39,6 +50,12 @@ def layer_norms(arrays: Arrays, units: Sequence[Unit], weights_only: bool = Fals
     return np.sqrt(layer_sq_norms(arrays, units, weights_only))
 
 
+def bias_means(params: Arrays, units: Sequence[Unit]) -> np.ndarray:
+    """Mean bias per unit, shape ``(n_units,)`` (NaN for a layer without bias): a strongly negative one
+    switches ReLU units off."""
+    return np.array([float(np.mean(params[u.bias])) if u.bias is not None else np.nan for u in units])
+
+
 def global_norm(arrays: Arrays) -> float:
     """L2 norm of every array together."""
     return math.sqrt(sum(sq_norm(a) for a in arrays.values()))
@@ -51,10 +68,10 @@ def update_ratios(updates: Arrays, weight_norms: np.ndarray, units: Sequence[Uni
         return np.where(weight_norms > 0, upd / weight_norms, np.nan)
 
 
-def first_nonfinite(arrays: Arrays, units: Sequence[Unit]) -> str | None:
-    """Name of the first unit (input to output) whose parameters hold NaN or Inf, else None."""
-    for u in units:
-        for key in u.params:
-            if not math.isfinite(sq_norm(arrays[key])):
-                return u.name
+def first_nonfinite(arrays: Arrays, units: Sequence[Unit], backward: bool = False) -> str | None:
+    """Name of the first unit whose arrays hold NaN or Inf, else None: in forward order (input to output),
+    or with ``backward`` in the order the backward pass writes gradients (output to input)."""
+    for u in (reversed(units) if backward else units):
+        if not all(all_finite(arrays[key]) for key in u.params):
+            return u.name
     return None
