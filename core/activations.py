@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core import checks
 from core.layers import Context, Layer, Params
 
 
@@ -124,9 +125,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, alpha: float = 0.01, name: str | None = None) -> None:
         super().__init__(name)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"LeakyReLU alpha must be in [0, 1), got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = checks.unit("LeakyReLU alpha", alpha)
 
     def _f(self, x, c, ctx):
         mask = x > 0
@@ -152,9 +151,7 @@ class ELU(Activation):
 
     def __init__(self, alpha: float = 1.0, name: str | None = None) -> None:
         super().__init__(name)
-        if not alpha > 0:
-            raise ValueError(f"ELU alpha must be positive, got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = checks.positive("ELU alpha", alpha)
 
     def _f(self, x, c, ctx):
         pos = x > 0

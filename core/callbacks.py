@@ -13,7 +13,8 @@ Order of events for one run::
             on_after_backward(state)    # gradients before clipping; activations when requested
             on_step_end(state)          # the applied update, clip coefficient, learning rate
         on_epoch_end(epoch, logs)
-    on_train_end(logs)                  # or on_exception(exc, state) when the loop fails
+    on_train_end(logs)                  # or on_exception(exc, state) when anything from on_train_begin
+                                        # to on_train_end raises (Ctrl-C included); state may be None
 
 Any loop (core's Trainer, a PyTorch adapter, a hand-written numpy loop) can drive a callback through
 these events; ``gradmon`` never needs to know which loop it watches.
@@ -119,8 +120,14 @@ class StepState:
     factor the global norm clipping multiplied the gradient by (1.0 when no clipping happened).
     ``objective`` re-evaluates this batch (same dropout masks and batch statistics).  With the
     ``grad_norms`` request, ``extras["grad_sq_norms"][key]`` is the squared L2 norm of ``grads[key]``,
-    computed as the gradient was written (the loop may omit it).  ``masks[name]`` is
+    computed as the gradient was written (the loop may omit it); ``extras["grad_norm"]`` is the global
+    norm of ``grads`` (float64-exact, ``inf``/``nan`` only when a gradient value is).  ``masks[name]`` is
     the boolean ``output > 0`` of rectifier layer ``name`` kept from the forward pass (with activations).
+
+    Lifetime: every array is a read-only view of the loop's own storage, valid only during the hook call.
+    ``activations``, ``preactivations`` and ``masks`` are buffers the next step overwrites (the hot path
+    reuses them); ``params``, ``grads`` and ``update`` change in place at every step.  A callback that keeps
+    anything past the hook copies it (``arr.copy()``).
     """
 
     step: int

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -114,38 +115,128 @@ STANDARDISE = frozenset({"spirals", "moons", "circles", "xor", "blobs"})
 
 
 # -- files --------------------------------------------------------------------------------------------------
+TASKS = ("auto", "classification", "regression")
+
+
 def _check(path: Path, X: np.ndarray, y: np.ndarray) -> None:
     if X.size == 0 or len(X) == 0:
         raise ValueError(f"{path}: the data is empty")
     if X.ndim != 2:
         raise ValueError(f"{path}: X must be 2-D (samples, features), got shape {X.shape}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{path}: y must have shape (n,) or (n, k), got {y.shape}")
     if len(y) != len(X):
         raise ValueError(f"{path}: X has {len(X)} rows but y has {len(y)}")
     if not np.isfinite(X).all():
         raise ValueError(f"{path}: X contains NaN or Inf")
-    if not np.isfinite(y.astype(float)).all():
+    if not np.isfinite(y).all():
         raise ValueError(f"{path}: y contains NaN or Inf")
 
 
-def load_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``X`` and ``y`` from an ``.npz`` (arrays X and y) or a ``.csv`` (last column is y; a header row is
-    detected and skipped)."""
+def _numeric_array(path: Path, name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float64, or ValueError naming the file when it holds strings or other non-numbers."""
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{path}: array {name} holds {arr.dtype} values, not numbers; store numeric arrays "
+                         f"(np.savez(path, X=X.astype(float), y=y))")
+    return arr.astype(np.float64, copy=False)
+
+
+def _integral(y: np.ndarray) -> bool:
+    return bool(np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_ or np.all(y == np.round(y)))
+
+
+def file_task(path: str | os.PathLike, y: np.ndarray, task: str = "auto") -> str:
+    """``classification`` or ``regression`` for targets ``y`` read from ``path``.
+
+    ``task="auto"``: class labels when ``y`` is one column of whole numbers (an integer array, or floats like
+    ``2.0``), else regression.  Name the task (``data.task`` in a spec) when a regression file's targets
+    happen to be whole numbers.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if task != "auto":
+        return task
+    one_column = y.ndim == 1 or y.shape[1] == 1
+    if one_column and _integral(y):
+        return "classification"
+    if not one_column and (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise ValueError(f"{Path(path)}: y has shape {y.shape} and holds integers: class labels need shape (n,); "
+                         f"for {y.shape[1]} real-valued targets per row set data.task = \"regression\"")
+    return "regression"
+
+
+def _labels(path: Path, y: np.ndarray, n_classes: int | None) -> tuple[np.ndarray, int]:
+    """Class labels as given (int64 ``(n,)``) and the class count: ``n_classes`` or the largest label + 1."""
+    if y.ndim == 2:
+        if y.shape[1] != 1:
+            raise ValueError(f"{path}: class labels need shape (n,), got y of shape {y.shape}; for real-valued "
+                             f"targets set data.task = \"regression\"")
+        y = y[:, 0]
+    if not _integral(y):
+        raise ValueError(f"{path}: class labels must be whole numbers, found {float(y[y != np.round(y)][0]):g}; for "
+                         f"real-valued targets set data.task = \"regression\"")
+    labels = np.asarray(y).astype(np.int64)
+    if labels.min() < 0:
+        raise ValueError(f"{path}: class labels must be >= 0, found {labels.min()}; for real-valued targets set "
+                         f"data.task = \"regression\"")
+    distinct = np.unique(labels)
+    if len(distinct) < 2:
+        raise ValueError(f"{path}: all {len(labels)} examples have class {distinct[0]}; classification needs at "
+                         f"least 2 distinct classes")
+    top = int(labels.max())
+    if n_classes is None:
+        n_classes = top + 1
+    elif top >= n_classes:
+        raise ValueError(f"{path}: class label {top} is out of range for n_classes = {n_classes} (labels must "
+                         f"be in [0, {n_classes - 1}])")
+    return labels, int(n_classes)
+
+
+def load_file(path: str | os.PathLike, task: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``X`` (float64 ``(n, d)``) and ``y`` from an ``.npz`` (arrays X and y, no pickled objects) or a
+    ``.csv`` (last column is y; a header row is detected and skipped).
+
+    ``y`` is int64 class labels ``(n,)`` (kept as given, >= 0) when the task (see :func:`file_task`) is
+    classification, else float64 targets ``(n,)`` or ``(n, k)``.  Every error names the file.
+    """
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p}: no such data file")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, not a data file")
     suffix = p.suffix.lower()
     if suffix == ".npz":
         try:
             with np.load(p, allow_pickle=False) as data:
-                missing = [k for k in ("X", "y") if k not in data]
+                if not hasattr(data, "files"):
+                    raise ValueError(f"{p}: not an .npz archive (it holds one array); save X and y with "
+                                     f"np.savez(path, X=X, y=y)")
+                missing = [k for k in ("X", "y") if k not in data.files]
                 if missing:
                     raise ValueError(f"{p}: missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
-                X, y = np.asarray(data["X"], dtype=float), np.asarray(data["y"])
-        except (OSError, EOFError) as exc:
+                X, y = np.asarray(data["X"]), np.asarray(data["y"])
+        except ValueError as exc:
+            text = str(exc)
+            if text.startswith(str(p)):
+                raise
+            if "object arrays" in text.lower():
+                raise ValueError(f"{p}: holds object arrays (pickled Python objects), which are never loaded; "
+                                 f"store numeric arrays with np.savez(path, X=X.astype(float), y=y)") from None
+            if "pickle" in text.lower():
+                raise ValueError(f"{p}: not an .npz archive (numpy reads it as pickled Python objects, which "
+                                 f"are never loaded); store arrays with np.savez(path, X=X, y=y)") from None
+            raise ValueError(f"{p}: not a readable .npz file ({text.splitlines()[0] if text else exc!r})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+        X, y = _numeric_array(p, "X", X).astype(np.float64), _numeric_array(p, "y", y)
     elif suffix == ".csv":
-        with open(p, newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        try:
+            with open(p, newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{p}: cannot read it as CSV ({exc})") from None
         if rows and not _numeric(rows[0]):
             rows = rows[1:]
         if not rows:
@@ -159,14 +250,11 @@ def load_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         X, y = table[:, :-1], table[:, -1]
     else:
         raise ValueError(f"{p}: unsupported data file type {suffix!r}; use .npz (X, y) or .csv (y last)")
-    if y.ndim == 2 and y.shape[1] == 1 and np.issubdtype(y.dtype, np.integer):
-        y = y[:, 0]
     _check(p, X, y)
-    if y.ndim == 1 and np.all(np.asarray(y, dtype=float) == np.round(np.asarray(y, dtype=float))):
-        y = np.asarray(y, dtype=float).astype(np.int64)
-        if y.min() < 0:
-            raise ValueError(f"{p}: class labels must be >= 0, found {y.min()}")
-    return X, y
+    if file_task(p, y, task) == "classification":
+        labels, _ = _labels(p, y, None)
+        return X, labels
+    return X, y.astype(np.float64)
 
 
 def _numeric(row: list[str]) -> bool:
@@ -178,9 +266,24 @@ def _numeric(row: list[str]) -> bool:
 
 
 # -- the data set a spec asks for ---------------------------------------------------------------------------
+#: features and outputs of the built-in sets (outputs: classes, or targets for regression), for size estimates
+SHAPES: dict[str, tuple[int, int]] = {"spirals": (2, 3), "moons": (2, 2), "circles": (2, 2), "xor": (2, 2),
+                                      "blobs": (2, 3), "teacher": (10, 1), "digits": (64, 10)}
+#: built-in sets whose generator takes ``n_classes``
+CLASS_COUNT = frozenset({"spirals", "blobs"})
+#: the digits set has this many images, whatever ``n_samples`` asks
+N_DIGITS = 1797
+
+
 def load_dataset(name: str | None = None, path: str | os.PathLike | None = None, n_samples: int = 1000,
-                 noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0, **kw: Any) -> Dataset:
-    """A built-in data set by ``name`` or a file by ``path``, shuffled and split; deterministic per seed."""
+                 noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0, task: str = "auto",
+                 n_classes: int | None = None) -> Dataset:
+    """A built-in data set by ``name`` or a file by ``path``, shuffled and split; deterministic per seed.
+
+    ``task`` (files only; ``auto`` infers it, see :func:`file_task`).  ``n_classes``: the class count of
+    spirals and blobs; for a classification file, the number of classes its labels range over (default:
+    the largest label + 1).  Class labels are used as given, never renumbered.
+    """
     if (name is None) == (path is None):
         raise ValueError("give exactly one of a data set name or a file path")
     if not 0.0 <= test_fraction < 1.0:
@@ -189,16 +292,26 @@ def load_dataset(name: str | None = None, path: str | os.PathLike | None = None,
     if name is not None:
         if name not in DATASETS:
             raise ValueError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
+        kw = {"n_classes": n_classes} if n_classes is not None and name in CLASS_COUNT else {}
+        if n_classes is not None and not kw:
+            raise ValueError(f"{name} has a fixed number of classes; n_classes applies to "
+                             f"{', '.join(sorted(CLASS_COUNT))} and data files")
         X, y = DATASETS[name](int(n_samples), float(noise), rng, **kw)
         label = name
+        task = "regression" if name in REGRESSION else "classification"
+        if task == "classification":
+            n_classes = int(y.max()) + 1
     else:
-        X, y = load_file(path)
-        label = Path(path).stem
-    task = "regression" if (name in REGRESSION or np.issubdtype(np.asarray(y).dtype, np.floating)) else "classification"
+        p = Path(path)
+        X, y = load_file(p, task)
+        label = p.stem
+        task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
+        if task == "classification":
+            y, n_classes = _labels(p, y, n_classes)
+        elif n_classes is not None:
+            raise ValueError(f"{p}: n_classes applies to class labels, but the targets are real-valued")
     if task == "classification":
-        classes, y = np.unique(y, return_inverse=True)
         y = y.astype(np.int64)
-        n_classes = int(len(classes))
     else:
         y = np.asarray(y, dtype=float)
         y = y[:, None] if y.ndim == 1 else y
@@ -215,7 +328,7 @@ def load_dataset(name: str | None = None, path: str | os.PathLike | None = None,
         X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
     return Dataset(name=label, X_train=np.ascontiguousarray(X_train, dtype=float), y_train=y_train,
                    X_test=np.ascontiguousarray(X_test, dtype=float).reshape(-1, X.shape[1]), y_test=y_test,
-                   task=task, n_classes=n_classes, n_features=int(X.shape[1]))
+                   task=task, n_classes=int(n_classes), n_features=int(X.shape[1]))
 
 
 def iterate_minibatches(n: int, batch_size: int, rng: np.random.Generator, shuffle: bool = True) -> Iterator[np.ndarray]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from core import checks
 from core.initializers import get_initializer
 
 Params = dict[str, np.ndarray]
@@ -31,20 +32,32 @@ class Context:
     (keyed by layer name) so a batch can be re-evaluated exactly; ``dropout=False`` turns dropout off even
     in training mode (curvature probes).  With ``reuse=True`` buffers persist across calls of the same
     shape (the trainer's hot path), so arrays handed out are overwritten by the next step; only a context
-    with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics.
+    with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics.  With
+    ``defer_stats=True`` as well, the batch statistics wait in ``pending_stats`` until
+    :meth:`commit_stats` (the trainer commits them only for a step it applies, so a skipped non-finite
+    step leaves the running statistics untouched).
     """
 
     def __init__(self, training: bool = True, rng: np.random.Generator | None = None,
                  masks: dict[str, np.ndarray] | None = None, dropout: bool = True,
-                 reuse: bool = False, update_stats: bool = False) -> None:
+                 reuse: bool = False, update_stats: bool = False, defer_stats: bool = False) -> None:
         self.training = training
         self.rng = rng
         self.masks: dict[str, np.ndarray] = {} if masks is None else masks
         self.dropout = dropout
         self.reuse = reuse
         self.update_stats = update_stats
+        self.defer_stats = defer_stats
+        #: ``(layer, batch mean, unbiased batch variance)`` waiting for :meth:`commit_stats`
+        self.pending_stats: list[tuple[Any, np.ndarray, np.ndarray]] = []
         self.cache: dict[str, dict[str, Any]] = {}
         self._buffers: dict[tuple[str, str], np.ndarray] = {}
+
+    def commit_stats(self) -> None:
+        """Blend the pending batch statistics into the layers' running statistics (then forget them)."""
+        for layer, mean, var in self.pending_stats:
+            layer.blend_stats(mean, var)
+        self.pending_stats.clear()
 
     def buffer(self, layer: str, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised array, the same one on every call with the same shape when ``reuse``."""
@@ -114,21 +127,18 @@ class Dense(Layer):
                  bias_init: float = 0.0, std: float | None = None, limit: float | None = None,
                  name: str | None = None) -> None:
         super().__init__(name)
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Dense {label} must be a positive integer, got {value!r}")
+        self.in_features = checks.positive_int("Dense in_features", in_features)
+        self.out_features = checks.positive_int("Dense out_features", out_features)
         get_initializer(init)
-        if init == "normal" and not (std is not None and std > 0):
-            raise ValueError("Dense(init='normal') needs a positive std")
-        if init == "uniform" and not (limit is not None and limit > 0):
-            raise ValueError("Dense(init='uniform') needs a positive limit")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        if init == "normal" and std is None:
+            raise ValueError("Dense(init='normal') needs a positive std, e.g. std=0.05")
+        if init == "uniform" and limit is None:
+            raise ValueError("Dense(init='uniform') needs a positive limit, e.g. limit=0.05")
         self.units = self.out_features
         self.init = init
-        self.bias_init = float(bias_init)
-        self.std = std
-        self.limit = limit
+        self.bias_init = checks.number("Dense bias_init", bias_init)
+        self.std = checks.optional_positive("Dense std", std)
+        self.limit = checks.optional_positive("Dense limit", limit)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"weight": (self.in_features, self.out_features), "bias": (self.out_features,)}
@@ -190,7 +200,8 @@ class BatchNorm(Layer):
 
     In training mode the batch mean and (biased) variance are used and running statistics are updated as
     ``running = momentum * running + (1 - momentum) * batch`` (unbiased variance); in eval mode the running
-    statistics are used.
+    statistics are used.  Training mode needs at least 2 examples per batch (as in PyTorch): the variance
+    of one example is 0, which would zero every gradient upstream.  ``eps`` (> 0) is added to the variance.
     """
 
     kind = "batchnorm"
@@ -198,14 +209,10 @@ class BatchNorm(Layer):
     def __init__(self, num_features: int, momentum: float = 0.9, eps: float = 1e-5,
                  name: str | None = None) -> None:
         super().__init__(name)
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"BatchNorm num_features must be a positive integer, got {num_features!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
-        self.num_features = int(num_features)
+        self.num_features = checks.positive_int("BatchNorm num_features", num_features)
         self.units = self.num_features
-        self.momentum = float(momentum)
-        self.eps = float(eps)
+        self.momentum = checks.unit("BatchNorm momentum", momentum)
+        self.eps = checks.positive("BatchNorm eps", eps)
         self.running_mean = np.zeros(self.num_features)
         self.running_var = np.ones(self.num_features)
 
@@ -220,6 +227,9 @@ class BatchNorm(Layer):
             scale = p["gamma"] / np.sqrt(self.running_var + self.eps)
             return ((x - self.running_mean) * scale + p["beta"]).astype(x.dtype, copy=False)
         n = x.shape[0]
+        if n < 2:
+            raise ValueError(f"{self.name}: BatchNorm in training mode needs more than 1 example per batch, "
+                             f"got input of shape {x.shape}; use batches of 2 or more (or eval mode)")
         mean = x.mean(axis=0)
         xc = x - mean
         var = np.einsum("ij,ij->j", xc, xc) / n
@@ -228,11 +238,19 @@ class BatchNorm(Layer):
         y = xhat * p["gamma"] + p["beta"]
         ctx.store(self.name).update(xhat=xhat, xc=xc, inv_std=inv_std)
         if ctx.update_stats:
-            m = self.momentum
-            unbiased = var * n / max(n - 1, 1)
-            self.running_mean = m * self.running_mean + (1 - m) * mean
-            self.running_var = m * self.running_var + (1 - m) * unbiased
+            unbiased = var * (n / (n - 1))
+            if ctx.defer_stats:
+                ctx.pending_stats.append((self, mean, unbiased))
+            else:
+                self.blend_stats(mean, unbiased)
         return y
+
+    def blend_stats(self, mean: np.ndarray, var: np.ndarray) -> None:
+        """``running = momentum * running + (1 - momentum) * batch`` for a batch's mean and unbiased
+        variance, both of shape ``(num_features,)``."""
+        m = self.momentum
+        self.running_mean = m * self.running_mean + (1 - m) * mean
+        self.running_var = m * self.running_var + (1 - m) * var
 
     def backward(self, g: np.ndarray, p: Params, ctx: Context, grads: Params) -> np.ndarray:
         c = ctx.cache[self.name]
@@ -276,9 +294,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float, name: str | None = None) -> None:
         super().__init__(name)
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = checks.unit("Dropout p", p)
 
     def _mask(self, x: np.ndarray, ctx: Context) -> np.ndarray | None:
         if not ctx.training or not ctx.dropout or self.p == 0.0:

@@ -109,7 +109,7 @@ class CrossEntropy(Loss):
 
     def check_targets(self, y, n_outputs):
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError("cross_entropy needs integer class labels of shape (n,)")
+            raise ValueError(f"cross_entropy needs integer class labels of shape (n,), got {y.dtype} of shape {y.shape}")
         if y.size and (y.min() < 0 or y.max() >= n_outputs):
             raise ValueError(f"cross_entropy: labels must be in [0, {n_outputs - 1}] for a model with "
                              f"{n_outputs} outputs, got range [{y.min()}, {y.max()}]")

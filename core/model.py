@@ -7,12 +7,15 @@ initial weights and the dropout masks, so two runs with the same seed are identi
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from core import checks
 from core.callbacks import LayerInfo
-from core.layers import Context, Dense, Layer, Params
+from core.clipping import sq_norm_unguarded
+from core.layers import BatchNorm, Context, Dense, Layer, Params
 
 DTYPES = ("float32", "float64")
 
@@ -33,7 +36,7 @@ class Sequential:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.dtype = np.dtype(dtype)
-        self.seed = seed
+        self.seed = checks.seed("Sequential seed", seed)
         names: set[str] = set()
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
@@ -97,6 +100,11 @@ class Sequential:
         if flat.shape != (self.size,):
             raise ValueError(f"expected a vector of length {self.size}, got shape {flat.shape}")
         return {key: flat[start:stop].reshape(shape) for key, start, stop, shape in self._layout}
+
+    @property
+    def has_batchnorm(self) -> bool:
+        """True when a layer uses batch statistics in training mode (then batches need 2+ examples)."""
+        return any(isinstance(l, BatchNorm) for l in self.layers)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -177,7 +185,8 @@ class Sequential:
         """Parameter gradients keyed like ``parameters()``, given ``g = dL/d(output)``.
 
         ``sq_norms``, when given, receives each gradient's squared L2 norm, computed right after the layer
-        wrote it (while it is still in cache: reading it again later costs a trip to memory).
+        wrote it (while it is still in cache: reading it again later costs a trip to memory); it is ``inf``
+        or ``nan`` only when the gradient holds a non-finite value (see :func:`core.clipping.sq_norm`).
         """
         per_layer = self._split(self._params if params is None else params)
         layer_grads: dict[str, Params] = {}
@@ -185,13 +194,15 @@ class Sequential:
             for key, (layer, pname) in self._owner.items():
                 if key in grads:
                     layer_grads.setdefault(layer.name, {})[pname] = grads[key]
-        for layer, p in zip(reversed(self.layers), reversed(per_layer)):
-            lg = layer_grads.setdefault(layer.name, {})
-            g = layer.backward(g, p, ctx, lg)
-            if sq_norms is not None:
-                for pname, arr in lg.items():
-                    flat = arr.reshape(-1)
-                    sq_norms[f"{layer.name}.{pname}"] = float(np.dot(flat, flat))
+        # the float32 norm of a huge finite gradient overflows and is redone in float64: no warning for that
+        quiet = np.errstate(over="ignore", invalid="ignore") if sq_norms is not None else nullcontext()
+        with quiet:
+            for layer, p in zip(reversed(self.layers), reversed(per_layer)):
+                lg = layer_grads.setdefault(layer.name, {})
+                g = layer.backward(g, p, ctx, lg)
+                if sq_norms is not None:
+                    for pname, arr in lg.items():
+                        sq_norms[f"{layer.name}.{pname}"] = sq_norm_unguarded(arr)
         if grads is None:
             return {key: layer_grads[layer.name][pname] for key, (layer, pname) in self._owner.items()}
         for key, (layer, pname) in self._owner.items():

@@ -17,17 +17,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from core import checks
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _unit(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
+_positive = checks.positive
+_unit = checks.unit
 
 
 class Optimizer:
@@ -99,9 +92,9 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(lr)
         self.momentum = _unit("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = checks.flag("nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
+            raise ValueError("Nesterov momentum needs momentum > 0: pass momentum=0.9, say, or nesterov=False")
 
     @property
     def hyperparams(self) -> dict[str, float]:

@@ -13,3 +13,13 @@ def progress_bar(total: int, progress: bool | None, desc: str, unit: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def write_line(message: str) -> None:
+    """One line on stderr that leaves an active progress bar intact (``tqdm.write``)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; stay useful without it anyway
+        print(message, file=sys.stderr, flush=True)
+        return
+    tqdm.write(message, file=sys.stderr)

@@ -5,6 +5,16 @@
 (0.05, 'relu')
 
 Every key is validated at the boundary; a bad spec raises :class:`SpecError` with one line naming the key.
+A key that would have no effect is an error, not silently ignored: ``train.momentum`` and
+``train.nesterov`` apply to the ``sgd`` and ``momentum`` optimizers only (``momentum`` defaults to 0.9 for
+``momentum``, 0 for ``sgd``); ``data.n_classes`` to spirals, blobs and classification files.  Setting
+``train.optimizer`` (``--set`` or a patch) resets ``train.momentum``/``train.nesterov`` unless they are set
+alongside; setting ``data.name`` clears ``data.path`` and the other way round (and resets ``data.task``).
+``data.task`` (``auto``, ``classification``, ``regression``) says what a file's targets are; ``auto``
+follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
+(kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
+that file's directory (on the command line, to the working directory).  Sizes are checked against
+:data:`MEMORY_LIMIT` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -28,14 +38,19 @@ DEFAULTS: dict[str, Any] = {
     "name": "run",
     "seed": 0,
     "data": {"name": "spirals", "path": None, "n_samples": 1000, "noise": 0.1, "test_fraction": 0.2,
-             "n_classes": None},
+             "n_classes": None, "task": "auto"},
     "model": {"hidden": [64, 64], "activation": "relu", "init": "he_normal", "init_std": 0.05, "init_limit": 0.05,
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
-    "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "batch_size": 32,
+    "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
               "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
     "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024},
 }
 SECTIONS = ("data", "model", "train", "monitor")
+#: the largest estimated memory a spec may need (data, parameters with gradients and optimizer state,
+#: activations of one batch); beyond it a spec is rejected before anything is allocated
+MEMORY_LIMIT = 8 * 2**30
+#: optimizers that take train.momentum and train.nesterov
+MOMENTUM_OPTIMIZERS = ("sgd", "momentum")
 
 
 # -- value checks (each returns the cleaned value or raises SpecError naming the key) ----------------------------
@@ -152,11 +167,13 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "": {"name": _string, "seed": lambda k, v: _int(k, v, 0)},
     "data": {"name": _optional(_choice(_datasets)), "path": _optional(_string),
              "n_samples": lambda k, v: _int(k, v, 2), "noise": _nonneg, "test_fraction": _unit,
-             "n_classes": _optional(lambda k, v: _int(k, v, 2))},
+             "n_classes": _optional(lambda k, v: _int(k, v, 2)),
+             "task": _choice(lambda: ["auto", "classification", "regression"])},
     "model": {"hidden": _hidden, "activation": _choice(_activations), "init": _choice(_inits),
               "init_std": _positive, "init_limit": _positive, "bias_init": _number, "batchnorm": _bool,
               "dropout": _unit, "leaky_alpha": _unit},
-    "train": {"loss": _choice(_losses), "optimizer": _choice(_optimizers), "lr": _positive, "momentum": _unit,
+    "train": {"loss": _choice(_losses), "optimizer": _choice(_optimizers), "lr": _positive,
+              "momentum": _optional(_unit),
               "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
               "clip_value": _nonneg, "l2": _nonneg},
     "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
@@ -235,6 +252,24 @@ def _set(spec: dict[str, Any], key: str, value: Any) -> None:
     spec[parts[0]][parts[1]] = value
 
 
+def _set_keys(spec: dict[str, Any], items: Mapping[str, Any]) -> None:
+    """Set dotted keys (``--set`` overrides or a patch) together with the keys that depend on them:
+    a new ``train.optimizer`` resets ``train.momentum``/``train.nesterov`` unless ``items`` sets them;
+    ``data.name`` clears ``data.path`` and the other way round, and either resets ``data.task``."""
+    if "train.optimizer" in items and items["train.optimizer"] != spec["train"].get("optimizer"):
+        for key in ("momentum", "nesterov"):
+            if f"train.{key}" not in items:
+                spec["train"][key] = DEFAULTS["train"][key]
+    if "data.path" in items and "data.name" not in items:
+        spec["data"]["name"] = None
+    if "data.name" in items and "data.path" not in items:
+        spec["data"]["path"] = None
+    if ("data.name" in items or "data.path" in items) and "data.task" not in items:
+        spec["data"]["task"] = DEFAULTS["data"]["task"]
+    for key, value in items.items():
+        _set(spec, key, value)
+
+
 def _merge(base: dict[str, Any], raw: Mapping[str, Any]) -> None:
     for key, value in raw.items():
         if key in SECTIONS:
@@ -253,14 +288,110 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     for section in SECTIONS:
         for key, check in CHECKS[section].items():
             spec[section][key] = check(f"{section}.{key}", spec[section][key])
-    data = spec["data"]
+    data, model, train = spec["data"], spec["model"], spec["train"]
     if (data["name"] is None) == (data["path"] is None):
         raise SpecError("data: give exactly one of data.name (a built-in set) or data.path (a .npz/.csv file)")
+    _check_task(data, train)
+    _check_optimizer(train)
+    if model["batchnorm"] and train["batch_size"] == 1:
+        raise SpecError("train.batch_size: 1 (stochastic GD) cannot train with model.batchnorm = true (batch "
+                        "statistics need 2 or more examples); use a batch_size >= 2 or model.batchnorm = false")
+    if data["name"] is not None:
+        from core.data import N_DIGITS, SHAPES
+
+        n = min(data["n_samples"], N_DIGITS) if data["name"] == "digits" else data["n_samples"]
+        n_features, n_outputs = SHAPES[data["name"]]
+        check_memory(spec, n, n_features, data["n_classes"] or n_outputs)
+    else:  # the file's sizes are checked once it is read (build); the network alone can be checked now
+        check_memory(spec, 0, 1, 1)
     return spec
+
+
+def _check_task(data: dict[str, Any], train: dict[str, Any]) -> None:
+    from core.data import CLASS_COUNT, REGRESSION
+
+    task, name, loss = data["task"], data["name"], train["loss"]
+    if name is not None:
+        builtin = "regression" if name in REGRESSION else "classification"
+        if task not in ("auto", builtin):
+            raise SpecError(f"data.task: {name} is a {builtin} data set; remove data.task or use \"{builtin}\"")
+        task = builtin
+        if data["n_classes"] is not None and name not in CLASS_COUNT:
+            raise SpecError(f"data.n_classes: {name} has a fixed number of classes, so the key would be ignored; "
+                            f"remove it (it applies to {', '.join(sorted(CLASS_COUNT))} and data files)")
+    if task == "regression" and data["n_classes"] is not None:
+        raise SpecError("data.n_classes: a regression task has no classes; remove the key")
+    if task == "regression" and loss not in ("auto", "mse"):
+        raise SpecError(f"train.loss: {loss} needs class labels, but the task is regression; use mse")
+    if task == "classification" and loss == "mse":
+        raise SpecError("train.loss: mse needs real-valued targets, but the task is classification; use "
+                        "cross_entropy (or set data.task = \"regression\" for a file of real targets)")
+
+
+def _check_optimizer(train: dict[str, Any]) -> None:
+    opt = train["optimizer"]
+    if opt not in MOMENTUM_OPTIMIZERS:
+        for key, unset in (("momentum", None), ("nesterov", False)):
+            if train[key] != unset:
+                raise SpecError(f"train.{key}: the {opt} optimizer has no momentum, so the key would be ignored; "
+                                f"remove it, or use train.optimizer = \"momentum\"")
+        return
+    if opt == "momentum" and train["momentum"] is None:
+        train["momentum"] = 0.9
+    if train["nesterov"] and not train["momentum"]:
+        raise SpecError("train.nesterov: Nesterov needs momentum; set train.momentum > 0 (e.g. 0.9) or "
+                        "train.nesterov = false")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
+def check_memory(spec: Mapping[str, Any], n_samples: int, n_features: int, n_outputs: int) -> None:
+    """SpecError naming the key that makes the run need more than :data:`MEMORY_LIMIT` (estimated).
+
+    The estimate: the data (``n_samples × (n_features + 1)`` float64 values, about 4 copies while loading,
+    splitting and standardising); the network (parameters, gradients, updates, optimizer state and
+    checkpoint copies: 40 bytes per parameter); one batch's activations and their gradients through every
+    layer (about 6 float32 buffers per unit).  ``n_samples = 0``: the data size is not known yet.
+    """
+    model, train = spec["model"], spec["train"]
+    widths = [n_features, *model["hidden"], n_outputs]
+    n_params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    n_params += 2 * sum(model["hidden"]) if model["batchnorm"] else 0
+    batch = n_samples if train["batch_size"] == "full" else min(train["batch_size"], max(n_samples, 1))
+    parts = {
+        "data.n_samples": 8 * 4 * n_samples * (n_features + 1),
+        "model.hidden": 40 * n_params,
+        "train.batch_size": 4 * 6 * batch * sum(widths),
+    }
+    total = sum(parts.values())
+    if total <= MEMORY_LIMIT:
+        return
+    # blame the key that alone is too much (a network too big for even one example is model.hidden's)
+    alone = {"data.n_samples": parts["data.n_samples"],
+             "model.hidden": parts["model.hidden"] + 4 * 6 * sum(widths),
+             "train.batch_size": parts["train.batch_size"]}
+    key = next((k for k, v in alone.items() if v > MEMORY_LIMIT), max(parts, key=parts.get))
+    need, limit = _bytes(total), _bytes(MEMORY_LIMIT)
+    if key == "data.n_samples":
+        raise SpecError(f"data.n_samples: {n_samples:,} examples of {n_features} features need about {need} "
+                        f"of memory, over the {limit} limit; use fewer samples")
+    if key == "model.hidden":
+        raise SpecError(f"model.hidden: a network of {n_params:,} parameters needs about {need} of memory to "
+                        f"train, over the {limit} limit; use fewer or narrower hidden layers")
+    raise SpecError(f"train.batch_size: batches of {batch:,} examples through {sum(widths):,} units need about "
+                    f"{need} of memory, over the {limit} limit; use a smaller batch_size")
 
 
 def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read, merge onto defaults, apply ``--set`` overrides and validate; returns the resolved spec."""
+    if not isinstance(source, (Mapping, str, os.PathLike)):
+        raise TypeError(f"a spec is a path to a .toml/.json file or a dict, got {type(source).__name__}")
     spec = copy.deepcopy(DEFAULTS)
     if isinstance(source, Mapping):
         raw = dict(source)
@@ -272,11 +403,10 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence
     if isinstance(raw_data, Mapping) and "path" in raw_data and "name" not in raw_data:
         spec["data"]["name"] = None  # a file replaces the default data set
     _merge(spec, raw)
-    for item in overrides:
-        key, value = parse_override(item)
-        if key == "data.path":
-            spec["data"]["name"] = None
-        _set(spec, key, value)
+    path = spec["data"]["path"]
+    if not isinstance(source, Mapping) and isinstance(path, str) and path and not Path(path).is_absolute():
+        spec["data"]["path"] = str(Path(source).parent / path)  # relative to the spec file, not the cwd
+    _set_keys(spec, dict(parse_override(item) for item in overrides))
     return validate(spec)
 
 
@@ -285,8 +415,7 @@ def apply_patch(spec: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, 
     out = copy.deepcopy(dict(spec))
     for section in SECTIONS:
         out.setdefault(section, copy.deepcopy(DEFAULTS[section]))
-    for key, value in patch.items():
-        _set(out, key, copy.deepcopy(value))
+    _set_keys(out, copy.deepcopy(dict(patch)))
     return validate(out)
 
 
@@ -321,12 +450,18 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
 
     spec = validate(copy.deepcopy(dict(spec)))
     d, m, t = spec["data"], spec["model"], spec["train"]
-    kw = {"n_classes": d["n_classes"]} if d["n_classes"] and d["name"] in ("spirals", "blobs") else {}
+    task = d["task"]
+    if task == "auto" and t["loss"] != "auto":  # the loss says which task a file's targets are for
+        task = "regression" if t["loss"] == "mse" else "classification"
     try:
         data = load_dataset(d["name"], d["path"], n_samples=d["n_samples"], noise=d["noise"],
-                            test_fraction=d["test_fraction"], seed=spec["seed"], **kw)
+                            test_fraction=d["test_fraction"], seed=spec["seed"], task=task,
+                            n_classes=d["n_classes"])
     except ValueError as exc:
         raise SpecError(f"data: {exc}") from None
+    if d["path"] is not None:
+        check_memory(spec, len(data.X_train) + len(data.X_test), data.n_features, data.n_outputs)
+    spec["data"]["task"] = data.task
     loss = t["loss"]
     if loss == "auto":
         loss = "cross_entropy" if data.task == "classification" else "mse"
@@ -353,9 +488,12 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
     layers.append(core.Dense(width, n_out, **dense_kw))
     model = core.Sequential(layers, seed=spec["seed"], dtype="float32")
     opt_kw: dict[str, Any] = {"lr": t["lr"]}
-    if t["optimizer"] == "momentum":
-        opt_kw.update(momentum=t["momentum"], nesterov=t["nesterov"])
+    if t["optimizer"] in MOMENTUM_OPTIMIZERS:
+        opt_kw.update(momentum=t["momentum"] or 0.0, nesterov=t["nesterov"])
     optimizer = core.get_optimizer(t["optimizer"], **opt_kw)
+    if m["batchnorm"] and len(data.X_train) < 2:
+        raise SpecError(f"model.batchnorm: {data.name} leaves {len(data.X_train)} training example; batch "
+                        f"statistics need 2 or more (lower data.test_fraction or set model.batchnorm = false)")
     trainer = core.Trainer(model, loss=loss, optimizer=optimizer,
                            batch_size=None if t["batch_size"] == "full" else t["batch_size"],
                            clip_norm=t["clip_norm"] or None, clip_value=t["clip_value"] or None, l2=t["l2"],

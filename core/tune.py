@@ -41,7 +41,27 @@ class TrialResult:
         return float(value) if value is not None and math.isfinite(float(value)) else math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "params": self.params, **self.metrics}
+        """Rank, params and metrics, JSON-safe (non-finite numbers as the strings ``"inf"``/``"nan"``)."""
+        return json_safe({"rank": self.rank, "params": self.params, **self.metrics})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` ready for ``json.dumps(..., allow_nan=False)``: numpy scalars become Python numbers and a
+    non-finite float becomes the string ``"inf"``, ``"-inf"`` or ``"nan"`` (dicts, lists and tuples
+    recursively).  Strict JSON has no Infinity or NaN; the strings say what happened and stay readable.
+
+    >>> json_safe({"loss": float("inf"), "acc": [0.5, float("nan")]})
+    {'loss': 'inf', 'acc': [0.5, 'nan']}
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def _parse_value(text: str) -> Any:

@@ -177,3 +177,73 @@ def test_network_gradient_matches_hand_chain_rule():
     np.testing.assert_allclose(grads["dense2.bias"], dz.sum(0), rtol=1e-12)
     np.testing.assert_allclose(grads["dense0.weight"], X.T @ da, rtol=1e-12)
     np.testing.assert_allclose(grads["dense0.bias"], da.sum(0), rtol=1e-12)
+
+
+# -- the training hot path (reused buffers, in-place backward) against PyTorch autograd ---------------------------
+def _torch_loss(torch, layers, params, x, y, masks, loss, l2):
+    """The loss of one batch in PyTorch, layer by layer from core's layer list (float64)."""
+    F = torch.nn.functional
+    h = torch.tensor(x)
+    for layer in layers:
+        p = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(layer.name + ".")}
+        if isinstance(layer, core.Dense):
+            h = h @ p["weight"] + p["bias"]
+        elif isinstance(layer, core.BatchNorm):
+            h = F.batch_norm(h, None, None, p["gamma"], p["beta"], training=True, eps=layer.eps)
+        elif isinstance(layer, core.Dropout):
+            h = h * torch.tensor(masks[layer.name]) if layer.name in masks else h
+        elif isinstance(layer, core.LeakyReLU):
+            h = F.leaky_relu(h, layer.alpha)
+        elif isinstance(layer, core.ELU):
+            h = F.elu(h, layer.alpha)
+        else:
+            h = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[layer.activation](h)
+    if loss == "cross_entropy":
+        value = F.cross_entropy(h, torch.tensor(y))
+    elif loss == "binary_cross_entropy":
+        value = F.binary_cross_entropy_with_logits(h[:, 0], torch.tensor(y, dtype=torch.float64))
+    else:
+        value = F.mse_loss(h, torch.tensor(y))
+    return value + l2 * sum((w ** 2).sum() for k, w in params.items() if k.endswith(".weight"))
+
+
+@pytest.mark.parametrize("act,loss,batchnorm,l2,request_norms", [
+    (core.ReLU, "cross_entropy", True, 0.0, True),
+    (core.Tanh, "mse", False, 0.01, False),
+    (lambda: core.LeakyReLU(0.1), "binary_cross_entropy", True, 0.0, False),
+    (core.ELU, "cross_entropy", False, 0.003, True),
+    (core.Sigmoid, "mse", True, 0.0, True),
+], ids=["relu-ce-bn", "tanh-mse-l2", "leaky-bce-bn", "elu-ce-l2", "sigmoid-mse-bn"])
+def test_training_hot_path_matches_torch_autograd(act, loss, batchnorm, l2, request_norms):
+    torch = pytest.importorskip("torch")
+    out = 1 if loss == "binary_cross_entropy" else 3
+    net = _net(act, batchnorm=batchnorm, dropout=0.25, out=out, seed=3)
+    X, y = _data(loss, n=40, out=out, seed=2)
+    captured = []
+
+    class Capture(core.Callback):
+        def requests(self, step):
+            return {"grad_norms"} if request_norms else set()
+
+        def on_after_backward(self, state):
+            if state.step in (0, 2, 4):  # a first batch, the short trailing batch of 8, a later full batch
+                captured.append(({k: v.copy() for k, v in state.params.items()},
+                                 {k: v.copy() for k, v in state.grads.items()},
+                                 state.objective.x.copy(), state.objective.y.copy(),
+                                 {k: m.copy() for k, m in trainer._ctx.masks.items()},
+                                 state.loss, dict(state.extras.get("grad_sq_norms") or {})))
+
+    trainer = core.Trainer(net, loss=loss, optimizer=core.SGD(0.05, momentum=0.9), batch_size=16, l2=l2,
+                           callbacks=[Capture()], progress=False)
+    trainer.fit(X, y, epochs=2)
+    assert len(captured) == 3 and captured[1][2].shape[0] == 8
+    for params, grads, xb, yb, masks, value, sq in captured:
+        P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+        t_loss = _torch_loss(torch, net.layers, P, xb, yb, masks, loss, l2)
+        t_loss.backward()
+        assert value == pytest.approx(t_loss.item(), rel=1e-12)
+        for k in P:
+            np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=k)
+        for k, s in sq.items():
+            assert s == pytest.approx(float((P[k].grad ** 2).sum()), rel=1e-10)
+        assert (not sq) == (not request_norms or l2 > 0)

@@ -3,12 +3,17 @@ the trainer's batch modes, determinism, and the hook protocol (order, read-only,
 
 from __future__ import annotations
 
+import io
+import sys
+
 import numpy as np
 import pytest
 
 import core
+from core.checkpoint import load_checkpoint
 from core.initializers import expected_variance
 from core.layers import Context
+from core.progress import progress_bar
 
 
 # -- optimizers ---------------------------------------------------------------------------------------
@@ -335,3 +340,278 @@ def test_deep_sigmoid_vanishes_while_he_relu_does_not():
     relu = _first_last_ratio(core.ReLU, "he_normal")
     assert sig < 1e-3          # orders of magnitude below the last layer
     assert 0.1 < relu < 10     # same order of magnitude
+
+
+# -- non-finite steps are never applied (oracle: np.isfinite on the arrays themselves) -------------------------
+class SpikyMSE(core.losses.MSE):
+    """MSE whose gradient turns infinite on call ``bad`` (0-based) while the loss stays finite."""
+
+    def __init__(self, bad):
+        self.bad, self.calls = bad, 0
+
+    def __call__(self, z, y):
+        value, g = super().__call__(z, y)
+        if self.calls == self.bad:
+            g = g.copy()
+            g[0, 0] = np.inf
+        self.calls += 1
+        return value, g
+
+
+def _regression(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    return X, X @ rng.normal(size=(3, 1))
+
+
+def _finite(params):
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+class EpochsOnly(core.Callback):
+    def on_epoch_end(self, epoch, logs):
+        pass
+
+
+@pytest.mark.parametrize("callbacks", [[], [EpochsOnly()]], ids=["no-callbacks", "epoch-callback"])
+def test_nonfinite_gradient_is_never_applied(tmp_path, callbacks):
+    X, Y = _regression()
+    ref = core.Sequential([core.Dense(3, 4), core.Tanh(), core.Dense(4, 1)], seed=0)
+    core.Trainer(ref, loss="mse", optimizer=core.SGD(0.1), batch_size=8, shuffle=False, progress=False).fit(
+        X[:16], Y[:16], epochs=1)  # the two steps before the bad one
+    net = core.Sequential([core.Dense(3, 4), core.Tanh(), core.Dense(4, 1)], seed=0)
+    trainer = core.Trainer(net, loss=SpikyMSE(bad=2), optimizer=core.SGD(0.1), batch_size=8, shuffle=False,
+                           callbacks=callbacks, progress=False)
+    history = trainer.fit(X, Y, epochs=3, checkpoint=tmp_path / "c.npz")
+    assert history["stopped"] == "non-finite gradient at step 2" and history["steps"] == 2
+    assert _finite(net.parameters())
+    for k, v in ref.parameters().items():
+        assert np.array_equal(v, net.parameters()[k]), k
+    resumed = core.Trainer(core.Sequential([core.Dense(3, 4), core.Tanh(), core.Dense(4, 1)], seed=5), loss="mse")
+    load_checkpoint(tmp_path / "c.npz", resumed)
+    assert _finite(resumed.model.parameters())
+    for k, v in ref.parameters().items():
+        assert np.array_equal(v, resumed.model.parameters()[k]), k
+
+
+def test_nonfinite_step_is_skipped_when_training_goes_on():
+    X, Y = _regression()
+    net = core.Sequential([core.Dense(3, 4), core.BatchNorm(4), core.Tanh(), core.Dense(4, 1)], seed=0)
+    trainer = core.Trainer(net, loss=SpikyMSE(bad=1), optimizer=core.Adam(1e-2), batch_size=8, shuffle=False,
+                           progress=False, stop_on_nonfinite=False)
+    seen = []
+
+    class Watch(core.Callback):
+        def on_step_end(self, state):
+            seen.append((state.step, float(sum(np.abs(u).sum() for u in state.update.values()))))
+
+    trainer.callbacks = core.CallbackList([Watch()])
+    running = net.layer("batchnorm1").running_var.copy()
+    before = {k: v.copy() for k, v in net.parameters().items()}
+    history = trainer.fit(X[:16], Y[:16], epochs=1)  # step 0 applied, step 1 skipped
+    assert history["stopped"] is None and history["steps"] == 2 and history["skipped"] == 1
+    assert seen[0][1] > 0 and seen[1] == (1, 0.0)
+    assert _finite(net.parameters()) and trainer.optimizer.t == 1
+    assert not np.array_equal(before["dense0.weight"], net.parameters()["dense0.weight"])
+    # the skipped step did not move the BatchNorm running statistics either: as after step 0 alone
+    ref = core.Sequential([core.Dense(3, 4), core.BatchNorm(4), core.Tanh(), core.Dense(4, 1)], seed=0)
+    core.Trainer(ref, loss="mse", optimizer=core.Adam(1e-2), batch_size=8, shuffle=False, progress=False).fit(
+        X[:8], Y[:8], epochs=1)
+    assert not np.array_equal(running, net.layer("batchnorm1").running_var)
+    assert np.array_equal(ref.layer("batchnorm1").running_var, net.layer("batchnorm1").running_var)
+    for k, v in ref.parameters().items():
+        assert np.array_equal(v, net.parameters()[k]), k
+
+
+def test_clip_norm_clips_huge_finite_gradients():
+    """Gradient values near 1.5e19 are finite, but their float32 squared norm overflows: the norm must be
+    exact (float64) so clip_norm clips them instead of calling them non-finite."""
+    net = core.Sequential([core.Dense(2, 2)], seed=0)
+    X = np.array([[3e19, 0.0], [0.0, 3e19]], dtype=np.float32)
+    y = np.array([0, 1])
+    _, g = core.Trainer(net).loss_and_grad(X, y)
+    flat = np.concatenate([v.ravel() for v in g.values()]).astype(np.float64)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(flat).all() and not np.isfinite(np.dot(flat.astype(np.float32), flat.astype(np.float32)))
+    norm = float(np.sqrt(np.dot(flat, flat)))
+    assert core.global_norm(g) == pytest.approx(norm, rel=1e-6)
+    sq = {}
+    ctx = Context(training=True)
+    net.backward(core.get_loss("cross_entropy")(net.forward(X, ctx=ctx), y)[1], ctx, sq_norms=sq)
+    assert np.isfinite(list(sq.values())).all()
+    assert sum(sq.values()) == pytest.approx(norm ** 2, rel=1e-6)
+    before = net.flat().astype(np.float64)
+    history = core.Trainer(net, optimizer=core.SGD(0.5), batch_size=None, clip_norm=1.0,
+                           progress=False).fit(X, y, epochs=1)
+    assert history["stopped"] is None and history["steps"] == 1
+    step = net.flat().astype(np.float64) - before
+    np.testing.assert_allclose(step, -0.5 * flat / norm, rtol=1e-5, atol=1e-7)
+
+
+def test_huge_finite_gradient_without_clipping_is_not_called_nonfinite():
+    net = core.Sequential([core.Dense(2, 2)], seed=0)
+    X = np.array([[3e19, 0.0], [0.0, 3e19]], dtype=np.float32)
+    history = core.Trainer(net, optimizer=core.SGD(1e-30), batch_size=None, progress=False).fit(
+        X, np.array([0, 1]), epochs=1)
+    assert history["stopped"] is None and _finite(net.parameters())
+
+
+# -- the trainer's training path against formulas ------------------------------------------------------------
+def _one_step(trainer_kw, X, y, dtype="float64"):
+    net = _model(seed=2, dtype=dtype)
+    net.layers[2].p = 0.0  # no dropout: the formula needs a deterministic gradient
+    grad_net = _model(seed=2, dtype=dtype)
+    grad_net.layers[2].p = 0.0
+    data_loss, g = core.Trainer(grad_net).loss_and_grad(X, y)  # the data term alone: no L2, no clipping
+    before = {k: v.copy() for k, v in net.parameters().items()}
+    trainer = core.Trainer(net, optimizer=core.SGD(0.1), batch_size=None, progress=False, **trainer_kw)
+    history = trainer.fit(X, y, epochs=1)
+    return before, (data_loss, g), net.parameters(), history
+
+
+def test_l2_in_the_training_step_matches_the_formula():
+    X, y = _blobs(50)
+    before, (data_loss, g), after, history = _one_step({"l2": 0.05}, X, y)
+    for k in before:
+        expected = g[k] + (2 * 0.05 * before[k] if k.endswith(".weight") else 0.0)
+        np.testing.assert_allclose(after[k], before[k] - 0.1 * expected, rtol=1e-12, atol=1e-15)
+    penalty = 0.05 * sum(float(np.sum(before[k] ** 2)) for k in before if k.endswith(".weight"))
+    assert history["loss"][0] == pytest.approx(data_loss + penalty, rel=1e-12)
+
+
+def test_clip_value_in_the_training_step_matches_the_formula():
+    X, y = _blobs(50)
+    before, (_, g), after, _ = _one_step({"clip_value": 0.02}, X, y)
+    assert any((np.abs(v) > 0.02).any() for v in g.values())  # the premise: some elements are clipped
+    for k in before:
+        np.testing.assert_allclose(after[k], before[k] - 0.1 * np.clip(g[k], -0.02, 0.02), rtol=1e-12, atol=1e-15)
+
+
+# -- reproducibility, progress bar, per-step cost ------------------------------------------------------------
+def test_loss_and_grad_changes_nothing_later():
+    X, y = _blobs(96)
+    finals = []
+    for probe in (False, True):
+        net = _model(seed=4)
+        trainer = core.Trainer(net, optimizer=core.Adam(1e-2), batch_size=16, seed=4, progress=False)
+
+        class Probe(core.Callback):
+            def on_epoch_end(self, epoch, logs):
+                if probe:
+                    trainer.loss_and_grad(X[:32], y[:32])
+
+        trainer.callbacks = core.CallbackList([Probe()])
+        trainer.fit(X, y, epochs=3)
+        finals.append({k: v.copy() for k, v in net.parameters().items()})
+    for k in finals[0]:
+        assert np.array_equal(finals[0][k], finals[1][k]), k
+
+
+def test_progress_bar_is_off_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    X, y = _blobs(64)
+    core.Trainer(_model(), batch_size=16).fit(X, y, epochs=2)  # progress=None: decided by stderr
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = progress_bar(10, None, "training", "step")
+    assert bar is not None
+    bar.close()
+    assert progress_bar(10, False, "training", "step") is None
+
+
+def test_epoch_only_callbacks_cost_nothing_per_step(monkeypatch):
+    def no_state(*args, **kwargs):
+        raise AssertionError("a StepState was built although no callback watches steps")
+
+    X, y = _blobs(64)
+    trainer = core.Trainer(_model(), batch_size=16, callbacks=[EpochsOnly()], progress=False)
+    monkeypatch.setattr(trainer, "_state", no_state)
+    assert trainer.fit(X, y, epochs=2)["steps"] == 8
+
+
+def test_exceptions_in_train_begin_and_end_reach_on_exception():
+    X, y = _blobs(32)
+    for hook in ("on_train_begin", "on_train_end"):
+        seen = []
+
+        class Crash(core.Callback):
+            pass
+
+        setattr(Crash, hook, lambda self, *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+        class Watch(core.Callback):
+            def on_exception(self, exc, state):
+                seen.append(type(exc).__name__)
+
+        with pytest.raises(KeyboardInterrupt):
+            core.Trainer(_model(), callbacks=[Crash(), Watch()], progress=False).fit(X, y, epochs=1)
+        assert seen == ["KeyboardInterrupt"], hook
+
+
+# -- BatchNorm needs 2+ examples per batch ---------------------------------------------------------------------
+def test_batchnorm_refuses_a_batch_of_one():
+    net = core.Sequential([core.Dense(2, 4), core.BatchNorm(4), core.Dense(4, 2)], seed=0)
+    with pytest.raises(ValueError, match="more than 1 example"):
+        core.Trainer(net).loss_and_grad(np.ones((1, 2)), np.array([1]))
+    assert net.predict(np.ones((1, 2))).shape == (1, 2)  # eval mode uses running statistics: fine
+    with pytest.raises(ValueError, match="batch_size=1 cannot train a model with BatchNorm"):
+        core.Trainer(net, batch_size=1)
+
+
+@pytest.mark.parametrize("batchnorm,sizes", [(True, [32, 33]), (False, [32, 32, 1])])
+def test_a_trailing_batch_of_one_joins_the_batch_before_with_batchnorm(batchnorm, sizes):
+    X, y = _blobs(65)
+    layers = [core.Dense(2, 4)] + ([core.BatchNorm(4)] if batchnorm else []) + [core.ReLU(), core.Dense(4, 2)]
+    seen, runs = [], []
+
+    class Count(core.Callback):
+        def on_train_begin(self, run):
+            runs.append(run.steps_per_epoch)
+
+        def on_after_backward(self, state):
+            seen.append(state.batch_size)
+
+    core.Trainer(core.Sequential(layers, seed=0), batch_size=32, callbacks=[Count()], progress=False).fit(
+        X, y, epochs=1)
+    assert seen == sizes and runs == [len(sizes)]
+
+
+# -- bad Python API arguments: one clear error naming the argument ----------------------------------------------
+def _net():
+    return core.Sequential([core.Dense(2, 4), core.ReLU(), core.Dense(4, 2)], seed=0)
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: core.Trainer(_net(), optimizer=core.Adam), TypeError, r"an instance such as core.Adam\(lr=...\)"),
+    (lambda: core.Trainer(_net(), optimizer=3), TypeError, r"core.Adam\(lr=1e-3\), or a name \(sgd"),
+    (lambda: core.Trainer(_net(), optimizer="adamw"), ValueError, "unknown optimizer 'adamw'"),
+    (lambda: core.Trainer(_net(), loss=5), TypeError, "loss must be a name"),
+    (lambda: core.Trainer(_net(), l2="a"), ValueError, "l2 must be a finite number >= 0"),
+    (lambda: core.Trainer(_net(), clip_norm="x"), ValueError, "clip_norm must be a positive number"),
+    (lambda: core.Trainer(_net(), clip_value=float("nan")), ValueError, "clip_value must be a positive number"),
+    (lambda: core.Dropout("a"), ValueError, r"Dropout p must be a number in \[0, 1\)"),
+    (lambda: core.BatchNorm(3, eps=0), ValueError, "BatchNorm eps must be a positive number"),
+    (lambda: core.BatchNorm(3, momentum=1.5), ValueError, r"BatchNorm momentum must be a number in \[0, 1\)"),
+    (lambda: core.BatchNorm(True), ValueError, "num_features must be a positive integer"),
+    (lambda: core.SGD(lr=float("inf")), ValueError, r"lr must be a positive number \(finite\)"),
+    (lambda: core.SGD(lr=float("nan")), ValueError, "lr must be a positive number"),
+    (lambda: core.Sequential([core.Dense(2, 2)], seed=-1), ValueError, "Sequential seed must be an integer >= 0"),
+    (lambda: core.Trainer(_net(), progress=False).fit(np.zeros((4, 2)), None), ValueError, "training y is missing"),
+    (lambda: core.Trainer(_net(), progress=False).fit(np.zeros((4, 2)), np.zeros(4, int), validation=(np.zeros((4, 2)),)),
+     ValueError, r"validation must be a pair \(X_val, y_val\), got a tuple of 1"),
+    (lambda: core.Trainer(_net(), loss="mse", progress=False).fit(np.zeros((4, 2)), np.zeros((4, 2), dtype=object)),
+     ValueError, "training y must hold numbers"),
+])
+def test_bad_api_arguments_say_what_to_do(make, error, message):
+    with pytest.raises(error, match=message) as exc:
+        make()
+    assert "\n" not in str(exc.value)
+
+
+def test_optimizer_by_registry_name():
+    trainer = core.Trainer(_net(), optimizer="adam")
+    assert isinstance(trainer.optimizer, core.Adam) and trainer.optimizer.lr == 0.001

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -59,7 +61,7 @@ def test_checkpoint_errors(tmp_path):
     other = core.Trainer(trainer.model, optimizer=core.SGD(0.1), progress=False)
     with pytest.raises(ValueError, match="Adam state"):
         load_checkpoint(tmp_path / "adam.npz", other)
-    assert not list(tmp_path.glob(".*.npz"))  # no temp files left behind
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
 
 
 def test_nonfinite_run_keeps_report_events_and_a_finite_checkpoint(tmp_path):
@@ -167,3 +169,70 @@ def test_detectors_never_crash(loss, norms, lam):
             assert obs.code in gradmon.FINDING_CODES and obs.severity in ("info", "warning", "error")
             json.dumps(gradmon.Finding(obs.code, obs.severity, obs.layer, 0, 1, obs.message,
                                        obs.evidence).to_dict())
+
+
+# -- checkpoints: atomic, never pickled, never the reason a run is lost ------------------------------------------
+def _state(trainer):
+    return {k: v.copy() for k, v in trainer.model.parameters().items()}
+
+
+def test_a_failing_checkpoint_write_keeps_the_previous_one_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    X, y = moons(96)
+    trainer = make_trainer()
+    path = tmp_path / "ckpt.npz"
+    real, calls, saved = np.savez, {"n": 0}, {}
+
+    def savez(file, **arrays):  # the first write succeeds; later ones fail halfway, as on a full disk
+        calls["n"] += 1
+        if calls["n"] == 1:
+            saved.update(_state(trainer))
+            return real(file, **arrays)
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(core.checkpoint.np, "savez", savez)
+    history = trainer.fit(X, y, epochs=3, checkpoint=path)
+    assert history["steps"] == 18 and history["stopped"] is None and len(history["loss"]) == 3
+    assert "No space left on device" in history["checkpoint_error"]
+    err = capsys.readouterr().err
+    assert err.count("could not write the checkpoint") == 1 and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]  # no temp files left behind
+    restored = make_trainer(seed=1)
+    assert load_checkpoint(path, restored)["epoch"] == 1  # the previous checkpoint, intact
+    for k, v in saved.items():
+        assert np.array_equal(v, restored.model.parameters()[k]), k
+
+
+def test_checkpoints_never_load_pickles(tmp_path):
+    trainer = make_trainer()
+    save_checkpoint(tmp_path / "c.npz", trainer)
+    with np.load(tmp_path / "c.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["model/extra"] = np.array([{"pickled": "object"}], dtype=object)
+    np.savez(tmp_path / "evil.npz", **arrays)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.npz", make_trainer())
+
+
+def test_checkpoint_has_the_usual_file_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    save_checkpoint(tmp_path / "c.npz", make_trainer())
+    assert stat.S_IMODE((tmp_path / "c.npz").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("hook,exc,ended", [("on_train_begin", KeyboardInterrupt(), "interrupted"),
+                                            ("on_train_end", RuntimeError("boom"), "exception: RuntimeError: boom")])
+def test_failures_in_train_begin_and_end_leave_a_report(tmp_path, hook, exc, ended):
+    X, y = moons(64)
+    monitor = gradmon.Monitor(logdir=tmp_path, curvature_every=0, console=False)
+
+    def crash(self, *args):
+        raise exc
+
+    Crash = type("Crash", (core.Callback,), {hook: crash})
+    trainer = core.Trainer(mlp("relu", "he_normal", [8]), batch_size=32, callbacks=[Crash(), monitor],
+                           progress=False)
+    with pytest.raises(type(exc)):
+        trainer.fit(X, y, epochs=1)
+    assert json.loads((tmp_path / "report.json").read_text())["ended"] == ended
