@@ -49,7 +49,11 @@ def severity_rank(severity: str) -> int:
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to strings ("nan", "inf", "-inf")."""
+    """JSON-safe copy: numpy scalars and arrays to Python, non-finite floats (NaN, ±Inf) to ``None``.
+
+    JSON has no NaN or Infinity, so a value that does not apply (saturation of a ReLU layer) or is not
+    finite (the loss of a diverged run) is written as ``null``.
+    """
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -59,10 +63,29 @@ def _clean(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return value if math.isfinite(value) else None
     return str(value)
+
+
+#: How reports written before null was used spelled non-finite numbers.
+_LEGACY_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _revive(value: Any) -> Any:
+    """Inverse of the old encoding: the strings ``"nan"``, ``"inf"``, ``"-inf"`` back to floats (nested)."""
+    if isinstance(value, Mapping):
+        return {k: _revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revive(v) for v in value]
+    if isinstance(value, str):
+        return _LEGACY_NONFINITE.get(value, value)
+    return value
+
+
+def _revive_entries(entries: Any, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A list of numeric records (layers, curvature, loss) with legacy non-finite strings revived; the
+    string fields named in ``keep`` (a layer's name, its activation) are left as they are."""
+    return [{k: (v if k in keep else _revive(v)) for k, v in dict(e).items()} for e in entries or []]
 
 
 @dataclass
@@ -119,7 +142,7 @@ class Finding:
     def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
         return cls(code=d["code"], severity=d["severity"], layer=d.get("layer"),
                    first_step=int(d["first_step"]), last_step=int(d["last_step"]),
-                   message=d.get("message", ""), evidence=dict(d.get("evidence") or {}),
+                   message=d.get("message", ""), evidence=_revive(dict(d.get("evidence") or {})),
                    suggestions=[Suggestion.from_dict(s) for s in d.get("suggestions") or []])
 
 
@@ -138,6 +161,10 @@ class HealthReport:
     dict per recorded step (``step``, ``train``).  ``ended`` says why the run stopped (``completed``,
     ``nonfinite``, ``interrupted``, ``exception: ...``); ``extra`` carries optional sections such as the
     doctor's trials.
+
+    In memory a value that does not apply is NaN; ``to_dict()`` writes it (and any other non-finite
+    number) as ``null``.  :meth:`from_dict` reads both ``null`` and the strings ``"nan"``/``"inf"`` that
+    reports written by earlier versions contain.
     """
 
     spec: dict[str, Any]
@@ -177,12 +204,32 @@ class HealthReport:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HealthReport":
+        """Read the ``gradmon.report/1`` dict; ValueError naming what is malformed."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a report must be a JSON object, got a {type(d).__name__}")
         if d.get("schema") != SCHEMA:
             raise ValueError(f"not a gradmon report: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+        for key, kind in (("findings", list), ("layers", list), ("curvature", list), ("loss", list),
+                          ("spec", Mapping), ("extra", Mapping)):
+            if d.get(key) is not None and not isinstance(d[key], kind):
+                raise ValueError(f"report field {key!r} must be a {'list' if kind is list else 'object'}, "
+                                 f"got {type(d[key]).__name__}")
+        findings = []
+        for i, f in enumerate(d.get("findings") or []):
+            if not isinstance(f, Mapping):
+                raise ValueError(f"finding {i} must be an object, got {type(f).__name__}")
+            missing = [k for k in ("code", "severity", "first_step", "last_step") if k not in f]
+            if missing:
+                raise ValueError(f"finding {i} has no {', '.join(repr(k) for k in missing)}")
+            try:
+                findings.append(Finding.from_dict(f))
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"finding {i}: {exc}") from None
         return cls(spec=dict(d.get("spec") or {}), steps=int(d.get("steps", 0)),
-                   findings=[Finding.from_dict(f) for f in d.get("findings") or []],
-                   layers=list(d.get("layers") or []), curvature=list(d.get("curvature") or []),
-                   loss=list(d.get("loss") or []), ended=d.get("ended", "completed"),
+                   findings=findings,
+                   layers=_revive_entries(d.get("layers"), keep=("name", "activation")),
+                   curvature=_revive_entries(d.get("curvature")), loss=_revive_entries(d.get("loss")),
+                   ended=d.get("ended", "completed"),
                    extra=dict(d.get("extra") or {}))
 
     @classmethod
@@ -197,10 +244,13 @@ class HealthReport:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{p}: {exc}") from None
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def save(self, path: str | os.PathLike, history: Any = None) -> Path:
         """Write the report; the format follows the suffix: ``.json``, ``.md`` or ``.html``.

@@ -72,7 +72,12 @@ def test_html_report_renders_status_findings_and_plots(run_dir, browser):
     assert "Training is broken" in page.inner_text("#status")
     assert page.locator('.finding[data-code="vanishing_gradients"]').count() == 1
     assert page.locator(".suggestion").count() >= 3
-    heatmap = page.locator("#heatmap")
-    assert heatmap.count() == 1 and heatmap.evaluate("img => img.naturalWidth") > 200
+    for plot in ("heatmap", "loss", "activations", "curvature"):  # every plot decoded and drawn
+        image = page.locator(f"#{plot}")
+        assert image.count() == 1, plot
+        assert image.evaluate("img => img.complete && img.naturalWidth") > 200, plot
+        assert image.bounding_box()["width"] > 300, plot
+    assert "zero gradient" in page.inner_text("figure:has(#heatmap) figcaption")  # how to read it
+    assert page.locator("#heatmap").bounding_box()["y"] < 1000  # status, summary and heatmap above the fold
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     page.close()

@@ -4,6 +4,7 @@ reports (HTML escaping, self-containment, Markdown, text/JSON of check)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ from gradmon.cli import main
 from gradmon.findings import Finding, HealthReport, Suggestion
 from gradmon.history import History
 from gradmon.report import exit_code, patch_to_cli, render_check, render_html, render_markdown
-from gradmon.report.plots import normalised_log_grad
+from gradmon.report import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 SCEN = ROOT / "gradmon" / "scenarios"
@@ -142,7 +143,7 @@ def test_html_escapes_names_and_is_self_contained():
 def test_markdown_and_check_formats():
     report = hand_report("a|b")
     md = render_markdown(report)
-    assert "a\\|b" in md and "| drop_decades | 4.123 |" in md
+    assert "a\\|b" in md and "| drop\\_decades | 4.123 |" in md
     text = render_check(report, "text", "warning")
     assert text.splitlines()[0].startswith("ERROR") and "FAIL" in text.splitlines()[-1]
     payload = json.loads(render_check(report, "json", "error"))
@@ -165,12 +166,6 @@ def test_patch_to_cli_round_trips_through_the_spec_parser():
     assert dict(parse_override(i) for i in items) == patch
 
 
-def test_heatmap_normalisation():
-    data = normalised_log_grad(hand_history())
-    np.testing.assert_allclose(data[0], [-4.0, -2.0, 0.0])
-    assert data.shape == (30, 3)
-
-
 def test_report_round_trip(tmp_path):
     report = hand_report("dense0")
     for suffix in ("json", "md", "html"):
@@ -179,3 +174,220 @@ def test_report_round_trip(tmp_path):
     assert back.to_dict() == report.to_dict()
     with pytest.raises(ValueError, match="suffix"):
         report.save(tmp_path / "r.txt")
+
+
+# -- heatmap, plots, escaping, JSON nulls (audit 5 A7-A9, B1, B5, C5-C7; audit 3 B2) ---------------------------
+NASTY = ["fc$_1$", "head$\\foo$", "<script>alert(1)</script>", "a`b``c", "x|y"]
+
+
+def shrinking_history(steps=40, names=("dense0", "dense2", "dense4")):
+    """Healthy late training: the depth profile stays [1e-4, 1e-2, 1] x scale while every norm shrinks 100x
+    uniformly over the run."""
+    h = History(list(names), capacity=64)
+    base = np.logspace(-4, 0, len(names))
+    for step in range(steps):
+        scale = 10.0 ** (-2.0 * step / (steps - 1))
+        norms = base * scale
+        h.append(step, {"loss": 1.0 / (step + 1), "grad_norm": float(np.sqrt((norms ** 2).sum()))},
+                 {"grad_norm": norms, "saturation": np.array([0.5, 0.2, np.nan])[:len(names)],
+                  "dead_fraction": np.linspace(0, 1, len(names))})
+    return h
+
+
+def test_heatmap_normalises_per_step_so_uniformly_shrinking_gradients_do_not_read_as_vanishing():
+    h = shrinking_history()
+    assert h.layer("grad_norm")[-1, -1] == pytest.approx(0.01)  # the largest layer really shrank 100x
+    data = plots.normalised_log_grad(h)
+    assert data.shape == (40, 3)
+    np.testing.assert_allclose(data[0], [-4.0, -2.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(data[-1], [-4.0, -2.0, 0.0], atol=1e-9)  # global normalisation gives [-6, -4, -2]
+    assert np.abs(data - data[0]).max() < 1e-9
+
+
+def test_heatmap_shows_the_global_norm_on_a_log_strip_zero_gradients_in_their_own_colour_and_a_fixed_range():
+    h = shrinking_history()
+    fig = plots.heatmap_figure(h)
+    strip, heat = fig.axes[0], fig.axes[1]
+    assert strip.get_yscale() == "log"
+    line = strip.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), h.scalar("grad_norm"))  # the uniform 100x fall is visible
+    assert heat.get_shared_x_axes().joined(strip, heat)
+    assert heat.get_xlim() == (-0.5, 39.5)  # cells centred on their steps
+    mesh = heat.collections[0]
+    assert mesh.get_clim() == (plots.HEATMAP_FLOOR, 0.0)
+    assert "fixed range" in fig.axes[2].get_ylabel()
+    plt = plots._pyplot()
+    plt.close(fig)
+
+    other = History(["dense0", "dense2", "dense4"], capacity=8)
+    for step in (0, 10, 20):
+        other.append(step, {"loss": 1.0, "grad_norm": 1.0}, {"grad_norm": np.array([0.0, 1e-9, 1.0])})
+    other.append(30, {"loss": float("nan"), "grad_norm": float("nan")}, {"grad_norm": np.full(3, np.nan)})
+    cells = plots.gradient_cells(other)
+    assert (cells[:3, 0] == plots.CELL_ZERO).all() and (cells[:3, 1:] == 0).all()
+    assert (cells[3] == plots.CELL_NONFINITE).all()
+    fig = plots.heatmap_figure(other)
+    heat = fig.axes[1]
+    assert heat.collections[0].get_clim() == (plots.HEATMAP_FLOOR, 0.0)  # the same range for another run
+    assert heat.get_xlim() == (-5.0, 35.0)
+    legend = [t.get_text() for t in heat.get_legend().get_texts()]
+    assert legend == ["exactly zero gradient", "NaN or Inf gradient"]
+    plt.close(fig)
+    assert np.isnan(plots.normalised_log_grad(other)[0, 0])  # zero is not a value on the colour scale
+    unrecorded = History(["dense0"], capacity=4)  # a loop that records neither the loss nor the global norm
+    unrecorded.append(0, {}, {"grad_norm": np.array([np.nan])})
+    unrecorded.append(1, {}, {"grad_norm": np.array([np.inf])})
+    assert list(plots.gradient_cells(unrecorded)[:, 0]) == [plots.CELL_MISSING, plots.CELL_NONFINITE]
+    np.testing.assert_allclose(plots.step_edges(np.array([0, 10, 20, 30])), [-5, 5, 15, 25, 35])
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_plot_labels_are_literal_whatever_the_layer_name(name):
+    h = shrinking_history(names=("dense0", name, "out"))
+    fig = plots.heatmap_figure(h)
+    label = [t for t in fig.axes[1].get_yticklabels() if "dense0" not in t.get_text()][0]
+    shown, is_math = label._preprocess_math(label.get_text())
+    assert (shown, is_math) == (name, False)
+    plots._pyplot().close(fig)
+    report = hand_report(name)
+    figures = plots.all_plots(report, h)  # must not raise (a "$\\foo$" once raised ValueError)
+    assert set(figures) == {"heatmap", "activations", "loss", "curvature"}
+    import matplotlib
+
+    with matplotlib.rc_context({"text.usetex": True}):  # a user's matplotlibrc: names still go in literally
+        assert set(plots.all_plots(report, h)) == set(figures)
+
+
+def test_many_layers_stay_distinguishable():
+    styles = plots.layer_styles(12)
+    assert len(set(map(str, styles))) == 12
+    assert all(styles[j] != styles[j + 1] and styles[j][1] != styles[j + 1][1] for j in range(11))
+    assert len({s[1] for s in plots.layer_styles(3)}) == 3  # equal series (two dead layers) do not hide
+
+
+def test_curvature_plot_numbers_and_labels():
+    momentum = HealthReport(spec={"train": {"optimizer": "momentum", "momentum": 0.9, "lr": 0.1}}, steps=10,
+                            findings=[], curvature=[{"step": 0, "lambda_max": 5.0}, {"step": 5, "lambda_max": 50.0}])
+    steps, lam, thr = plots.curvature_series(momentum)
+    np.testing.assert_allclose(thr, [38.0, 38.0])
+    assert plots.threshold_label(momentum, thr) == "stability threshold 2(1+β)/lr = 38, β = 0.9"
+    sgd = HealthReport(spec={"train": {"optimizer": "sgd", "lr": 0.4}}, steps=10, findings=[],
+                       curvature=[{"step": 0, "lambda_max": 3.0, "threshold": 5.0}])
+    assert plots.threshold_label(sgd, plots.curvature_series(sgd)[2]) == "stability threshold 2/lr = 5"
+    adam = HealthReport(spec={"train": {"optimizer": "adam", "lr": 1e-3}}, steps=10, findings=[],
+                        curvature=[{"step": 0, "lambda_max": 3.0, "threshold": None}])
+    assert np.isnan(plots.curvature_series(adam)[2]).all()
+    assert "adam" in plots.no_threshold_note(adam) and "2/lr" in plots.no_threshold_note(adam)
+    for report in (momentum, sgd, adam):
+        assert plots.curvature_plot(report).startswith(b"\x89PNG")
+
+
+def test_html_has_every_plot_with_a_caption_and_dashes_for_quantities_that_do_not_apply():
+    report = hand_report("dense0")
+    html = render_html(report, shrinking_history())
+    for ident in ("heatmap", "loss", "activations", "curvature"):
+        png = rf'<img id="{ident}" alt="[^"]+" src="data:image/png;base64,[A-Za-z0-9+/=]{{200}}'
+        assert re.search(png, html), ident
+    assert html.count("<figcaption>") == 4
+    curvature = re.search(r"<th>stability bound</th>.*?</table>", html).group(0)
+    assert "<td>30</td><td>20</td>" in curvature  # λmax and the threshold it is compared with
+    layers = re.search(r'<table id="layers">(.*?)</table>', html).group(1)
+    assert "nan" not in layers.lower() and "<td>–</td>" in layers
+    assert "nan" not in render_markdown(report).split("## Spec")[0].lower()
+
+
+def test_html_escapes_nasty_names_everywhere():
+    for name in NASTY:
+        h = shrinking_history(names=("dense0", name, "out"))
+        html = render_html(hand_report(name), h)
+        assert "<script>alert" not in html and "<script" not in html
+        assert name.replace("<", "&lt;").replace(">", "&gt;") in html.replace("&#x27;", "'").replace("&quot;", '"')
+        assert html.count('<img id="') == 4
+
+
+def test_markdown_escapes_html_and_markdown_in_names_messages_and_evidence():
+    from gradmon.report.markdown import md_code
+
+    markdown = pytest.importorskip("markdown")
+    name = "a`b``c<img src=x onerror=alert(1)>|*x*"
+    report = hand_report(name)
+    report.findings[1].message = "Gradients <b>vanish</b> | in " + name
+    report.findings[1].evidence["note"] = "<img src=y onerror=alert(2)> `tick` | pipe"
+    md = render_markdown(report)
+    body = md.split("## Spec")[0].replace(md_code(name), "")  # raw only in code spans and the spec's code block
+    assert "<b>" not in body and "<img" not in body
+    html = markdown.markdown(md, extensions=["tables"])
+    assert "<img" not in html and "<b>vanish" not in html
+    assert f"<code>{name.replace('<', '&lt;').replace('>', '&gt;')}</code>" in html  # the code span holds
+    assert "Gradients &lt;b&gt;vanish&lt;/b&gt; | in" in html
+    evidence_row = [r for r in html.split("<tr>") if "note" in r][0]
+    assert evidence_row.count("<td>") == 2 and "`tick` | pipe" in evidence_row  # the pipe did not split it
+    assert "<em>" not in html
+    report.findings[0].message = "# not a heading\n1. nor a list"
+    html = markdown.markdown(render_markdown(report), extensions=["tables"])
+    assert html.count("<h1>") == 1 and "<ol>" not in html and "# not a heading 1. nor a list" in html
+
+
+def test_md_helpers():
+    from gradmon.report.markdown import md_code, md_text
+
+    assert md_code("dense0") == "`dense0`"
+    assert md_code("a`b") == "``a`b``" and md_code("`x") == "`` `x ``"
+    assert md_text("- item") == "\\- item" and md_text("1. one") == "1\\. one" and md_text("# h") == "\\# h"
+    assert md_text("a_b*c<d>&") == "a\\_b\\*c&lt;d&gt;&amp;"
+    assert md_text("4.123") == "4.123" and md_text("-5") == "-5" and md_text("---") == "\\---"
+
+
+def test_report_json_uses_null_for_values_that_do_not_apply_and_reads_old_nan_strings(tmp_path):
+    report = hand_report("dense0")
+    report.findings[1].evidence["loss"] = float("inf")
+    report.curvature[0]["trace"] = float("nan")
+    path = report.save(tmp_path / "report.json")
+
+    def no_constants(token):
+        raise AssertionError(f"non-finite number {token} in report.json")
+
+    data = json.loads(path.read_text(), parse_constant=no_constants)
+    assert data["layers"][0]["dead_fraction"]["median"] is None
+    assert data["findings"][1]["evidence"]["loss"] is None and data["curvature"][0]["trace"] is None
+    assert '"nan"' not in path.read_text() and '"inf"' not in path.read_text()
+    back = HealthReport.load(path)
+    assert back.to_dict() == report.to_dict()
+
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    old = report.to_dict()
+    old["layers"][0]["dead_fraction"]["median"] = "nan"
+    old["findings"][1]["evidence"]["loss"] = "inf"
+    old["curvature"][0]["trace"] = "nan"
+    old["loss"][3]["train"] = "-inf"
+    (legacy / "report.json").write_text(json.dumps(old))
+    loaded = HealthReport.load(legacy)
+    assert math.isnan(loaded.layers[0]["dead_fraction"]["median"])
+    assert loaded.findings[1].evidence["loss"] == math.inf and loaded.loss[3]["train"] == -math.inf
+    assert loaded.layers[0]["name"] == "dense0"
+    assert loaded.to_dict() == report.to_dict() | {"loss": [dict(p, train=None) if p["step"] == 3 else p
+                                                            for p in report.to_dict()["loss"]]}
+    assert "<td>–</td>" in render_html(loaded)
+    check = gradmon_cli("check", str(legacy), "--format", "json")
+    assert check.returncode == 1 and json.loads(check.stdout)["status"] == "error"
+    rewritten = gradmon_cli("report", str(legacy), "-o", str(legacy / "new.json"))
+    assert rewritten.returncode == 0, rewritten.stderr
+    assert json.loads((legacy / "new.json").read_text())["layers"][0]["dead_fraction"]["median"] is None
+    assert gradmon_cli("report", str(legacy)).returncode == 0 and (legacy / "report.html").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[]", "must be a JSON object, got a list"),
+    ('{"schema": "gradmon.report/1", "findings": {"a": 1}}', "'findings' must be a list"),
+    ('{"schema": "gradmon.report/1", "findings": [{"code": "dead_units"}]}', "finding 0 has no 'severity'"),
+    ('{"schema": "gradmon.report/1", "findings": [{"code": "dead_units", "severity": "fatal", "first_step": 1,'
+     ' "last_step": 2}]}', "unknown severity 'fatal'"),
+    ('{"schema": "other/2"}', "not a gradmon report"),
+])
+def test_malformed_report_json_is_one_line_naming_the_problem(tmp_path, capsys, content, needle):
+    (tmp_path / "report.json").write_text(content)
+    for command in (["check", str(tmp_path)], ["report", str(tmp_path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and needle in err and str(tmp_path / "report.json") in err

@@ -48,6 +48,10 @@ def test_scalars_match_what_the_monitor_computed(vanishing_run):
     assert [s for s, _ in curv] == [c["step"] for c in monitor.curvature]
     assert [v for _, v in curv] == pytest.approx([c["lambda_max"] for c in monitor.curvature], rel=1e-6)
     assert scalars["curvature/stability_threshold"][0][1] == pytest.approx(2 / 0.1)
+    log_global = dict(scalars["log10_grad_norm/global"])
+    assert set(log_global) == {s for s, _ in scalars["grad_norm/global"]}
+    for step, value in scalars["grad_norm/global"]:
+        assert log_global[step] == pytest.approx(np.log10(value), abs=1e-6)
 
 
 def test_layout_alerts_histograms_and_report_text(vanishing_run):
@@ -55,6 +59,9 @@ def test_layout_alerts_histograms_and_report_text(vanishing_run):
     layout = custom_scalar_layout(logdir)
     names = monitor.history.layer_names
     assert layout["grad_norm"] == [f"grad_norm/{n}" for n in names]
+    # log-scale charts first: a linear chart of norms spanning decades is a flat line at zero
+    assert list(layout)[:3] == ["log10_grad_norm", "log10 global gradient norm", "loss"]
+    assert layout["log10_grad_norm"] == [f"log10_grad_norm/{n}" for n in names]
     assert layout["update_ratio"] == [f"update_ratio/{n}" for n in names]
     assert "curvature/lambda_max" in layout["curvature"]
     texts = read_texts(logdir)
@@ -85,18 +92,25 @@ def test_real_tensorboard_server_serves_the_run(vanishing_run):
         assert any("vanishing_gradients" in a["text"] for a in alerts)
 
 
+def test_alerts_are_escaped_markdown(tmp_path):
+    sink = TensorBoardSink(tmp_path / "run")
+    sink.alert(7, "dead_units", "error", "a`b<img src=x onerror=alert(1)>", "Units <b>died</b> | *all* of_them")
+    sink.close()
+    text = read_texts(tmp_path / "run")["alerts/text_summary"][0][1]
+    assert text == ("**ERROR** `dead_units` in ``a`b<img src=x onerror=alert(1)>`` at step 7: "
+                    "Units &lt;b&gt;died&lt;/b&gt; \\| \\*all\\* of\\_them")
+
+
 def test_sink_survives_a_failing_writer(tmp_path):
     sink = TensorBoardSink(tmp_path / "run")
     sink.scalars(0, {"a": 1.0})
-
-    def broken(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    sink._writer._get_file_writer = broken
+    sink.flush()
+    sink._events._py_recordio_writer._writer.close()  # the event file goes away under the sink
     sink.scalars(1, {"a": 2.0})  # must not raise
-    assert sink.failed and "No space left" in sink.failed
+    assert sink.failed and "scalars" in sink.failed
     sink.scalars(2, {"a": 3.0})
     sink.close()
+    assert read_scalars(tmp_path / "run")["a"] == [(0, 1.0)]  # what was written before stays readable
 
 
 def test_unwritable_logdir_is_a_clear_error_before_training(tmp_path):
@@ -106,21 +120,49 @@ def test_unwritable_logdir_is_a_clear_error_before_training(tmp_path):
         gradmon.Monitor(logdir=blocker / "logs")
 
 
-def test_monitor_keeps_going_when_tensorboard_fails(tmp_path):
-    X, y = moons(320)
-    monitor = gradmon.Monitor(logdir=tmp_path, curvature_every=0, console=False)
-    trainer = core.Trainer(mlp("relu", "he_normal", [16]), batch_size=32, callbacks=[monitor], progress=False)
+def test_a_full_disk_never_stops_or_hangs_training(tmp_path):
+    """A real write failure: the run's files may grow to 64 KiB only (RLIMIT_FSIZE; EFBIG instead of
+    SIGXFSZ).  The event file outgrows that mid-run: training must finish on time, say once that TensorBoard
+    is off, keep what was written readable, and still write report.json."""
+    import resource
+    import signal
+    import subprocess
+    import sys
 
-    class Sabotage(core.Callback):
-        def on_after_backward(self, state):
-            if state.step == 3 and monitor.tb is not None:
-                def broken(*a, **k):
-                    raise OSError(28, "No space left on device")
-                monitor.tb._writer._get_file_writer = broken
+    from gradmon.scenarios import scenario_path
 
-    trainer.callbacks = core.CallbackList([Sabotage(), monitor])
-    history = trainer.fit(X, y, epochs=3)
-    assert history["steps"] == 30 and history["stopped"] is None
-    report = gradmon.HealthReport.load(tmp_path)
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    logdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "gradmon", "run", str(scenario_path("healthy")), "--logdir",
+                           str(logdir), "--quiet", "--set", "monitor.curvature_every=0"],
+                          preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("tensorboard sink failed") == 1
+    report = gradmon.HealthReport.load(logdir)
+    assert report.ended == "completed" and report.steps == 500
     assert any("tensorboard" in e for e in report.extra["sink_errors"])
-    assert (tmp_path / "report.html").exists()
+    losses = read_scalars(logdir)["loss/train"]
+    assert losses and losses[0][0] == 0 and losses[-1][0] < 500
+
+
+
+
+def test_dead_fractions_and_update_ratios_reach_tensorboard(tmp_path):
+    """Batches of 32 pool two batches per dead fraction, and update ratios come every tenth record: both must
+    still be written, with the values the monitor recorded at those steps."""
+    X, y = moons(640)
+    monitor = gradmon.Monitor(logdir=tmp_path, curvature_every=0, console=False)
+    core.Trainer(mlp("relu", "he_normal", [32, 32], bias_init=-0.5), optimizer=core.SGD(0.1), batch_size=32,
+                 callbacks=[monitor], progress=False).fit(X, y, epochs=5)
+    scalars = read_scalars(tmp_path)
+    h = monitor.history
+    for q in ("dead_fraction", "update_ratio"):
+        for j, name in enumerate(h.layer_names[:2] if q == "dead_fraction" else h.layer_names):
+            events = scalars[f"{q}/{name}"]
+            assert len(events) >= 9  # 100 steps, written every 10 records
+            for step, value in events:
+                row = int(np.flatnonzero(h.steps == step)[0])
+                assert value == pytest.approx(h.layer(q)[row, j], rel=1e-6)

@@ -13,15 +13,16 @@ from html import escape
 from typing import Any
 
 from gradmon.findings import HealthReport
-from gradmon.report.markdown import fmt
-from gradmon.report.text import patch_to_cli
+from gradmon.report.markdown import NOT_APPLICABLE, fmt
+from gradmon.report.plots import HEATMAP_FLOOR
+from gradmon.report.text import patch_to_cli, where
 
 COLOURS = {"healthy": ("#e6f4ea", "#1e7d32"), "warning": ("#fff4e0", "#a05a00"), "error": ("#fde8e4", "#b3261e")}
 SEVERITY_COLOURS = {"info": "#0072B2", "warning": "#a05a00", "error": "#b3261e"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#fafafa;color:#222}
-main{max-width:1180px;margin:0 auto;padding:16px 24px}
+main{max-width:1320px;margin:0 auto;padding:16px 24px}
 #status{border-radius:10px;padding:18px 22px;margin:8px 0 18px 0;border:2px solid}
 #status h1{margin:0 0 6px 0;font-size:26px}
 .counts span{margin-right:14px;font-weight:600}
@@ -38,14 +39,40 @@ th{background:#f0f0f0}
 .suggestion{background:#f6f9ff;border:1px solid #d5e2f7;border-radius:6px;padding:6px 10px;margin:6px 0}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px}
 pre{background:#f3f3f3;padding:8px;border-radius:4px;overflow-x:auto;white-space:pre-wrap}
-.plots img{max-width:100%;margin:6px 0;background:#fff;border:1px solid #eee}
+.plots{display:flex;flex-wrap:wrap;gap:10px 14px}
+.plots figure{margin:0;background:#fff;border:1px solid #e4e4e4;border-radius:6px;padding:6px;flex:1 1 520px;
+ max-width:100%}
+.plots figure.wide{flex-basis:100%}
+.plots img{max-width:100%;display:block;margin:0 auto}
+.plots figcaption{font-size:12.5px;color:#444;margin:4px 6px}
 details summary{cursor:pointer;color:#444}
 """
+
+
+#: The plots in page order: key, alt text, caption (how to read it), full width or not.
+PLOTS = (
+    ("heatmap", "gradient norm heatmap",
+     "Top: the global gradient norm on a log scale (a steep rise is an explosion, a collapse towards zero is "
+     "a stall). Bottom: each layer's gradient relative to the largest layer at the same step, on a fixed "
+     f"scale of {-HEATMAP_FLOOR:g} decades (the same in every report); dark rows far below the others are "
+     "vanishing, pink cells got exactly zero gradient (dead units), vermilion cells were NaN/Inf.", True),
+    ("loss", "training loss", "Training loss; dashed lines mark where findings opened.", False),
+    ("curvature", "curvature against the stability threshold",
+     "Top Hessian eigenvalue λmax (sharpness). For gradient descent, above the threshold line (shaded) "
+     "training cannot be stable at this learning rate.", False),
+    ("activations", "saturation and dead units",
+     "Fraction of units pinned near ±1 (sigmoid/tanh) or outputting zero for the whole batch (ReLU).", False),
+)
 
 
 def _img(png: bytes, alt: str, ident: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img id="{ident}" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure(png: bytes, alt: str, ident: str, caption: str, wide: bool) -> str:
+    cls = ' class="wide"' if wide else ""
+    return f"<figure{cls}>{_img(png, alt, ident)}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def _evidence_table(evidence: dict[str, Any], label: str = "evidence") -> str:
@@ -66,13 +93,16 @@ def _group(findings: list) -> list[list]:
 def _finding(group: list) -> str:
     f = group[0]  # the worst (findings arrive sorted worst first)
     colour = SEVERITY_COLOURS.get(f.severity, "#555")
-    layers = [g.layer for g in group if g.layer]
-    where = f" in {', '.join(f'<code>{escape(l)}</code>' for l in layers)}" if layers else ""
+    places = [where(g) for g in group]
+    if len(group) == 1 and places[0] != f.layer:  # a span of layers (vanishing) or the whole model
+        located = " (model-wide)" if places[0] == "model" else f" in {escape(places[0])}"
+    else:
+        located = f" in {', '.join(f'<code>{escape(g.layer)}</code>' for g in group if g.layer)}"
     first, last = min(g.first_step for g in group), max(g.last_step for g in group)
     parts = [f'<div class="finding" data-code="{escape(f.code)}" data-severity="{escape(f.severity)}" '
              f'style="border-color:{colour}">',
              f'<h3><span class="badge" style="background:{colour}">{escape(f.severity.upper())}</span>'
-             f'<code>{escape(f.code)}</code>{where}</h3>',
+             f'<code>{escape(f.code)}</code>{located}</h3>',
              f'<div class="meta">steps {int(first)}–{int(last)}</div>',
              "".join(f"<p>{escape(g.message)}</p>" for g in group[:3])]
     if len(group) > 3:
@@ -95,9 +125,9 @@ def _summary_table(findings: list) -> str:
     rows = "".join(
         f"<tr><td><span class='badge' style='background:{SEVERITY_COLOURS.get(g[0].severity, '#555')}'>"
         f"{escape(g[0].severity)}</span></td><td><code>{escape(g[0].code)}</code></td>"
-        f"<td>{escape(', '.join(x.layer for x in g if x.layer) or 'model')}</td>"
+        f"<td>{escape(', '.join(where(x) for x in g))}</td>"
         f"<td>{int(min(x.first_step for x in g))}–{int(max(x.last_step for x in g))}</td>"
-        f"<td>{escape(g[0].suggestions[0].code) if g[0].suggestions else '-'}</td></tr>"
+        f"<td>{escape(g[0].suggestions[0].code) if g[0].suggestions else NOT_APPLICABLE}</td></tr>"
         for g in _group(findings))
     return ("<table id='summary'><tr><th>severity</th><th>finding</th><th>where</th><th>steps</th>"
             f"<th>first fix</th></tr>{rows}</table>")
@@ -112,7 +142,8 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
     for l in layers:
         g = l.get("grad_norm", {})
         rows.append("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
-            l.get("name"), l.get("activation") or "-", g.get("first"), g.get("last"), g.get("median"),
+            l.get("name"), l.get("activation") or NOT_APPLICABLE, g.get("first"), g.get("last"),
+            g.get("median"),
             l.get("update_ratio", {}).get("median"), l.get("saturation", {}).get("median"),
             l.get("dead_fraction", {}).get("median"))) + "</tr>")
     return f'<table id="layers">{head}{"".join(rows)}</table>'
@@ -122,7 +153,7 @@ def _curvature_table(curvature: list[dict[str, Any]]) -> str:
     if not curvature:
         return ""
     head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
-    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k, '-')))}</td>"
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k)))}</td>"
                                      for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
                    for c in curvature)
     return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
@@ -134,8 +165,10 @@ def _doctor(extra: dict[str, Any]) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{t['rank']}</td><td>{escape('+'.join(t['suggestions']))}</td>"
-        f"<td>{escape(fmt(t.get('val_loss', t['final_loss'])))}</td><td>{escape(', '.join(t['closed']) or '-')}</td>"
-        f"<td>{escape(', '.join(t['findings']) or '-')}</td><td><code>{escape(patch_to_cli(t['patch']))}</code></td></tr>"
+        f"<td>{escape(fmt(t.get('val_loss', t['final_loss'])))}</td>"
+        f"<td>{escape(', '.join(t['closed']) or NOT_APPLICABLE)}</td>"
+        f"<td>{escape(', '.join(t['findings']) or NOT_APPLICABLE)}</td>"
+        f"<td><code>{escape(patch_to_cli(t['patch']))}</code></td></tr>"
         for t in doc.get("trials", []))
     return ("<h2>Fixes tried (gradmon doctor)</h2><table><tr><th>rank</th><th>fix</th><th>loss</th><th>closed</th>"
             f"<th>still open</th><th>patch</th></tr>{rows}</table>")
@@ -151,7 +184,14 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     headline = {"healthy": "Training looks healthy", "warning": "Training has problems worth fixing",
                 "error": "Training is broken"}[status]
     top = report.worst("warning")
-    first = f"<p>Most important: <b>{escape(top[0].code)}</b> — {escape(top[0].message)}</p>" if top else ""
+    notes = report.worst("info")
+    if top:
+        first = f"<p>Most important: <b>{escape(top[0].code)}</b> — {escape(top[0].message)}</p>"
+    elif notes:
+        first = (f"<p>No warnings or errors. For information: <b>{escape(notes[0].code)}</b> — "
+                 f"{escape(notes[0].message)}</p>")
+    else:
+        first = "<p>No findings: gradients, activations, updates and the loss stayed in healthy ranges.</p>"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gradmon: {escape(name)} — "
              f"{escape(status)}</title><style>{CSS}</style></head><body><main>",
              f'<section id="status" data-status="{escape(status)}" style="background:{bg};border-color:{fg};'
@@ -167,10 +207,9 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     if figures is None:
         parts.append('<p>Plots need matplotlib: <code>pip install "gradmon[report]"</code></p>')
     else:
-        for key, alt in (("heatmap", "gradient norm heatmap"), ("loss", "training loss"),
-                         ("activations", "saturation and dead units"), ("curvature", "curvature against 2/lr")):
+        for key, alt, caption, wide in PLOTS:
             if key in figures:
-                parts.append(_img(figures[key], alt, key))
+                parts.append(_figure(figures[key], alt, key, caption, wide))
         if history is None:
             parts.append("<p>(per-step plots need the run's history.npz)</p>")
     parts.append("</div><h2>Findings</h2>")

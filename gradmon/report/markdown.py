@@ -1,22 +1,44 @@
-"""The health report as Markdown (for CI summaries, pull requests and TensorBoard's text tab)."""
+"""The health report as Markdown (for CI summaries, pull requests and TensorBoard's text tab).
+
+Every string from a spec, a model, a finding or its evidence goes through :func:`md_text` (running text and
+table cells) or :func:`md_code` (code spans), so a layer named ``<img onerror=...>`` or ``a`b|c`` renders as
+those characters and cannot inject HTML, break a table or end a code span early.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from gradmon.findings import HealthReport
-from gradmon.report.text import patch_to_cli
+from gradmon.report.text import patch_to_cli, where
+
+#: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
+NOT_APPLICABLE = "–"
+
+#: Characters with inline meaning in Markdown, escaped with a backslash wherever they appear.
+_INLINE = set("\\`*_[]|~")
+#: A heading or list marker at the start of a line (followed by a space or the end).
+_BLOCK_START = re.compile(r"^(\s*)(#{1,6}|[-+]|\d{1,9}[.)])(?=\s|$)")
+#: A line of only ``-`` or ``=``: a thematic break or a setext heading underline.
+_RULE = re.compile(r"^(\s*)([-=])(?=[-=\s]*$)")
+
 
 def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits; everything else as text."""
-    if isinstance(value, bool) or value is None:
+    """Numbers to 4 significant digits, ``–`` for a missing or NaN value, ``inf``/``-inf`` as such;
+    dicts and lists element by element; everything else as text."""
+    if value is None:
+        return NOT_APPLICABLE
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, float)):
         v = float(value)
-        if not math.isfinite(v):
-            return str(v)
+        if math.isnan(v):
+            return NOT_APPLICABLE
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
         return f"{v:.4g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {fmt(v)}" for k, v in value.items())
@@ -25,51 +47,94 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).splitlines())
+
+
+def md_text(value: Any) -> str:
+    """``value`` as literal Markdown text on one line: ``& < >`` as HTML entities, inline metacharacters
+    (``\\ ` * _ [ ] | ~``) backslash-escaped, and a leading ``#``, ``-``, ``+``, ``1.`` or ``---`` escaped so
+    the text cannot start a heading, a list or a rule."""
+    text = _one_line(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = "".join("\\" + c if c in _INLINE else c for c in text)
+    text = _RULE.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1)
+    return _BLOCK_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], text, count=1)
+
+
+def md_code(value: Any) -> str:
+    """``value`` as one inline code span, literal whatever it contains: the fence is one backtick longer
+    than the longest run of backticks inside, and padded with spaces when the text starts or ends with one.
+    (Not for table cells: a ``|`` in a code span still splits a GFM table row; use :func:`cell` there.)"""
+    text = _one_line(value)
+    if not text.strip():
+        return md_text(repr(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) \
+        else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def cell(value: Any) -> str:
-    """A table cell: pipes and newlines escaped."""
-    return fmt(value).replace("|", "\\|").replace("\n", " ")
+    """A table cell: the formatted value escaped like :func:`md_text` (pipes included)."""
+    return md_text(fmt(value))
+
+
+def _code_fence(text: str) -> str:
+    """A backtick fence longer than any run of backticks in ``text`` (at least three)."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
 def render_markdown(report: HealthReport, history: Any = None) -> str:
+    """The report as Markdown: status, findings with evidence and suggestions, layer and curvature tables,
+    the doctor's trials and the spec.  ``history`` is accepted for symmetry with HTML (no plots here)."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
     out = [f"# gradmon health report: {report.status.upper()}", "",
-           f"{report.steps} steps, ended: {report.ended}; findings: {counts['error']} errors, "
+           f"{report.steps} steps, ended: {md_text(report.ended)}; findings: {counts['error']} errors, "
            f"{counts['warning']} warnings, {counts['info']} info.", ""]
     if report.findings:
         out += ["## Findings", ""]
         for f in report.worst("info"):
-            out.append(f"### {f.severity.upper()}: `{f.code}`" + (f" in `{f.layer}`" if f.layer else "")
-                       + f" (steps {f.first_step}–{f.last_step})")
-            out += ["", f.message, ""]
+            place = where(f)
+            located = f" in {md_code(place)}" if place == f.layer else \
+                (" (model-wide)" if place == "model" else f" in {md_text(place)}")
+            out.append(f"### {f.severity.upper()}: {md_code(f.code)}{located} (steps {f.first_step}–{f.last_step})")
+            out += ["", md_text(f.message), ""]
             if f.evidence:
                 out += ["| evidence | value |", "| --- | --- |"]
                 out += [f"| {cell(k)} | {cell(v)} |" for k, v in f.evidence.items()]
                 out.append("")
             for s in f.suggestions:
-                out.append(f"- **{s.code}**: {s.text}" + (f" `{patch_to_cli(s.patch)}`" if s.patch else ""))
+                out.append(f"- **{md_text(s.code)}**: {md_text(s.text)}"
+                           + (f" {md_code(patch_to_cli(s.patch))}" if s.patch else ""))
             out.append("")
     if report.layers:
-        out += ["## Layers", "", "| layer | grad norm (first → last) | update ratio (median) | saturation (median) "
-                "| dead fraction (median) |", "| --- | --- | --- | --- | --- |"]
+        out += ["## Layers", "", "| layer | activation | grad norm (first → last) | update ratio (median) "
+                "| saturation (median) | dead fraction (median) |", "| --- | --- | --- | --- | --- | --- |"]
         for layer in report.layers:
             g = layer.get("grad_norm", {})
-            out.append(f"| {cell(layer.get('name'))} | {cell(g.get('first'))} → {cell(g.get('last'))} | "
+            out.append(f"| {cell(layer.get('name'))} | {cell(layer.get('activation'))} | "
+                       f"{cell(g.get('first'))} → {cell(g.get('last'))} | "
                        f"{cell(layer.get('update_ratio', {}).get('median'))} | "
                        f"{cell(layer.get('saturation', {}).get('median'))} | "
                        f"{cell(layer.get('dead_fraction', {}).get('median'))} |")
         out.append("")
     if report.curvature:
-        out += ["## Curvature", "", "| step | λmax | 2/lr bound | trace | HVPs |", "| --- | --- | --- | --- | --- |"]
+        out += ["## Curvature", "", "| step | λmax | stability bound | trace | HVPs |",
+                "| --- | --- | --- | --- | --- |"]
         for c in report.curvature:
-            out.append(f"| {c.get('step')} | {cell(c.get('lambda_max'))} | {cell(c.get('threshold', '-'))} | "
-                       f"{cell(c.get('trace'))} | {c.get('hvps')} |")
+            out.append(f"| {cell(c.get('step'))} | {cell(c.get('lambda_max'))} | {cell(c.get('threshold'))} | "
+                       f"{cell(c.get('trace'))} | {cell(c.get('hvps'))} |")
         out.append("")
     if report.extra.get("doctor"):
         out += ["## Doctor: fixes tried", "", "| rank | fix | loss | closed | still open |",
                 "| --- | --- | --- | --- | --- |"]
         for t in report.extra["doctor"].get("trials", []):
-            out.append(f"| {t['rank']} | {cell('+'.join(t['suggestions']))} | {cell(t.get('val_loss', t['final_loss']))}"
-                       f" | {cell(', '.join(t['closed']) or '-')} | {cell(', '.join(t['findings']) or '-')} |")
+            out.append(f"| {cell(t['rank'])} | {cell('+'.join(t['suggestions']))} | "
+                       f"{cell(t.get('val_loss', t['final_loss']))} | "
+                       f"{cell(', '.join(t['closed']) or NOT_APPLICABLE)} | "
+                       f"{cell(', '.join(t['findings']) or NOT_APPLICABLE)} |")
         out.append("")
-    out += ["## Spec", "", "```json", json.dumps(report.spec, indent=2, default=str), "```", ""]
+    spec = json.dumps(report.spec, indent=2, default=str)
+    fence = _code_fence(spec)
+    out += ["## Spec", "", f"{fence}json", spec, fence, ""]
     return "\n".join(out)

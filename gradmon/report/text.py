@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from gradmon.findings import SEVERITIES, HealthReport
+from gradmon.findings import SEVERITIES, Finding, HealthReport
 
 FORMATS = ("text", "json", "markdown")
 
@@ -24,6 +24,21 @@ def cli_value(value: Any) -> str:
 def patch_to_cli(patch: Mapping[str, Any]) -> str:
     """``{"train.lr": 0.01}`` -> ``--set train.lr=0.01``."""
     return " ".join(f"--set {k}={cli_value(v)}" for k, v in patch.items())
+
+
+def where(finding: Finding) -> str:
+    """Where a finding applies, in words: its layer, ``model`` for a model-wide finding, and for vanishing
+    gradients the layers its evidence shows more than a decade below the largest one (input side up to the
+    onset layer) with the weakest one named, e.g. ``dense0–dense18 (weakest: dense2)``."""
+    ev = finding.evidence or {}
+    rms, onset = ev.get("log10_grad_rms"), ev.get("onset_layer")
+    if isinstance(rms, Mapping) and onset in rms:
+        names = list(rms)
+        span = names[0] if names.index(onset) == 0 else f"{names[0]}–{onset}"
+        values = {k: v for k, v in rms.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        weakest = f" (weakest: {min(values, key=values.get)})" if values else ""
+        return f"{span}{weakest}"
+    return finding.layer or "model"
 
 
 def _check_fail_on(fail_on: str) -> None:
@@ -52,7 +67,7 @@ def render_check(report: HealthReport, fmt: str = "text", fail_on: str = "error"
         return render_markdown(report)
     lines = []
     for f in report.worst("info"):
-        lines.append(f"{f.severity.upper():<8}{f.code:<27}{(f.layer or '-'):<10}steps {f.first_step}-{f.last_step}  "
+        lines.append(f"{f.severity.upper():<8}{f.code:<27}{where(f):<10} steps {f.first_step}-{f.last_step}  "
                      f"{f.message}")
         for s in f.suggestions:
             lines.append(f"          fix: {s.text}" + (f"  ({patch_to_cli(s.patch)})" if s.patch else ""))

@@ -31,6 +31,13 @@ class ConsoleSink:
 
         tqdm.write(line, file=self.stream or sys.stderr)
 
+    def failure(self, line: str) -> None:
+        """A part of the monitor failed (an output, the curvature measurement): printed even when quiet,
+        because it means something the user asked for will be missing."""
+        from tqdm import tqdm
+
+        tqdm.write(line, file=self.stream or sys.stderr)
+
     def finding(self, f: Finding) -> None:
         """Warnings and errors as they open (information stays in the report and TensorBoard)."""
         if f.severity == "info":

@@ -1,18 +1,30 @@
 """TensorBoard sink (through tensorboardX): presentation only, no judging.
 
 One run per training run.  At the start a custom-scalars layout puts every layer of a quantity in one
-multiline chart (``grad_norm/<layer>`` for all layers, ...); findings become ``alerts`` text as they open;
-hyperparameters and the final report are written at the end.  A failure while writing (disk full, a
-vanished directory) never propagates: the sink records one line in ``failed`` and turns itself off.
+multiline chart (``grad_norm/<layer>`` for all layers, ...), log-scale charts first: custom-scalars charts
+have no log axis, so gradient norms are also written as ``log10_*`` tags (the global norm here, per layer by
+the monitor), and those charts come before the linear ones, whose lines hug zero when norms span decades.
+Findings become ``alerts`` text as they open (TensorBoard's text tab lists them newest first; the final
+``report`` text lists every finding worst first); hyperparameters and the final report are written at the
+end.  A failure while writing (disk full, a vanished directory) never propagates: the sink records one line
+in ``failed`` and turns itself off.
+
+Events are written synchronously, in the caller's thread, with tensorboardX's event-file writer and summary
+builders.  tensorboardX's ``SummaryWriter`` hands events to a background thread through a bounded queue: a
+write error kills that thread, and the training loop then blocks forever on the full queue.  Written here, an
+error surfaces where it happens, and buffered events cost a copy in memory, not a trip through a pipe.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from gradmon.report.markdown import md_code, md_text
 
 _SEVERITY = {"info": "INFO", "warning": "WARNING", "error": "ERROR"}
 
@@ -27,13 +39,13 @@ class TensorBoardSink:
 
     def __init__(self, logdir: str | os.PathLike, *, flush_every: int = 50) -> None:
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
         except ImportError:
             raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
         self._logdir = Path(logdir)
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(logdir=str(self._logdir), flush_secs=30)
+            self._events = EventsWriter(str(self._logdir / "events"))
         except OSError as exc:
             raise OSError(f"cannot write TensorBoard events to {str(self._logdir)!r} ({exc.strerror or exc}); "
                           f"choose another --logdir") from None
@@ -41,6 +53,12 @@ class TensorBoardSink:
         self.failed: str | None = None
         self._calls = 0
         self._closed = False
+
+    def _write(self, summary: Any, step: int = 0) -> None:
+        """One summary protobuf as one event at ``step``."""
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._events.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
     @property
     def logdir(self) -> Path:
@@ -55,23 +73,34 @@ class TensorBoardSink:
             self.failed = f"writing {what} to {self._logdir} failed: {type(exc).__name__}: {exc}"
 
     def begin(self, layer_names: Sequence[str], quantities: Sequence[str]) -> None:
-        """The custom-scalars layout: one multiline chart per quantity over all layers."""
-        charts = {q: ["Multiline", [f"{q}/{name}" for name in layer_names]] for q in quantities}
+        """The custom-scalars layout: one multiline chart per quantity over all layers, in this order: the
+        log-scale quantities (``log10_*``), the log10 global gradient norm, the loss, the other quantities,
+        the global norm and clip coefficient, curvature."""
+        logs = [q for q in quantities if q.startswith("log10_")]
+        charts: dict[str, list[Any]] = {q: ["Multiline", [f"{q}/{name}" for name in layer_names]] for q in logs}
+        charts["log10 global gradient norm"] = ["Multiline", ["log10_grad_norm/global"]]
         charts["loss"] = ["Multiline", ["loss/train", "loss/train_epoch", "loss/val"]]
+        charts.update({q: ["Multiline", [f"{q}/{name}" for name in layer_names]] for q in quantities
+                       if q not in logs})
         charts["global gradient"] = ["Multiline", ["grad_norm/global", "clip_coef"]]
         charts["curvature"] = ["Multiline", ["curvature/lambda_max", "curvature/stability_threshold"]]
         charts["curvature trace"] = ["Multiline", ["curvature/trace"]]
-        self._guard("the layout", self._writer.add_custom_scalars, {"gradmon": charts})
+        from tensorboardX.summary import custom_scalars
+
+        self._guard("the layout", lambda: self._write(custom_scalars({"gradmon": charts})))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """All ``values`` of one step in a single event (one protobuf, not one per tag)."""
+        """All ``values`` of one step in a single event (one protobuf, not one per tag).  A positive finite
+        ``grad_norm/global`` is also written as ``log10_grad_norm/global``."""
         from tensorboardX.proto.summary_pb2 import Summary
 
-        def write() -> None:
-            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v))
-                                     for tag, v in values.items() if v is not None])
-            self._writer._get_file_writer().add_summary(summary, int(step))
-        self._guard("scalars", write)
+        total = values.get("grad_norm/global")
+        if total is not None and np.isfinite(total) and total > 0:
+            values = {**values, "log10_grad_norm/global": float(np.log10(total))}
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v))
+                                 for tag, v in values.items() if v is not None])
+        self._guard("scalars", self._write, summary, step)
         self._calls += 1
         if self._calls % self.flush_every == 0:
             self.flush()
@@ -85,14 +114,20 @@ class TensorBoardSink:
         data = data.astype(np.float64)
         data = data[np.isfinite(data)]
         if data.size:
-            self._guard(f"histogram {tag}", self._writer.add_histogram, tag, data, int(step), bins=bins)
+            from tensorboardX.summary import histogram
+
+            self._guard(f"histogram {tag}", lambda: self._write(histogram(tag, data, bins), step))
 
     def text(self, step: int, tag: str, markdown: str) -> None:
-        self._guard(f"text {tag}", self._writer.add_text, tag, markdown, int(step))
+        from tensorboardX.summary import text
+
+        self._guard(f"text {tag}", lambda: self._write(text(tag, markdown), step))
 
     def alert(self, step: int, code: str, severity: str, layer: str | None, message: str) -> None:
-        where = f" in {layer}" if layer else ""
-        line = f"**{_SEVERITY.get(severity, severity.upper())}** `{code}`{where} at step {step}: {message}"
+        """One finding as a Markdown line under the ``alerts`` tag; names and the message are escaped."""
+        where = f" in {md_code(layer)}" if layer else ""
+        line = (f"**{_SEVERITY.get(severity, md_text(severity.upper()))}** {md_code(code)}{where} at step {step}: "
+                f"{md_text(message)}")
         self.text(step, "alerts", line)
         self.flush()
 
@@ -103,23 +138,24 @@ class TensorBoardSink:
         finite = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}  # a diverged run has no final loss
 
         def write() -> None:
+            from tensorboardX.summary import scalar
+
             clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
-            exp, ssi, sei = hparams_summary(clean, finite)
-            fw = self._writer._get_file_writer()
-            for summary in (exp, ssi, sei):
-                fw.add_summary(summary)
+            for summary in hparams_summary(clean, finite):  # experiment, session start, session end
+                self._write(summary)
             for k, v in finite.items():
-                self._writer.add_scalar(k, v, 0)
+                self._write(scalar(k, v))
         self._guard("hparams", write)
 
     def flush(self) -> None:
-        self._guard("events", self._writer.flush)
+        self._guard("events", self._events.flush)
 
     def close(self) -> None:
+        """Flush and close the event file (idempotent)."""
         if self._closed:
             return
         try:
-            self._writer.close()
+            self._events.close()
         except Exception as exc:
             self.failed = self.failed or f"closing the event file in {self._logdir} failed: {exc}"
         self._closed = True
