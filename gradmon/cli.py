@@ -77,14 +77,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gradmon.doctor import doctor, render_doctor
+    from gradmon.run import default_logdir
 
     spec = _load_spec(args.spec, args.set)
+    logdir = Path(args.logdir) if args.logdir else default_logdir({"name": f"doctor-{spec.get('name') or 'run'}"})
     result = doctor(spec, budget_steps=args.budget_steps, workers=args.workers, progress=_progress(args),
-                    logdir=args.logdir)
+                    logdir=logdir, trial_logs=args.logdir is not None, source=args.spec, overrides=args.set)
+    report = logdir / "baseline" / "report.html"
     if args.format == "json":
-        _print(json.dumps(result.to_dict(), indent=2))
+        _print(json.dumps({**result.to_dict(), "report": str(report)}, indent=2, allow_nan=False))
     else:
         _print(render_doctor(result))
+        _print("")
+        _print(f"report: {report}   (the table: {logdir / 'doctor.txt'})")
     return EXIT_OK
 
 
@@ -97,47 +102,68 @@ def cmd_tune(args: argparse.Namespace) -> int:
     trials = search(spec, grid, trial=health_trial(budget_steps=args.budget_steps), mode=args.mode,
                     n_trials=args.n_trials, seed=args.seed, progress=_progress(args))
     if args.format == "json":
-        _print(json.dumps([t.to_dict() for t in trials], indent=2))
+        _print(json.dumps([t.to_dict() for t in trials], indent=2, allow_nan=False))
     else:
         _print(render_leaderboard(trials))
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tomllib
+
     from core.spec import apply_patch, load_spec
+    from gradmon.report.text import patch_to_cli
     from gradmon.run import default_logdir, run_spec
     from gradmon.scenarios import FIXES, SCENARIOS, scenario_text
 
     if args.scenario is not None and args.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {args.scenario!r}; use one of {', '.join(SCENARIOS)}")
     name = args.scenario or "vanishing"
-    import tomllib
-
     spec = load_spec(tomllib.loads(scenario_text(name)), args.set)
     root = Path(args.logdir) if args.logdir else default_logdir({"name": f"demo-{name}"})
-    runs = [(name, spec)]
-    if args.scenario is None and name in FIXES:
-        runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name])))
+    runs: list[tuple[str, dict[str, Any], dict[str, Any]]] = [(name, spec, {})]
+    if name in FIXES and not args.no_fix:
+        runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name]), FIXES[name]))
     _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if len(runs) > 1 else ""))
     results = []
-    for label, s in runs:
-        patch = FIXES[name] if label.endswith("-fixed") else {}
-        _print(f"\n== {label}" + (f"  ({' '.join(f'--set {k}={v}' for k, v in patch.items())})" if patch else ""))
+    for label, s, patch in runs:
+        _print(f"\n== {label}" + (f"  ({patch_to_cli(patch)})" if patch else ""))
         logdir = root / label if len(runs) > 1 else root
         results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
     _print("")
-    _print(f"{'run':<22} {'status':<8} {'final loss':>10} {'accuracy':>9}  findings")
-    for label, _, r in results:
-        acc = r.final_accuracy
-        codes = ", ".join(sorted({f.code for f in r.report.findings if f.severity != "info"})) or "-"
-        _print(f"{label:<22} {r.report.status:<8} {r.final_loss:>10.4g} "
-               f"{(f'{acc:.1%}' if acc is not None else '-'):>9}  {codes}")
+    for line in demo_table([(label, r) for label, _, r in results]):
+        _print(line)
     _print("")
     for label, logdir, _ in results:
         _print(f"report ({label}): {logdir / 'report.html'}")
     _print(f"open the dashboards: tensorboard --logdir {root}   (then http://localhost:6006, tab CUSTOM SCALARS)")
     _print(f"gate a CI job on it:  gradmon check {results[0][1]} --fail-on warning")
     return EXIT_OK
+
+
+def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
+    """The demo's summary: one row per run (status, loss, accuracy, every finding code with info ones
+    marked), then the first message of each finding code, so a pathology is visible even when it is only
+    informational."""
+    from gradmon.findings import severity_rank
+
+    with_val = all(r.train_history.get("val_loss") for _, r in results)
+    loss_head = "val loss" if with_val else "train loss"
+    lines = [f"{'run':<22} {'status':<8} {loss_head:>10} {'accuracy':>9}  findings"]
+    notes: list[str] = []
+    for label, r in results:
+        loss = r.train_history["val_loss"][-1] if with_val else r.final_loss
+        acc = r.final_accuracy
+        first: dict[str, Any] = {}
+        for f in sorted(r.report.findings, key=lambda f: -severity_rank(f.severity)):
+            first.setdefault(f.code, f)
+        codes = ", ".join(code + (" (info)" if f.severity == "info" else "") for code, f in first.items()) or "-"
+        lines.append(f"{label:<22} {r.report.status:<8} {loss:>10.4g} "
+                     f"{(f'{acc:.1%}' if acc is not None else '-'):>9}  {codes}")
+        notes += [f"  {label}: {f.severity.upper()} {code}: {f.message}" for code, f in first.items()]
+    if notes:
+        lines += ["", "what was found (first finding of each kind; info = worth knowing, not a failure):", *notes]
+    return lines
 
 
 # -- plumbing -------------------------------------------------------------------------------------------------
@@ -188,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel trial processes (default: cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--logdir", help="also write each trial's events and reports under this directory")
+    p.add_argument("--logdir", help="where the baseline's report (with the ranking), doctor.txt and each trial's "
+                   "events and reports go (default runs/doctor-<name>-<time>, baseline and table only)")
     common(p)
     p.set_defaults(func=cmd_doctor)
 
@@ -204,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("demo", help="run a built-in scenario (default: a pathology and its fix)")
-    p.add_argument("scenario", nargs="?", help="vanishing, exploding, dead-relu, saturation, sharpness, healthy")
+    p = sub.add_parser("demo", help="run a built-in scenario beside its fix (default: vanishing gradients)")
+    p.add_argument("scenario", nargs="?", help="vanishing (default), exploding, dead-relu, saturation, sharpness, "
+                   "healthy")
+    p.add_argument("--no-fix", action="store_true", help="run the scenario alone, without its fix beside it")
     p.add_argument("--logdir", help="where the runs go (default runs/demo-<scenario>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(p)

@@ -1,105 +1,206 @@
 """``gradmon doctor``: validate suggested fixes by short forked trials, and health-aware search trials.
 
 The baseline runs the spec with the monitor for a budget of steps.  Every suggestion attached to its
-warning and error findings (and sensible combinations: the first fix of each finding together) becomes a
-trial: the same spec with the suggestion's patch, the same seed and the same budget.  Trials run in parallel
-processes and are ranked by measured effect: findings that stay open (errors first), then the findings of
-the baseline that closed, then the loss reached (validation loss when there is a test split).
+warning and error findings (and a combination of the two best fixes) becomes a trial: the same spec with the
+suggestion's patch, the same seed and the same budget.  Trials run in parallel processes.
+
+What is measured, for the baseline and every trial alike (:func:`measure`):
+
+- ``loss``: the validation loss on the spec's held-out split after the budget, or, when the spec has no
+  held-out split, the mean training loss over the last :data:`TRAIN_LOSS_WINDOW` steps.  A run that stopped
+  on a non-finite value diverged: its loss is ``inf``.
+- ``accuracy`` (classification): validation accuracy, or the training accuracy of the last epoch.
+
+Each trial is compared with the baseline: ``worse`` when its loss is more than :data:`LOSS_TOLERANCE`
+(relative) above the baseline's or its accuracy more than :data:`ACCURACY_TOLERANCE` below; ``better`` when
+it is not worse, its loss or accuracy improved beyond the same margins, and it leaves no error finding open
+(a run that is still broken did not get better, whatever its loss); ``same`` otherwise.  The ranking puts
+every ``better`` trial first (by loss to three significant digits, then accuracy, then more findings closed),
+then ``same`` (no error left open first, then most findings closed), then ``worse`` (by loss).
+
+    result = doctor(load_spec("gradmon/scenarios/vanishing.toml"), budget_steps=200)
+    print(render_doctor(result, source="gradmon/scenarios/vanishing.toml"))
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from core.progress import progress_bar
+from core.tune import json_safe
 from gradmon.report.text import cli_value, patch_to_cli
 
 SCHEMA = "gradmon.doctor/1"
 
+#: a trial's loss differs from the baseline's only beyond this relative margin (±10 %)
+LOSS_TOLERANCE = 0.10
+#: a trial's accuracy differs from the baseline's only beyond this absolute margin (±2 points)
+ACCURACY_TOLERANCE = 0.02
+#: steps averaged for the training-loss measure (used when the spec has no held-out split)
+TRAIN_LOSS_WINDOW = 20
+
+VERDICTS = ("better", "same", "worse")
+
 
 @dataclass
 class TrialOutcome:
-    """A run of the spec with one patch (or none, for the baseline)."""
+    """A run of the spec with one patch (or none, for the baseline), as measured (see :func:`measure`).
+
+    ``loss`` is the ranking loss (``inf`` when the run diverged); ``train_loss`` the mean training loss over
+    the last :data:`TRAIN_LOSS_WINDOW` steps; ``findings`` the codes of its warning and error findings;
+    ``closed`` the baseline's findings this trial does not have; ``verdict`` and the deltas compare it with
+    the baseline (``better``, ``same`` or ``worse``; deltas are trial minus baseline).
+    """
 
     suggestions: list[str]
     patch: dict[str, Any]
-    final_loss: float
-    val_loss: float | None
+    loss: float
     accuracy: float | None
+    train_loss: float
     findings: list[str]
     errors: int
     stopped: str | None
+    diverged: bool = False
     closed: list[str] = field(default_factory=list)
     rank: int = 0
+    verdict: str = ""
+    delta_loss: float | None = None
+    delta_accuracy: float | None = None
+    label: str = ""
 
     @property
-    def loss(self) -> float:
-        value = self.val_loss if self.val_loss is not None else self.final_loss
-        return value if value is not None and math.isfinite(value) else math.inf
+    def final_loss(self) -> float:
+        """The ranking loss (the contract's ``final_loss``)."""
+        return self.loss
 
     def sort_key(self) -> tuple:
-        return (self.errors, len(self.findings), -len(self.closed), self.loss)
+        """Order within the trial's verdict group (see the module docstring)."""
+        if self.verdict == "better":
+            return (0, _significant(self.loss), -(self.accuracy or 0.0), -len(self.closed), len(self.findings))
+        if self.verdict == "same":
+            return (1, self.errors > 0, -len(self.closed), len(self.findings), self.loss)
+        return (2, self.loss, -(self.accuracy or 0.0))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"rank": self.rank, "suggestions": self.suggestions, "patch": self.patch,
-               "final_loss": _num(self.final_loss), "findings": self.findings, "closed": self.closed}
-        if self.val_loss is not None:
-            out["val_loss"] = _num(self.val_loss)
+        out: dict[str, Any] = {"rank": self.rank, "suggestions": self.suggestions, "patch": self.patch,
+                               "final_loss": self.loss, "findings": self.findings, "closed": self.closed,
+                               "label": self.label or "+".join(self.suggestions), "verdict": self.verdict,
+                               "delta_loss": self.delta_loss, "train_loss": self.train_loss,
+                               "diverged": self.diverged}
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
+            out["delta_accuracy"] = self.delta_accuracy
         if self.stopped:
             out["stopped"] = self.stopped
-        return out
+        return json_safe(out)
 
 
 @dataclass
 class DoctorResult:
+    """The baseline, the ranked trials (rank 1 first) and what ``loss`` means for all of them."""
+
     spec: dict[str, Any]
     budget_steps: int
     baseline: TrialOutcome
     trials: list[TrialOutcome]
+    loss_measure: str = ""
+    logdir: str | None = None
+    source: str | None = None
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def nothing_to_fix(self) -> bool:
         return not self.baseline.findings
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "budget_steps": self.budget_steps,
-                "baseline": {"final_loss": _num(self.baseline.final_loss), "findings": self.baseline.findings,
-                             **({"val_loss": _num(self.baseline.val_loss)} if self.baseline.val_loss is not None
-                                else {}),
-                             **({"accuracy": self.baseline.accuracy} if self.baseline.accuracy is not None
-                                else {})},
-                "trials": [t.to_dict() for t in self.trials]}
+        """The ``gradmon.doctor/1`` document (strict JSON: non-finite numbers are the strings "inf"/"nan")."""
+        b = self.baseline
+        baseline: dict[str, Any] = {"final_loss": b.loss, "findings": b.findings, "train_loss": b.train_loss,
+                                    "diverged": b.diverged}
+        if b.accuracy is not None:
+            baseline["accuracy"] = b.accuracy
+        if b.stopped:
+            baseline["stopped"] = b.stopped
+        return json_safe({"schema": SCHEMA, "budget_steps": self.budget_steps, "loss_measure": self.loss_measure,
+                          "tolerance": {"loss_relative": LOSS_TOLERANCE, "accuracy": ACCURACY_TOLERANCE},
+                          "baseline": baseline, "trials": [t.to_dict() for t in self.trials]})
 
 
-def _num(x: float | None) -> float | str | None:
-    if x is None or math.isfinite(x):
+def _significant(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits (losses equal to that precision tie)."""
+    if not math.isfinite(x) or x == 0:
         return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+class _LossTail:
+    """Keeps the training loss of the last ``n`` steps (a hook-protocol callback)."""
+
+    def __init__(self, n: int) -> None:
+        self.losses: deque[float] = deque(maxlen=n)
+
+    def on_after_backward(self, state: Any) -> None:
+        self.losses.append(float(state.loss))
+
+    def mean(self) -> float:
+        return float(sum(self.losses) / len(self.losses)) if self.losses else math.nan
+
+
+def loss_measure(n_validation: int) -> str:
+    """What ``loss`` and ``accuracy`` mean in the doctor's table and JSON, in words."""
+    if n_validation:
+        return (f"validation loss (and accuracy) on the {n_validation} held-out examples after the budget; "
+                "inf when the run diverged")
+    return (f"mean training loss over the last {TRAIN_LOSS_WINDOW} steps (accuracy: last epoch's training "
+            "accuracy); inf when the run diverged")
+
+
+def measure(result: Any, tail: _LossTail) -> tuple[float, float | None, bool]:
+    """``(loss, accuracy, diverged)`` of a finished run (a :class:`gradmon.run.RunResult`)."""
+    th = result.train_history
+    stopped = str(th.get("stopped") or "")
+    diverged = bool(stopped) and not stopped.startswith("step budget")
+    if result.n_validation and th.get("val_loss"):
+        loss = float(th["val_loss"][-1])
+        acc = th.get("val_accuracy")
+    else:
+        loss = tail.mean()
+        acc = th.get("accuracy")
+    accuracy = float(acc[-1]) if acc else None
+    if diverged or not math.isfinite(loss):
+        return math.inf, None, True
+    return loss, accuracy, False
 
 
 def run_trial(spec: Mapping[str, Any], patch: Mapping[str, Any], suggestions: list[str], budget_steps: int,
-              logdir: str | None = None) -> tuple[TrialOutcome, list[dict[str, Any]]]:
-    """Run ``spec`` + ``patch`` for ``budget_steps`` steps; returns the outcome and the findings (dicts)."""
+              logdir: str | None = None) -> tuple[TrialOutcome, list[dict[str, Any]], str]:
+    """Run ``spec`` + ``patch`` for ``budget_steps`` steps.
+
+    Returns the outcome, the run's findings (report dicts) and the loss measure in words.
+    """
     from core.spec import apply_patch
     from gradmon.run import run_spec
 
     trial_spec = apply_patch(spec, patch) if patch else dict(spec)
-    result = run_spec(trial_spec, logdir, progress=False, console=False, max_steps=budget_steps)
-    th = result.train_history
+    tail = _LossTail(TRAIN_LOSS_WINDOW)
+    result = run_spec(trial_spec, logdir, progress=False, console=False, max_steps=budget_steps,
+                      callbacks=[tail])
+    loss, accuracy, diverged = measure(result, tail)
     findings = [f for f in result.report.findings if f.severity in ("warning", "error")]
-    outcome = TrialOutcome(suggestions=suggestions, patch=dict(patch), final_loss=result.final_loss,
-                           val_loss=float(th["val_loss"][-1]) if th.get("val_loss") else None,
-                           accuracy=result.final_accuracy, findings=sorted({f.code for f in findings}),
+    stopped = result.train_history.get("stopped")
+    outcome = TrialOutcome(suggestions=suggestions, patch=dict(patch), loss=loss, accuracy=accuracy,
+                           train_loss=tail.mean(), findings=sorted({f.code for f in findings}),
                            errors=sum(f.severity == "error" for f in findings),
-                           stopped=th.get("stopped") if not str(th.get("stopped", "")).startswith("step budget")
-                           else None)
-    return outcome, [f.to_dict() for f in result.report.findings]
+                           stopped=None if not stopped or str(stopped).startswith("step budget") else str(stopped),
+                           diverged=diverged)
+    return outcome, [f.to_dict() for f in result.report.findings], loss_measure(result.n_validation)
 
 
 def _trial_job(args: tuple) -> TrialOutcome:
@@ -122,10 +223,25 @@ def candidate_fixes(findings: list[dict[str, Any]]) -> list[tuple[list[str], dic
     return out
 
 
+def compare(trial: TrialOutcome, baseline: TrialOutcome) -> None:
+    """Set ``trial``'s ``closed``, deltas and ``verdict`` against ``baseline`` (see the module docstring)."""
+    trial.closed = sorted(set(baseline.findings) - set(trial.findings))
+    b, t = baseline.loss, trial.loss
+    trial.delta_loss = t - b if (math.isfinite(b) or math.isfinite(t)) else 0.0
+    worse = t > b * (1 + LOSS_TOLERANCE)
+    better = t < b * (1 - LOSS_TOLERANCE)
+    trial.delta_accuracy = None
+    if trial.accuracy is not None and baseline.accuracy is not None:
+        trial.delta_accuracy = trial.accuracy - baseline.accuracy
+        worse = worse or trial.delta_accuracy < -ACCURACY_TOLERANCE
+        better = better or trial.delta_accuracy > ACCURACY_TOLERANCE
+    trial.verdict = "worse" if worse else ("better" if better and trial.errors == 0 else "same")
+
+
 def combination(ranked: list[TrialOutcome], baseline: TrialOutcome) -> tuple[list[str], dict[str, Any]] | None:
-    """The two best single fixes together, when both measurably helped and touch different spec keys
-    (ReLU + He init + batch normalization, say)."""
-    helped = [t for t in ranked if t.closed and t.errors == 0 and t.loss <= baseline.loss]
+    """The two best single fixes together, when both measurably helped, closed findings, left no error open
+    and touch different spec keys (ReLU + He init with batch normalization, say)."""
+    helped = [t for t in ranked if t.verdict == "better" and t.closed]
     if len(helped) < 2 or set(helped[0].patch) & set(helped[1].patch):
         return None
     return helped[0].suggestions + helped[1].suggestions, {**helped[0].patch, **helped[1].patch}
@@ -150,44 +266,74 @@ def _run_jobs(jobs: list[tuple], workers: int | None, bar: Any) -> list[TrialOut
 
 def _rank(outcomes: list[TrialOutcome], baseline: TrialOutcome) -> None:
     for t in outcomes:
-        t.closed = sorted(set(baseline.findings) - set(t.findings))
+        compare(t, baseline)
     outcomes.sort(key=TrialOutcome.sort_key)
     for i, t in enumerate(outcomes, start=1):
         t.rank = i
+    _label(outcomes)
+
+
+def _label(outcomes: list[TrialOutcome]) -> None:
+    """``relu+he_init``; when several trials share a name, the patch values that tell them apart."""
+    names = Counter("+".join(t.suggestions) for t in outcomes)
+    for t in outcomes:
+        name = "+".join(t.suggestions)
+        if names[name] > 1:
+            name += " (" + ", ".join(f"{k.split('.')[-1]}={cli_value(v)}" for k, v in t.patch.items()) + ")"
+        t.label = name
 
 
 def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None = None,
-           progress: bool | None = None, logdir: str | os.PathLike | None = None) -> DoctorResult:
-    """Try the baseline's suggested fixes in short trials and rank them by measured effect."""
+           progress: bool | None = None, logdir: str | os.PathLike | None = None,
+           trial_logs: bool = True, source: str | os.PathLike | None = None,
+           overrides: Sequence[str] = ()) -> DoctorResult:
+    """Try the baseline's suggested fixes in short trials and rank them by measured effect.
+
+    With ``logdir``, the baseline's run (events, ``report.json`` and ``report.html`` with the ranking) goes
+    to ``logdir/baseline``, the table to ``logdir/doctor.txt``, and, with ``trial_logs``, each trial's run to
+    ``logdir/trialN``.  The progress bar counts the baseline and every trial.  ``source`` (the spec's path)
+    and ``overrides`` (the ``--set`` arguments it was loaded with) only make the table's "best fix" line a
+    command that reproduces the fix.
+    """
     if isinstance(budget_steps, bool) or not isinstance(budget_steps, int) or budget_steps < 1:
         raise ValueError(f"--budget-steps must be a positive integer, got {budget_steps!r}")
     spec = dict(spec)
     root = str(logdir) if logdir is not None else None
-    baseline, findings = run_trial(spec, {}, [], budget_steps, os.path.join(root, "baseline") if root else None)
+    bar = progress_bar(1, progress, "doctor", "trial")
+    baseline, findings, measure_text = run_trial(spec, {}, [], budget_steps,
+                                                 os.path.join(root, "baseline") if root else None)
+    baseline.label = "baseline (no patch)"
     candidates = candidate_fixes(findings)
-    trial_dir = (lambda i: os.path.join(root, f"trial{i}")) if root else (lambda i: None)
+    trial_dir = ((lambda i: os.path.join(root, f"trial{i}")) if root and trial_logs else (lambda i: None))
     jobs = [(spec, patch, codes, budget_steps, trial_dir(i + 1)) for i, (codes, patch) in enumerate(candidates)]
+    may_combine = len(jobs) >= 2
+    if bar is not None:
+        bar.total = 1 + len(jobs) + int(may_combine)
+        bar.update(1)
     outcomes: list[TrialOutcome] = []
     if jobs:
-        bar = progress_bar(len(jobs) + 1, progress, "doctor", "trial")
         outcomes = _run_jobs(jobs, workers, bar)
         _rank(outcomes, baseline)
-        combo = combination(outcomes, baseline)
+        combo = combination(outcomes, baseline) if may_combine else None
         if combo is not None:
             outcomes += _run_jobs([(spec, combo[1], combo[0], budget_steps, trial_dir(len(jobs) + 1))], 1, bar)
             _rank(outcomes, baseline)
-        if bar is not None:
-            bar.close()
-    result = DoctorResult(spec=spec, budget_steps=budget_steps, baseline=baseline, trials=outcomes)
+        elif bar is not None and may_combine:
+            bar.total -= 1
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    result = DoctorResult(spec=spec, budget_steps=budget_steps, baseline=baseline, trials=outcomes,
+                          loss_measure=measure_text, logdir=root,
+                          source=str(source) if source is not None else None, overrides=list(overrides))
     if root:
         _write_into_report(os.path.join(root, "baseline"), result)
+        Path(root, "doctor.txt").write_text(render_doctor(result) + "\n", encoding="utf-8")
     return result
 
 
 def _write_into_report(run_dir: str, result: DoctorResult) -> None:
     """Add the ranked trials to the baseline's report files."""
-    from pathlib import Path
-
     from gradmon.findings import HealthReport
     from gradmon.history import History
 
@@ -202,30 +348,75 @@ def _write_into_report(run_dir: str, result: DoctorResult) -> None:
             pass
 
 
-def render_doctor(result: DoctorResult) -> str:
-    """A table of the trials, best first."""
+def _fmt_loss(x: float) -> str:
+    return "diverged" if math.isinf(x) else f"{x:.4g}"
+
+
+def _fmt_delta_loss(t: TrialOutcome, baseline: TrialOutcome) -> str:
+    b = baseline.loss
+    if math.isinf(t.loss) and math.isinf(b):
+        return "±0"
+    if math.isinf(b):
+        return "-∞"
+    if math.isinf(t.loss):
+        return "+∞"
+    return f"{(t.loss - b) / b:+.0%}" if b > 0 else f"{t.loss - b:+.3g}"
+
+
+def render_doctor(result: DoctorResult, source: str | None = None, overrides: Sequence[str] | None = None) -> str:
+    """The baseline and the trials, best first, with what was measured and the command of the best fix.
+
+    ``source`` (the spec's path) and ``overrides`` (the ``--set`` arguments it was loaded with; both default
+    to the result's) make the "best fix" line a command that reproduces the fix.
+    """
+    source = source if source is not None else result.source
+    overrides = list(overrides) if overrides is not None else result.overrides
     b = result.baseline
-    lines = [f"baseline ({result.budget_steps} steps): loss {b.loss:.4g}"
-             + (f", accuracy {b.accuracy:.1%}" if b.accuracy is not None else "")
-             + f", findings: {', '.join(b.findings) or 'none'}"]
+    lines = [f"doctor: {len(result.trials)} trial(s) of {result.budget_steps} steps each, same seed as the "
+             f"baseline", f"loss: {result.loss_measure}"]
     if result.nothing_to_fix:
-        lines.append("nothing to fix: the baseline raised no warning or error.")
+        lines += [f"baseline: loss {_fmt_loss(b.loss)}"
+                  + (f", accuracy {b.accuracy:.1%}" if b.accuracy is not None else ""),
+                  "nothing to fix: the baseline raised no warning or error."]
         return "\n".join(lines)
+    lines.append(f"verdict against the baseline: better/worse beyond ±{LOSS_TOLERANCE:.0%} loss or "
+                 f"±{ACCURACY_TOLERANCE * 100:.0f} points accuracy (never better with an error left open); "
+                 "worse trials rank last")
     lines.append("")
-    rows = [(str(t.rank), "+".join(t.suggestions), f"{t.loss:.4g}", f"{t.accuracy:.1%}" if t.accuracy is not None
-             else "-", ", ".join(t.closed) or "-", ", ".join(t.findings) or "-") for t in result.trials]
-    head = ("rank", "fix", "loss", "acc", "closed", "still open")
+
+    def acc(t: TrialOutcome) -> str:
+        return f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
+
+    def dacc(t: TrialOutcome) -> str:
+        return f"{t.delta_accuracy * 100:+.1f}" if t.delta_accuracy is not None else "-"
+
+    head = ("rank", "fix", "loss", "Δ loss", "acc", "Δ acc", "verdict", "closed", "still open")
+    rows = [("base", b.label or "baseline (no patch)", _fmt_loss(b.loss), "", acc(b), "", "", "",
+             ", ".join(b.findings) or "-")]
+    rows += [(str(t.rank), t.label or "+".join(t.suggestions), _fmt_loss(t.loss), _fmt_delta_loss(t, b), acc(t),
+              dacc(t), t.verdict, ", ".join(t.closed) or "-", ", ".join(t.findings) or "-") for t in result.trials]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    right = {2, 3, 4, 5}
     for r in [head, *rows]:
-        lines.append("  ".join(c.ljust(w) if i != 2 else c.rjust(w)
+        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-    if result.trials:
-        best = result.trials[0]
-        lines += ["", f"best fix: {'+'.join(best.suggestions)}  ->  gradmon run SPEC {patch_to_cli(best.patch)}"]
+    best = result.trials[0] if result.trials else None
+    if best is None:
+        lines += ["", "no suggested fix carried a spec patch to try."]
+    elif best.verdict != "better":
+        lines += ["", f"no trial measurably improved on the baseline; closest: {best.label}  "
+                      f"({patch_to_cli(best.patch)})"]
+    else:
+        if source is not None:
+            cmd = " ".join(["gradmon run", shlex.quote(str(source)),
+                            *(f"--set {shlex.quote(o)}" for o in overrides), patch_to_cli(best.patch)])
+        else:
+            cmd = f"apply {patch_to_cli(best.patch)}"
+        lines += ["", f"best fix: {best.label}  ->  {cmd}"]
     return "\n".join(lines)
 
 
-def health_trial(budget_steps: int | None = None):
+def health_trial(budget_steps: int | None = None) -> "_HealthTrial":
     """A search trial (for :func:`core.tune.search`) that monitors health and prunes on error findings."""
     return _HealthTrial(budget_steps)
 
@@ -268,4 +459,3 @@ def render_leaderboard(trials: list) -> str:
         lines.append(f"{t.rank:<5}" + "".join(f"{cli_value(t.params[k]):<18}" for k in keys)
                      + f"{loss:>10.4g}{acc:>8}  {m.get('status', '-'):<8} {note}")
     return "\n".join(lines)
-

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from gradmon.findings import HealthReport
 from gradmon.history import History
@@ -26,6 +26,7 @@ class RunResult:
     train_history: dict[str, Any]
     logdir: Path | None
     seconds: float
+    n_validation: int = 0   #: examples in the held-out split (0: no validation loss)
 
     @property
     def final_loss(self) -> float:
@@ -51,21 +52,22 @@ def default_logdir(spec: Mapping[str, Any], root: str | os.PathLike = "runs") ->
 
 def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *, progress: bool | None = None,
              console: bool = True, max_steps: int | None = None, monitor_options: Mapping[str, Any] | None = None,
-             stop_on_error: bool = False) -> RunResult:
+             stop_on_error: bool = False, callbacks: Sequence[Any] = ()) -> RunResult:
     """Train the resolved ``spec`` with a :class:`Monitor`; returns the report and histories.
 
     ``max_steps`` cuts training short (doctor trials); ``stop_on_error`` stops at the first error finding
-    (hyperparameter search pruning).  With ``logdir=None`` nothing is written.
+    (hyperparameter search pruning); ``callbacks`` are added after the monitor (hook-protocol objects).
+    With ``logdir=None`` nothing is written.
     """
     from core.spec import build
 
     options = {k: spec.get("monitor", {}).get(k) for k in MONITOR_KEYS if k in spec.get("monitor", {})}
     options.update(monitor_options or {})
     monitor = Monitor(logdir=logdir, console=console, seed=int(spec.get("seed", 0) or 0), **options)
-    callbacks: list[Any] = [monitor]
+    all_callbacks: list[Any] = [monitor, *callbacks]
     if max_steps is not None or stop_on_error:
-        callbacks.append(_Stopper(monitor, max_steps, stop_on_error))
-    run = build(spec, callbacks=callbacks, progress=progress)
+        all_callbacks.append(_Stopper(monitor, max_steps, stop_on_error))
+    run = build(spec, callbacks=all_callbacks, progress=progress)
     run.trainer.spec = dict(run.spec)
     t0 = time.perf_counter()
     validation = (run.data.X_test, run.data.y_test) if len(run.data.X_test) else None
@@ -74,7 +76,7 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
                               checkpoint=checkpoint)
     return RunResult(spec=dict(run.spec), report=monitor.report(), history=monitor.history,
                      train_history=dict(history), logdir=Path(logdir) if logdir is not None else None,
-                     seconds=time.perf_counter() - t0)
+                     seconds=time.perf_counter() - t0, n_validation=len(run.data.X_test))
 
 
 class _Stopper:
