@@ -203,6 +203,15 @@ def step_caused(ctx: Context, f: Finding) -> bool:
     return f.evidence.get("cause") == "step"
 
 
+def unexplained_not_adam(ctx: Context, f: Finding) -> bool:
+    """A stall no gradient finding explains (those carry their own fix), outside Adam."""
+    return not f.evidence.get("explained_by") and not_adam(ctx, f)
+
+
+def unexplained_plain_sgd(ctx: Context, f: Finding) -> bool:
+    return not f.evidence.get("explained_by") and plain_sgd(ctx, f)
+
+
 def always(ctx: Context, f: Finding) -> bool:
     return True
 
@@ -245,8 +254,8 @@ RULES: list[Rule] = [
     ("loss_oscillation", always, lower_lr),
     ("loss_oscillation", not_adam, adam),
     ("loss_plateau", saturating, relu),
-    ("loss_plateau", not_adam, adam),
-    ("loss_plateau", plain_sgd, raise_lr),
+    ("loss_plateau", unexplained_not_adam, adam),
+    ("loss_plateau", unexplained_plain_sgd, raise_lr),
     ("update_ratio", too_large, lower_lr),
     ("update_ratio", too_small, raise_lr),
     ("update_ratio", too_small, adam),

@@ -83,9 +83,19 @@ class Monitor(Callback):
         for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
                                  ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
-                                 ("trace_samples", trace_samples, 0)):
+                                 ("trace_samples", trace_samples, 0), ("capacity", capacity, 4),
+                                 ("weight_every", weight_every, 1), ("open_after", open_after, 1),
+                                 ("close_after", close_after, 1), ("curvature_max_iter", curvature_max_iter, 2)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"Monitor {name} must be an integer >= {low}, got {value!r}")
+        for name, value in (("histogram_every", histogram_every), ("judge_every", judge_every)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise ValueError(f"Monitor {name} must be None or an integer >= 1, got {value!r}")
+        if capacity % 2:
+            raise ValueError(f"Monitor capacity must be even (the history halves itself when full), got {capacity}")
+        if not (isinstance(curvature_rtol, (int, float)) and 0 < curvature_rtol < 1):
+            raise ValueError(f"Monitor curvature_rtol must be a number in (0, 1), got {curvature_rtol!r}")
         self.logdir = Path(logdir) if logdir is not None else None
         self.every = int(every)
         self.curvature_every = int(curvature_every)
@@ -102,7 +112,7 @@ class Monitor(Callback):
         self.stop_on_nonfinite = stop_on_nonfinite
         self._measure: Schedule = every_schedule(self.every)
         self._curv_schedule: Schedule = every_schedule(self.curvature_every)
-        self.weight_every = max(1, int(weight_every))
+        self.weight_every = int(weight_every)
         self.detectors: list[Detector] = default_detectors(list(detectors) if detectors is not None else None)
         self.console = ConsoleSink(enabled=console)
         self.open_after, self.close_after = open_after, close_after
@@ -546,10 +556,13 @@ class Monitor(Callback):
     def _sink_failed(self, sink: str, why: Any) -> None:
         """Report once, on the console and in the report, that an output (or the curvature measurement)
         failed and is off for the rest of the run."""
-        what = "the curvature measurement" if sink == "curvature" else f"the {sink} sink"
-        message = f"[gradmon] {what} failed and is off for the rest of the run: {why}"
+        if "." in sink:  # one output file
+            message = f"[gradmon] could not write {sink}: {why}"
+        else:
+            what = "the curvature measurement" if sink == "curvature" else f"the {sink} sink"
+            message = f"[gradmon] {what} failed and is off for the rest of the run: {why}"
         self.sink_errors.append(message)
-        self.console._write(message)
+        self.console.failure(message)
         if sink == "tensorboard":
             self.tb = None
 

@@ -493,3 +493,13 @@ def test_report_json_schema(tmp_path):
     assert (tmp_path / "history.npz").exists()
     back = gradmon.HealthReport.load(tmp_path)
     assert back.status == data["status"] and len(back.findings) == len(data["findings"])
+
+
+@pytest.mark.parametrize("kwargs,name", [({"capacity": 0}, "capacity"), ({"capacity": 7}, "capacity"),
+                                         ({"every": 0}, "every"), ({"judge_every": 0}, "judge_every"),
+                                         ({"weight_every": -1}, "weight_every"), ({"curvature_rtol": 2}, "curvature_rtol"),
+                                         ({"histogram_every": "10"}, "histogram_every"), ({"window": 5}, "window")])
+def test_bad_monitor_arguments_fail_at_construction_naming_the_argument(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        gradmon.Monitor(logdir=tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()  # nothing created for a monitor that cannot run

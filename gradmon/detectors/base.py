@@ -119,7 +119,7 @@ def median(x: np.ndarray | Sequence[float]) -> float:
     n = s.size
     if n == 0 or np.isnan(s[-1]):
         return float("nan")
-    return 0.5 * float(s[(n - 1) // 2] + s[n // 2])
+    return 0.5 * float(s[(n - 1) // 2]) + 0.5 * float(s[n // 2])
 
 
 def column_medians(data: np.ndarray) -> np.ndarray:

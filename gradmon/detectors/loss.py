@@ -12,6 +12,10 @@ import numpy as np
 from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
 
 
+#: findings that starve layers of gradient, and so explain a stalled loss or frozen layers
+STARVING: tuple[str, ...] = ("vanishing_gradients", "dead_units", "saturated_activations")
+
+
 def lag1_autocorrelation(x: np.ndarray) -> float:
     """Lag-1 autocorrelation of ``x`` (NaN when constant or too short)."""
     if x.size < 3:
@@ -110,8 +114,11 @@ class LossPlateau(Detector):
         if not -self.max_rise <= progress <= self.max_progress or tail < self.min_level * ctx.initial_loss:
             return []
         steps = ctx.window.steps[-loss.size:]
+        # a stall that starved gradients explain is that finding's consequence: say so, and leave it the fix
+        cause = next((code for code in STARVING if ctx.observed(code, any_layer=True)), None)
         message = (f"The loss has stopped improving at {tail:.3g} ({tail / ctx.initial_loss:.0%} of where it "
-                   f"started; {progress:+.1%} over the last {int(steps[-1] - steps[0]) + 1} steps).")
+                   f"started; {progress:+.1%} over the last {int(steps[-1] - steps[0]) + 1} steps)"
+                   + (f", because of the {cause.replace('_', ' ')} reported with it." if cause else "."))
         evidence = {"loss_now": sig(tail), "initial_loss": sig(ctx.initial_loss), "window_progress": sig(progress),
-                    "window_steps": int(steps[-1] - steps[0]) + 1}
+                    "window_steps": int(steps[-1] - steps[0]) + 1, "explained_by": cause}
         return [Observation("loss_plateau", None, "warning", message, evidence)]

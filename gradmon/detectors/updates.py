@@ -13,6 +13,7 @@ import numpy as np
 
 from gradmon.detectors.activations import DeadUnits
 from gradmon.detectors.base import Detector, JudgeContext, Observation, median, sig, smoothed
+from gradmon.detectors.loss import STARVING
 
 
 class UpdateRatio(Detector):
@@ -31,8 +32,7 @@ class UpdateRatio(Detector):
         improving = recent.size >= 10 and median(recent[-5:]) < 0.5 * median(recent[:5])
         # dead units, saturated units or vanishing gradients anywhere starve layers of gradient: their findings
         # explain frozen layers and carry the fix
-        starved = any(ctx.observed(code, any_layer=True) for code in
-                      ("vanishing_gradients", "dead_units", "saturated_activations")) \
+        starved = any(ctx.observed(code, any_layer=True) for code in STARVING) \
             or bool(np.any(ctx.medians("dead_fraction") >= DeadUnits.warn_fraction))
         out = []
         for unit, r in zip(ctx.units, ratios):
