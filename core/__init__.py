@@ -10,6 +10,7 @@ It exposes hooks (:mod:`core.callbacks`) and never imports gradmon.
 from core.activations import ACTIVATIONS, ELU, LeakyReLU, ReLU, Sigmoid, Tanh, get_activation
 from core.callbacks import Callback, CallbackList, LayerInfo, Objective, RunInfo, StepState
 from core.clipping import clip_by_global_norm, clip_by_value, global_norm
+from core.data import Dataset, load_dataset
 from core.initializers import INITIALIZERS, get_initializer
 from core.layers import BatchNorm, Context, Dense, Dropout, Layer
 from core.losses import LOSSES, get_loss
@@ -21,7 +22,7 @@ from core.trainer import Trainer, TrainingHistory
 __all__ = [
     "ACTIVATIONS", "ELU", "LeakyReLU", "ReLU", "Sigmoid", "Tanh", "get_activation",
     "Callback", "CallbackList", "LayerInfo", "Objective", "RunInfo", "StepState",
-    "clip_by_global_norm", "clip_by_value", "global_norm", "INITIALIZERS", "get_initializer",
+    "clip_by_global_norm", "clip_by_value", "global_norm", "Dataset", "load_dataset", "INITIALIZERS", "get_initializer",
     "BatchNorm", "Context", "Dense", "Dropout", "Layer", "LOSSES", "get_loss", "Sequential",
     "BatchObjective", "OPTIMIZERS", "SGD", "AdaGrad", "Adam", "Optimizer", "RMSprop", "get_optimizer",
     "Trainer", "TrainingHistory",

@@ -45,8 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = _load_spec(args.spec, args.set)
     logdir = Path(args.logdir) if args.logdir else default_logdir(spec)
+    args.run_dir = logdir  # for the message if the run is interrupted
     result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet)
-    _print(f"report:      {logdir / 'report.html'}")
+    html = logdir / "report.html"
+    _print(f"report:      {html}" if html.exists() else
+           f"report:      {logdir / 'report.json'} (report.html could not be written: see above)")
     _print(f"tensorboard: tensorboard --logdir {logdir}")
     _print(f"status:      {result.report.status} ({len(result.report.findings)} findings, "
            f"final loss {result.final_loss:.4g})")
@@ -129,6 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for label, s, patch in runs:
         _print(f"\n== {label}" + (f"  ({patch_to_cli(patch)})" if patch else ""))
         logdir = root / label if len(runs) > 1 else root
+        args.run_dir = logdir
         results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
     _print("")
     for line in demo_table([(label, r) for label, _, r in results]):
@@ -244,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
-            parser.print_help()
+            parser.print_help(sys.stderr)
             return EXIT_USAGE
         return int(args.func(args))
     except UsageError as exc:
@@ -260,8 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"gradmon: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print("gradmon: error: out of memory: make the data (data.n_samples) or the model (model.hidden) smaller",
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("gradmon: interrupted; the partial run's report.json and event files were written", file=sys.stderr)
+        run_dir = getattr(args, "run_dir", None)
+        if run_dir is not None and (Path(run_dir) / "report.json").exists():
+            print(f"gradmon: interrupted; the partial run's report.json and event files are in {run_dir}",
+                  file=sys.stderr)
+        else:
+            print("gradmon: interrupted before a report was written", file=sys.stderr)
         return 130
 
 

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 from core.progress import progress_bar
 from core.tune import json_safe
-from gradmon.report.text import cli_value, patch_to_cli
+from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, patch_to_cli
 
 SCHEMA = "gradmon.doctor/1"
 
@@ -348,21 +348,6 @@ def _write_into_report(run_dir: str, result: DoctorResult) -> None:
             pass
 
 
-def _fmt_loss(x: float) -> str:
-    return "diverged" if math.isinf(x) else f"{x:.4g}"
-
-
-def _fmt_delta_loss(t: TrialOutcome, baseline: TrialOutcome) -> str:
-    b = baseline.loss
-    if math.isinf(t.loss) and math.isinf(b):
-        return "±0"
-    if math.isinf(b):
-        return "-∞"
-    if math.isinf(t.loss):
-        return "+∞"
-    return f"{(t.loss - b) / b:+.0%}" if b > 0 else f"{t.loss - b:+.3g}"
-
-
 def render_doctor(result: DoctorResult, source: str | None = None, overrides: Sequence[str] | None = None) -> str:
     """The baseline and the trials, best first, with what was measured and the command of the best fix.
 
@@ -375,7 +360,7 @@ def render_doctor(result: DoctorResult, source: str | None = None, overrides: Se
     lines = [f"doctor: {len(result.trials)} trial(s) of {result.budget_steps} steps each, same seed as the "
              f"baseline", f"loss: {result.loss_measure}"]
     if result.nothing_to_fix:
-        lines += [f"baseline: loss {_fmt_loss(b.loss)}"
+        lines += [f"baseline: loss {format_loss(b.loss)}"
                   + (f", accuracy {b.accuracy:.1%}" if b.accuracy is not None else ""),
                   "nothing to fix: the baseline raised no warning or error."]
         return "\n".join(lines)
@@ -384,17 +369,7 @@ def render_doctor(result: DoctorResult, source: str | None = None, overrides: Se
                  "worse trials rank last")
     lines.append("")
 
-    def acc(t: TrialOutcome) -> str:
-        return f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
-
-    def dacc(t: TrialOutcome) -> str:
-        return f"{t.delta_accuracy * 100:+.1f}" if t.delta_accuracy is not None else "-"
-
-    head = ("rank", "fix", "loss", "Δ loss", "acc", "Δ acc", "verdict", "closed", "still open")
-    rows = [("base", b.label or "baseline (no patch)", _fmt_loss(b.loss), "", acc(b), "", "", "",
-             ", ".join(b.findings) or "-")]
-    rows += [(str(t.rank), t.label or "+".join(t.suggestions), _fmt_loss(t.loss), _fmt_delta_loss(t, b), acc(t),
-              dacc(t), t.verdict, ", ".join(t.closed) or "-", ", ".join(t.findings) or "-") for t in result.trials]
+    head, rows = DOCTOR_COLUMNS, doctor_rows(result.to_dict())
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     right = {2, 3, 4, 5}
     for r in [head, *rows]:

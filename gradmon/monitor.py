@@ -293,6 +293,9 @@ class Monitor(Callback):
         stopped = logs.get("stopped")
         self.ended = "completed" if not stopped else (
             "nonfinite" if "non-finite" in str(stopped) else f"stopped: {stopped}")
+        checkpoint_error = dict(logs.get("history") or {}).get("checkpoint_error")
+        if checkpoint_error:  # the loop has said so on the console; the report keeps it too
+            self.sink_errors.append(f"[gradmon] checkpoint not written: {checkpoint_error}")
         self._judge(final=True)
         self.close()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import gradmon
 from core.spec import load_spec
 from core.tune import expand_grid, parse_grid, sample_grid, search
 from gradmon.doctor import DoctorResult, TrialOutcome, _rank, doctor, health_trial, render_doctor, render_leaderboard
@@ -166,8 +167,20 @@ def test_doctor_cli_json_schema_and_report(tmp_path):
     assert all({"suggestions", "patch", "final_loss", "findings", "closed"} <= set(t) for t in data["trials"])
     report = json.loads((tmp_path / "baseline" / "report.json").read_text())
     assert report["extra"]["doctor"]["trials"][0]["rank"] == 1
-    assert "Fixes tried" in (tmp_path / "baseline" / "report.html").read_text()
     assert (tmp_path / "trial1" / "report.json").exists()  # an explicit --logdir keeps every trial's run
+    # the reports show the same table as the console: the baseline row, then each trial with its verdict
+    html = (tmp_path / "baseline" / "report.html").read_text()
+    doctor = html[html.index('<table id="doctor">'):]
+    doctor = doctor[: doctor.index("</table>")]
+    assert html.index("Fixes tried") < html.index("<h2>Plots</h2>")  # next to the findings, not at the end
+    assert "<td>base</td><td>baseline (no patch)</td>" in doctor
+    assert doctor.count("<tr>") == 2 + len(data["trials"])  # header, baseline, trials
+    for t in data["trials"]:
+        assert f"<td>{t['rank']}</td><td>{t['label']}</td>" in doctor and f"<td>{t['verdict']}</td>" in doctor
+    report_md = (tmp_path / "r.md")
+    gradmon.HealthReport.load(tmp_path / "baseline").save(report_md)
+    assert "| rank | fix | loss | Δ loss |" in report_md.read_text() and "| base | baseline (no patch) |" in \
+        report_md.read_text()
 
 
 def test_doctor_cli_writes_a_report_under_a_default_logdir(tmp_path):

@@ -95,3 +95,14 @@ def test_example_runs(name, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     CHECKS[name](tmp_path, proc.stdout + proc.stderr)
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's first Python block, executed verbatim in a fresh directory: it trains, prints a healthy
+    status and writes the report it says it writes."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.startswith("healthy ")
+    assert (tmp_path / "report.html").exists() and (tmp_path / "runs" / "exp1" / "report.json").exists()

@@ -236,3 +236,48 @@ def test_failures_in_train_begin_and_end_leave_a_report(tmp_path, hook, exc, end
     with pytest.raises(type(exc)):
         trainer.fit(X, y, epochs=1)
     assert json.loads((tmp_path / "report.json").read_text())["ended"] == ended
+
+
+def test_ctrl_c_on_the_real_command_line_leaves_a_readable_partial_run(tmp_path):
+    """SIGINT to a real `gradmon run` mid-training: exit 130, a message saying where the partial run is,
+    report.json recording the interruption, and TensorBoard events readable up to the last step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("tensorboard")
+    from gradmon.scenarios import scenario_path
+    from tests.tbutil import read_scalars
+
+    logdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gradmon", "run", str(scenario_path("healthy")), "--logdir",
+                             str(logdir), "--quiet", "--set", "train.epochs=5000", "--set",
+                             "monitor.curvature_every=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(logdir.glob("events.out.tfevents.*")) or \
+            list(logdir.glob("events.out.tfevents.*"))[0].stat().st_size < 20_000:  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"gradmon: interrupted; the partial run's report.json and event files " \
+                                           f"are in {logdir}"
+    report = gradmon.HealthReport.load(logdir)
+    assert report.ended == "interrupted" and 0 < report.steps < 5000 * 25
+    losses = read_scalars(logdir)["loss/train"]
+    assert losses and losses[-1][0] <= report.steps
+
+
+def test_ctrl_c_before_training_says_no_report_was_written(tmp_path, monkeypatch, capsys):
+    import gradmon.run
+    from gradmon.cli import main
+    from gradmon.scenarios import scenario_path
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradmon.run, "run_spec", interrupted)
+    assert main(["run", str(scenario_path("healthy")), "--logdir", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "gradmon: interrupted before a report was written"

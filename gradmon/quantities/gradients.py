@@ -11,21 +11,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.clipping import sq_norm_unguarded
 from gradmon.layout import Unit
 
 Arrays = Mapping[str, np.ndarray]
 
 
-def sq_norm(a: np.ndarray) -> float:
-    """Squared L2 norm as a Python float (inf/nan propagate).  A fast dot product in the array's dtype; when a
-    float32 sum overflows (finite values above ~1e19), it is recounted in float64.  Call inside
-    ``np.errstate(over="ignore", invalid="ignore")`` when the values may overflow (the monitor does)."""
-    flat = a.reshape(-1)
-    value = float(np.dot(flat, flat))
-    if value == math.inf and flat.dtype != np.float64:
-        flat = flat.astype(np.float64)
-        value = float(np.dot(flat, flat))
-    return value
+#: Squared L2 norm as a Python float (inf/nan propagate): one dot product in the array's dtype, recounted in
+#: float64 when float32 overflows on finite values.  Shared with core; call inside ``np.errstate(over="ignore",
+#: invalid="ignore")`` (the monitor does, once per step).
+sq_norm = sq_norm_unguarded
 
 
 def all_finite(a: np.ndarray) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from gradmon.findings import HealthReport
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import patch_to_cli, where
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where
 
 COLOURS = {"healthy": ("#e6f4ea", "#1e7d32"), "warning": ("#fff4e0", "#a05a00"), "error": ("#fde8e4", "#b3261e")}
 SEVERITY_COLOURS = {"info": "#0072B2", "warning": "#a05a00", "error": "#b3261e"}
@@ -160,18 +160,16 @@ def _curvature_table(curvature: list[dict[str, Any]]) -> str:
 
 
 def _doctor(extra: dict[str, Any]) -> str:
+    """The fixes ``gradmon doctor`` tried, measured against the baseline, best first."""
     doc = extra.get("doctor")
     if not doc:
         return ""
-    rows = "".join(
-        f"<tr><td>{t['rank']}</td><td>{escape('+'.join(t['suggestions']))}</td>"
-        f"<td>{escape(fmt(t.get('val_loss', t['final_loss'])))}</td>"
-        f"<td>{escape(', '.join(t['closed']) or NOT_APPLICABLE)}</td>"
-        f"<td>{escape(', '.join(t['findings']) or NOT_APPLICABLE)}</td>"
-        f"<td><code>{escape(patch_to_cli(t['patch']))}</code></td></tr>"
-        for t in doc.get("trials", []))
-    return ("<h2>Fixes tried (gradmon doctor)</h2><table><tr><th>rank</th><th>fix</th><th>loss</th><th>closed</th>"
-            f"<th>still open</th><th>patch</th></tr>{rows}</table>")
+    patches = [""] + [patch_to_cli(t.get("patch", {})) for t in doc.get("trials", [])]
+    head = "".join(f"<th>{escape(c)}</th>" for c in (*DOCTOR_COLUMNS, "patch"))
+    rows = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row)
+                   + f"<td><code>{escape(patch)}</code></td></tr>" for row, patch in zip(doctor_rows(doc), patches))
+    measure = f"<p>loss: {escape(str(doc.get('loss_measure', '')))}</p>" if doc.get("loss_measure") else ""
+    return f'<h2>Fixes tried (gradmon doctor)</h2>{measure}<table id="doctor"><tr>{head}</tr>{rows}</table>'
 
 
 def render_html(report: HealthReport, history: Any = None) -> str:
@@ -202,6 +200,7 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     findings = report.worst("info")
     if findings:
         parts.append(_summary_table(findings))
+    parts.append(_doctor(report.extra))  # measured fixes: what to do next, right under what is wrong
     figures = plots.all_plots(report, history) if plots.matplotlib_available() else None
     parts.append('<h2>Plots</h2><div class="plots">')
     if figures is None:
@@ -221,7 +220,6 @@ def render_html(report: HealthReport, history: Any = None) -> str:
         parts.append(f"<h2>Layers</h2>{_layers_table(report.layers)}")
     if report.curvature:
         parts.append(f"<h2>Curvature</h2>{_curvature_table(report.curvature)}")
-    parts.append(_doctor(report.extra))
     if report.extra.get("sink_errors"):
         items = "".join(f"<li>{escape(str(e))}</li>" for e in report.extra["sink_errors"])
         parts.append(f"<h2>Sink problems</h2><ul>{items}</ul>")

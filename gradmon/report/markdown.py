@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from gradmon.findings import HealthReport
-from gradmon.report.text import patch_to_cli, where
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
 NOT_APPLICABLE = "–"
@@ -126,13 +126,10 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
                        f"{cell(c.get('trace'))} | {cell(c.get('hvps'))} |")
         out.append("")
     if report.extra.get("doctor"):
-        out += ["## Doctor: fixes tried", "", "| rank | fix | loss | closed | still open |",
-                "| --- | --- | --- | --- | --- |"]
-        for t in report.extra["doctor"].get("trials", []):
-            out.append(f"| {cell(t['rank'])} | {cell('+'.join(t['suggestions']))} | "
-                       f"{cell(t.get('val_loss', t['final_loss']))} | "
-                       f"{cell(', '.join(t['closed']) or NOT_APPLICABLE)} | "
-                       f"{cell(', '.join(t['findings']) or NOT_APPLICABLE)} |")
+        doc = report.extra["doctor"]
+        out += ["## Doctor: fixes tried", "", f"loss: {md_text(doc.get('loss_measure', ''))}", "",
+                "| " + " | ".join(DOCTOR_COLUMNS) + " |", "|" + " --- |" * len(DOCTOR_COLUMNS)]
+        out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in doctor_rows(doc)]
         out.append("")
     spec = json.dumps(report.spec, indent=2, default=str)
     fence = _code_fence(spec)

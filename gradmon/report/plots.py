@@ -330,20 +330,27 @@ def loss_curve(report, history=None) -> bytes | None:
 
 
 # -- curvature ------------------------------------------------------------------------------------------------
-def _train_settings(report) -> tuple[str | None, float]:
-    """The optimizer's name and its momentum β (0 unless the optimizer is ``momentum``)."""
+def _train_settings(report) -> tuple[str | None, float, bool]:
+    """The optimizer's name, its momentum β (0 without momentum) and whether it is Nesterov's, from the
+    run's spec (``sgd`` takes ``train.momentum`` too; ``momentum`` defaults to 0.9)."""
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
     optimizer = train.get("optimizer")
-    momentum = _number(train.get("momentum", 0.0)) if optimizer == "momentum" else 0.0
-    return (str(optimizer) if optimizer is not None else None), (momentum if math.isfinite(momentum) else 0.0)
+    raw = train.get("momentum")
+    momentum = 0.0
+    if optimizer in ("sgd", "momentum"):
+        momentum = _number(raw) if raw is not None else (0.9 if optimizer == "momentum" else 0.0)
+    momentum = momentum if math.isfinite(momentum) else 0.0
+    return (str(optimizer) if optimizer is not None else None), momentum, bool(train.get("nesterov")) and momentum > 0
 
 
 def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, λmax and the stability threshold of each measurement (NaN threshold when not defined):
-    the monitor's ``threshold`` when recorded, else ``2(1+β)/lr`` for gradient descent with momentum β
-    (``2/lr`` without momentum)."""
+    the monitor's ``threshold`` when recorded, else the bound of gradient descent at the spec's lr (see
+    :func:`gradmon.quantities.curvature.stability_threshold`)."""
+    from gradmon.quantities.curvature import stability_threshold
+
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
-    optimizer, momentum = _train_settings(report)
+    optimizer, momentum, nesterov = _train_settings(report)
     lr = _number(train.get("lr"))
     steps, lam, thr = [], [], []
     for c in report.curvature:
@@ -352,16 +359,17 @@ def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if "threshold" in c:
             thr.append(_number(c["threshold"]))
         elif optimizer in ("sgd", "momentum") and math.isfinite(lr) and lr > 0:
-            thr.append(2.0 * (1.0 + momentum) / lr)
+            thr.append(stability_threshold(lr, momentum, nesterov))
         else:
             thr.append(math.nan)
     return np.array(steps), np.array(lam), np.array(thr)
 
 
 def threshold_label(report, thresholds: np.ndarray) -> str:
-    """The legend of the threshold line: its formula (``2/lr``, or ``2(1+β)/lr`` with momentum β) and value."""
-    _, momentum = _train_settings(report)
-    formula = "2(1+β)/lr" if momentum else "2/lr"
+    """The legend of the threshold line: its formula (``2/lr``, ``2(1+β)/lr`` with momentum β, or
+    ``2(1+β)/(lr(1+2β))`` with Nesterov's) and value."""
+    _, momentum, nesterov = _train_settings(report)
+    formula = ("2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr") if momentum else "2/lr"
     finite = thresholds[np.isfinite(thresholds)]
     value = f" = {finite[0]:.3g}" if finite.size and np.allclose(finite, finite[0]) else " (follows the lr)"
     beta = f", β = {momentum:g}" if momentum else ""
@@ -370,7 +378,7 @@ def threshold_label(report, thresholds: np.ndarray) -> str:
 
 def no_threshold_note(report) -> str:
     """Why a run without a stability threshold has no line on the sharpness plot."""
-    optimizer, _ = _train_settings(report)
+    optimizer, _, _ = _train_settings(report)
     name = literal(optimizer) if optimizer else "this optimizer"
     return (f"No stability line: {name} scales each step per\nparameter, so the 2/lr bound of plain "
             f"gradient\ndescent does not apply (λmax for reference).")

@@ -1,8 +1,10 @@
-"""Plain-text and JSON output for ``gradmon check``, exit codes, and spec patches as CLI arguments."""
+"""Plain-text and JSON output for ``gradmon check``, exit codes, spec patches as CLI arguments, and the
+rows of the doctor's table (shared by the console and the reports)."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
 from gradmon.findings import SEVERITIES, Finding, HealthReport
@@ -39,6 +41,58 @@ def where(finding: Finding) -> str:
         weakest = f" (weakest: {min(values, key=values.get)})" if values else ""
         return f"{span}{weakest}"
     return finding.layer or "model"
+
+
+#: columns of the doctor's table, in the console, the HTML and the Markdown report
+DOCTOR_COLUMNS = ("rank", "fix", "loss", "Δ loss", "acc", "Δ acc", "verdict", "closed", "still open")
+
+
+def _number(value: Any) -> float | None:
+    """A number from a doctor document, where non-finite ones are the strings "inf"/"-inf"/"nan"."""
+    if isinstance(value, str):
+        return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(value)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def format_loss(value: Any) -> str:
+    """A doctor loss for people: ``diverged`` for an infinite one, 4 significant digits otherwise."""
+    x = _number(value)
+    return "-" if x is None else ("diverged" if math.isinf(x) else f"{x:.4g}")
+
+
+def _delta_loss(trial: Any, base: Any) -> str:
+    """Relative change of the loss against the baseline (absolute when the baseline is 0)."""
+    t, b = _number(trial), _number(base)
+    if t is None or b is None:
+        return "-"
+    if math.isinf(t) and math.isinf(b):
+        return "±0"
+    if math.isinf(b) or math.isinf(t):
+        return "-∞" if math.isinf(b) else "+∞"
+    return f"{(t - b) / b:+.0%}" if b > 0 else f"{t - b:+.3g}"
+
+
+def doctor_rows(doc: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The rows of the doctor's table (columns :data:`DOCTOR_COLUMNS`) from a ``gradmon.doctor/1``
+    document: the baseline first, then the trials in rank order."""
+    base = doc.get("baseline", {})
+
+    def acc(x: Any) -> str:
+        value = _number(x)
+        return "-" if value is None else f"{value:.1%}"
+
+    def dacc(x: Any) -> str:
+        value = _number(x)
+        return "-" if value is None else f"{value * 100:+.1f}"
+
+    rows = [("base", "baseline (no patch)", format_loss(base.get("final_loss")), "", acc(base.get("accuracy")), "", "",
+             "", ", ".join(base.get("findings", [])) or "-")]
+    for t in doc.get("trials", []):
+        rows.append((str(t.get("rank", "")), str(t.get("label") or "+".join(t.get("suggestions", []))),
+                     format_loss(t.get("final_loss")), _delta_loss(t.get("final_loss"), base.get("final_loss")),
+                     acc(t.get("accuracy")), dacc(t.get("delta_accuracy")), str(t.get("verdict", "")),
+                     ", ".join(t.get("closed", [])) or "-", ", ".join(t.get("findings", [])) or "-"))
+    return rows
 
 
 def _check_fail_on(fail_on: str) -> None:
