@@ -1,4 +1,5 @@
-"""A plain PyTorch loop wrapped in three lines (watch, log_loss, report).
+"""A plain PyTorch loop wrapped in three lines (watch, log_loss, report): a deep sigmoid MLP whose
+gradients vanish towards the input, with curvature measured on the last batch.
 
     python examples/torch_loop.py [--logdir runs/examples] [--quick]      (needs torch: pip install torch==2.13.0)
 """
@@ -8,6 +9,7 @@ import os
 from _common import moons, parse
 
 import torch
+import torch.nn.functional as F
 
 import gradmon.torch
 
@@ -20,15 +22,17 @@ model = torch.nn.Sequential(*[m for _ in range(8) for m in (torch.nn.LazyLinear(
 model(X[:1])  # materialise the lazy layers
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
-watcher = gradmon.torch.watch(model, optimizer=opt, logdir=os.path.join(args.logdir, "torch-loop"),  # 1
-                              probe=(X[:256], y[:256]), loss_fn=torch.nn.functional.cross_entropy)
+watcher = gradmon.torch.watch(model, optimizer=opt, logdir=os.path.join(args.logdir, "torch-loop"),   # 1
+                              loss_fn=F.cross_entropy, curvature_every=25)
 for epoch in range(3 if args.quick else 15):
     for i in range(0, len(X), 32):
-        loss = torch.nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+        xb, yb = X[i:i + 32], y[i:i + 32]
+        loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        watcher.log_loss(loss)                                                                         # 2
-report = watcher.report()                                                                              # 3
+        watcher.log_loss(loss, target=yb)       # 2: the loss series, and the targets for curvature
+report = watcher.report()                       # 3
 watcher.close()
-print(f"torch loop: status {report.status}; findings: {[(f.code, f.layer) for f in report.findings]}")
+found = ", ".join(f"{f.code}({f.layer or '-'})" for f in report.findings) or "none"
+print(f"torch loop: status {report.status}; {len(report.curvature)} curvature measurements; findings: {found}")

@@ -8,6 +8,8 @@
 ``gradmon.torch`` (optional extra ``gradmon[torch]``) watches PyTorch loops.
 """
 
+import sys
+
 from gradmon.findings import FINDING_CODES, SUGGESTION_CODES, Finding, HealthReport, Suggestion
 from gradmon.history import History
 from gradmon.monitor import Monitor
@@ -16,10 +18,15 @@ __all__ = ["FINDING_CODES", "SUGGESTION_CODES", "Finding", "HealthReport", "Hist
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # gradmon.torch is imported lazily: torch is an optional extra
+def __getattr__(name: str) -> object:
+    """``gradmon.torch`` is imported on first use: torch is an optional extra.  Without torch the attribute
+    is missing (``AttributeError``, so ``hasattr``/``getattr(gradmon, "torch", None)`` work) and the error
+    says how to install it; ``import gradmon.torch`` raises the ``ImportError`` itself."""
     if name == "torch":
         import importlib
 
-        return importlib.import_module("gradmon.torch")
+        try:
+            return importlib.import_module("gradmon.torch")
+        except ImportError as exc:
+            raise AttributeError(str(exc), name=name, obj=sys.modules[__name__]) from exc
     raise AttributeError(f"module 'gradmon' has no attribute {name!r}")

@@ -133,3 +133,321 @@ def test_watcher_writes_report_and_curvature(tmp_path):
     report = gradmon.HealthReport.load(tmp_path)
     assert report.steps == 24
     assert len(report.curvature) == 5 and all(c["lambda_max"] > 0 for c in report.curvature)
+
+
+# -- pre-clip gradient norms (the audit's A1) -------------------------------------------------------------------
+def small_relu_net(seed=0, width=16):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(inplace=True), torch.nn.Linear(width, width),
+                               torch.nn.ReLU(inplace=True), torch.nn.Linear(width, 2)).double()
+
+
+def xor_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    return X, (X[:, 0] * X[:, 1] > 0).long()
+
+
+def layer_grad_norms(net):
+    """Per nn.Linear, the L2 norm of its weight and bias gradients together (the oracle)."""
+    return [float(torch.sqrt(m.weight.grad.pow(2).sum() + m.bias.grad.pow(2).sum()))
+            for m in net if isinstance(m, torch.nn.Linear)]
+
+
+def test_norms_are_read_before_clip_grad_norm():
+    X, y = xor_data()
+    net = small_relu_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    totals, per_layer, coefs = [], [], []
+    for i in range(0, 256, 32):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+        loss.backward()
+        per_layer.append(layer_grad_norms(net))
+        total = float(torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=0.05))
+        totals.append(total)
+        coefs.append(min(1.0, 0.05 / (total + 1e-6)))  # what clip_grad_norm_ multiplied by
+        opt.step()
+        watcher.log_loss(loss)
+    watcher.close()
+    h = watcher.monitor.history
+    assert min(totals) > 0.05  # every step was clipped: a post-clip reading would give 0.05
+    np.testing.assert_allclose(h.scalar("grad_norm"), totals, rtol=1e-10)
+    np.testing.assert_allclose(h.layer("grad_norm"), per_layer, rtol=1e-10)
+    np.testing.assert_allclose(h.scalar("clip_coef"), coefs, rtol=1e-6)
+
+
+def test_gradient_accumulation_gives_the_norm_of_the_accumulated_gradient():
+    X, y = xor_data()
+    net = small_relu_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    totals, per_layer, first_micro = [], [], []
+    for i in range(0, 256, 64):
+        opt.zero_grad()
+        for j in range(i, i + 64, 16):  # four micro-batches, one step
+            loss = torch.nn.functional.cross_entropy(net(X[j:j + 16]), y[j:j + 16]) / 4
+            loss.backward()
+            if j == i:
+                first_micro.append(layer_grad_norms(net))
+        per_layer.append(layer_grad_norms(net))
+        totals.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=1e-3)))
+        opt.step()
+        watcher.log_loss(loss)
+    watcher.close()
+    h = watcher.monitor.history
+    assert not np.allclose(per_layer, first_micro, rtol=1e-3)  # the accumulated gradient is another one
+    np.testing.assert_allclose(h.scalar("grad_norm"), totals, rtol=1e-10)
+    np.testing.assert_allclose(h.layer("grad_norm"), per_layer, rtol=1e-10)
+
+
+# -- shared activation modules (A2) -----------------------------------------------------------------------------
+class SharedReLUNet(torch.nn.Module):
+    """One ReLU module, registered after the Linears, called after each hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(4, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+        self.out = torch.nn.Linear(32, 2)
+        self.act = torch.nn.ReLU()
+        with torch.no_grad():
+            self.fc1.bias.fill_(-3.0)       # most of fc1's units are off for every input
+            self.fc3.bias.fill_(-0.5)
+
+    def forward(self, x):
+        return self.out(self.act(self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))))
+
+
+def test_a_shared_activation_module_is_attributed_by_call_order():
+    torch.manual_seed(0)
+    X = torch.randn(512, 4)
+    y = (X[:, 0] * X[:, 1] > 0).long()
+    net = SharedReLUNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    expected = []  # oracle: per step, the fraction of each layer's ReLU units that are zero for the whole batch
+    for i in list(range(0, 512, 64)) * 4:
+        xb = X[i:i + 64]
+        with torch.no_grad():
+            h1 = torch.relu(net.fc1(xb))
+            h2 = torch.relu(net.fc2(h1))
+            h3 = torch.relu(net.fc3(h2))
+        expected.append([float((h.amax(0) <= 0).float().mean()) for h in (h1, h2, h3)])
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(xb), y[i:i + 64])
+        loss.backward()
+        opt.step()
+        watcher.log_loss(loss)
+    report = watcher.report()
+    watcher.close()
+    units = watcher.monitor.units
+    assert [(u.name, u.activation_layer) for u in units] == \
+        [("fc1", "act"), ("fc2", "act#2"), ("fc3", "act#3"), ("out", None)]
+    dead = watcher.monitor.history.layer("dead_fraction")
+    np.testing.assert_allclose(dead[:, :3], expected, atol=1e-12)
+    assert np.isnan(dead[:, 3]).all()
+    assert max(e[0] for e in expected) > 0.5
+    assert any(f.code == "dead_units" and f.layer == "fc1" for f in report.findings)
+
+
+def test_evaluation_passes_are_not_captured():
+    X, y = xor_data()
+    net = small_relu_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    with torch.no_grad():  # a validation pass on inputs that switch every unit off must not count
+        net(-1e3 * torch.ones(8, 4, dtype=torch.float64))
+    with torch.no_grad():
+        expected = float((net[0](X[:64]).amax(0) <= 0).double().mean())  # dead fraction of the training batch
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(net(X[:64]), y[:64])
+    loss.backward()
+    with torch.no_grad():
+        net(-1e3 * torch.ones(8, 4, dtype=torch.float64))
+    opt.step()
+    watcher.log_loss(loss)
+    watcher.close()
+    dead = watcher.monitor.history.layer("dead_fraction")[0]
+    assert expected < 0.5
+    assert dead[0] == pytest.approx(expected)  # with the validation activations it would be 1.0
+    assert watcher.monitor.history.steps.tolist() == [0]
+
+
+# -- loops without an optimizer (A3) ----------------------------------------------------------------------------
+def test_without_optimizer_updates_are_measured_between_step_calls():
+    X, y = xor_data(512)
+    net = small_relu_net()
+    lr = 0.1
+    watcher = gradmon.torch.watch(net, console=False, curvature_every=0, tensorboard=False, weight_every=1)
+    expected = []  # oracle: |lr * dW| / |W| per Linear, W before the update
+    for epoch in range(3):
+        for i in range(0, 512, 32):
+            net.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+            loss.backward()
+            watcher.step(lr=lr)
+            expected.append([float((lr * m.weight.grad).norm() / m.weight.detach().norm())
+                             for m in net if isinstance(m, torch.nn.Linear)])
+            with torch.no_grad():
+                for p in net.parameters():
+                    p -= lr * p.grad
+            watcher.log_loss(loss)
+    report = watcher.report()
+    watcher.close()
+    h = watcher.monitor.history
+    ratios = h.layer("update_ratio")
+    np.testing.assert_allclose(ratios[:-1], expected[:-1], rtol=1e-9)
+    assert np.isnan(ratios[-1]).all()  # the last step's update is unknown: NaN, not 0
+    np.testing.assert_allclose(h.scalar("lr"), lr)
+    assert not [f for f in report.findings if f.code == "update_ratio"]
+    with pytest.raises(RuntimeError, match="optimizer"):
+        gradmon.torch.watch(net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), console=False).step()
+
+
+# -- learning-rate schedules and curvature on the last batch (A5, A11) -----------------------------------------
+def flat_hessian_top_eigenvalue(net, x, y, loss_fn):
+    params = [p.detach().clone() for p in net.parameters()]
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in params]
+    flat0 = torch.cat([p.reshape(-1) for p in params])
+
+    def f(flat):
+        parts, k = {}, 0
+        for n, s in zip(names, shapes):
+            size = int(np.prod(s))
+            parts[n] = flat[k:k + size].reshape(s)
+            k += size
+        return loss_fn(torch.func.functional_call(net, parts, (x,)), y)
+    H = torch.autograd.functional.hessian(f, flat0)
+    return float(np.linalg.eigvalsh(H.numpy()).max())
+
+
+def test_lr_follows_the_scheduler_and_curvature_uses_the_last_batch():
+    torch.manual_seed(0)
+    X = torch.randn(128, 3, dtype=torch.float64)
+    Y = torch.tanh(X @ torch.randn(3, 1, dtype=torch.float64))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 6 else 0.1)
+    loss_fn = torch.nn.functional.mse_loss
+    watcher = gradmon.torch.watch(net, optimizer=opt, loss_fn=loss_fn, console=False, curvature_every=5,
+                                  tensorboard=False)
+    lrs, oracle = [], {}
+    batches = [(X[i:i + 32], Y[i:i + 32]) for i in range(0, 128, 32)]
+    for step in range(12):
+        xb, yb = batches[step % 4]
+        lrs.append(opt.param_groups[0]["lr"])
+        if step % 5 == 0 and step > 0:  # curvature of this step: the previous batch (its targets came last)
+            px, py = batches[(step - 1) % 4]
+            oracle[step] = flat_hessian_top_eigenvalue(net, px, py, loss_fn)
+        loss = loss_fn(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        watcher.log_loss(loss, target=yb)
+    watcher.close()
+    h = watcher.monitor.history
+    np.testing.assert_allclose(h.scalar("lr"), lrs)
+    curv = {c["step"]: c for c in watcher.monitor.curvature}
+    assert sorted(curv) == [5, 10]  # step 0 had no targets yet
+    for step, lam in oracle.items():
+        assert curv[step]["lambda_max"] == pytest.approx(lam, rel=1e-3)
+        assert curv[step]["lr"] == lrs[step]
+
+
+def test_without_loss_fn_the_report_says_curvature_is_off(capsys):
+    X, y = xor_data()
+    net = small_relu_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    watcher = gradmon.torch.watch(net, optimizer=opt, curvature_every=2, tensorboard=False)
+    for i in range(0, 128, 32):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+        loss.backward()
+        opt.step()
+        watcher.log_loss(loss)
+    report = watcher.report()
+    watcher.close()
+    assert report.curvature == []
+    notes = report.to_dict()["extra"]["notes"]
+    assert any("curvature is off" in n and "loss_fn" in n for n in notes)
+    assert "curvature is off" in capsys.readouterr().err
+
+
+def test_watching_never_changes_training():
+    def train(watched):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                  torch.nn.Dropout(0.2), torch.nn.Linear(16, 2)).double()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        X, y = xor_data()
+        watcher = gradmon.torch.watch(net, optimizer=opt, loss_fn=torch.nn.functional.cross_entropy,
+                                      console=False, curvature_every=3, tensorboard=False) if watched else None
+        for i in range(0, 256, 32):
+            loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            opt.step()
+            if watcher is not None:
+                watcher.log_loss(loss, target=y[i:i + 32])
+        if watcher is not None:
+            watcher.close()
+            assert len(watcher.monitor.curvature) >= 2
+        return {**dict(net.named_parameters()), **dict(net.named_buffers())}
+
+    torch.manual_seed(1)
+    plain = train(False)
+    torch.manual_seed(1)
+    watched = train(True)
+    for k in plain:
+        assert torch.equal(plain[k], watched[k]), k
+
+
+# -- names (C4) and the optional import (C8) ------------------------------------------------------------------
+def test_units_have_readable_names_and_torch_parameter_keys():
+    net = small_relu_net()
+    watcher = gradmon.torch.watch(net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), console=False,
+                                  curvature_every=0, tensorboard=False)
+    X, y = xor_data(64)
+    torch.nn.functional.cross_entropy(net(X), y).backward()
+    watcher.optimizer.step()
+    watcher.close()
+    units = watcher.monitor.units
+    assert [u.name for u in units] == ["linear0", "linear2", "linear4"]
+    assert [u.weight for u in units] == ["0.weight", "2.weight", "4.weight"]
+    assert [u.activation_layer for u in units] == ["relu1", "relu3", None]
+    nested = torch.nn.Module()
+    nested.net = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    assert gradmon.torch.layer_infos(nested)[0].name == "net.linear0"
+
+
+def test_gradmon_torch_attribute_without_torch(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None          # as if torch were not installed
+        import gradmon
+        assert getattr(gradmon, "torch", None) is None
+        assert not hasattr(gradmon, "torch")
+        try:
+            gradmon.torch
+        except AttributeError as exc:
+            print("MESSAGE:", exc)
+        try:
+            import gradmon.torch
+        except ImportError as exc:
+            print("IMPORT:", exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "MESSAGE: gradmon.torch needs PyTorch" in proc.stdout and "pip install torch==2.13.0" in proc.stdout
+    assert "IMPORT: gradmon.torch needs PyTorch" in proc.stdout

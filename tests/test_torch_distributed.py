@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,7 +17,7 @@ import torch.multiprocessing as mp  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _worker(rank: int, world: int, store: str, logdir: str) -> None:
+def _worker(rank: int, world: int, store: str, logdir: str, oracle: str) -> None:
     sys.path.insert(0, str(ROOT))
     import gradmon.torch
 
@@ -35,37 +36,76 @@ def _worker(rank: int, world: int, store: str, logdir: str) -> None:
     X = torch.rand(640, 2, generator=g) + 0.1
     X = X if rank == 0 else -X
     y = (X[:, 0] > X[:, 1]).long()
-    watcher = gradmon.torch.watch(net, optimizer=opt, logdir=logdir, curvature_every=0, console=False)
+    watcher = gradmon.torch.watch(net, optimizer=opt, logdir=logdir, curvature_every=0, console=False,
+                                  tensorboard_every=3)
+    losses, preclip = [], []
     for epoch in range(2):
         for i in range(0, len(X), 32):
             loss = torch.nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
             opt.zero_grad()
             loss.backward()
+            preclip.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3)))
             opt.step()
             watcher.log_loss(loss)
+            losses.append(float(loss.detach()))
     grads = [p.grad.clone() for p in net.parameters()]
     watcher.close()
     # DDP averaged the gradients: both ranks hold the same ones
     gathered = [None, None]
-    dist.all_gather_object(gathered, [g.numpy() for g in grads])
+    dist.all_gather_object(gathered, {"grads": [g.numpy() for g in grads], "losses": losses,
+                                      "preclip": preclip, "recorded": watcher.monitor.history.scalar("grad_norm")})
     if rank == 0:
-        import numpy as np
-
-        for a, b in zip(*gathered):
+        for a, b in zip(gathered[0]["grads"], gathered[1]["grads"]):
             np.testing.assert_allclose(a, b, rtol=1e-6)
+        Path(oracle).write_text(json.dumps({
+            "mean_loss": np.mean([gathered[0]["losses"], gathered[1]["losses"]], axis=0).tolist(),
+            "preclip": gathered[0]["preclip"], "preclip_rank1": gathered[1]["preclip"],
+            "recorded_rank1": np.asarray(gathered[1]["recorded"]).tolist()}))
     dist.barrier()  # nobody leaves while another rank still talks
     dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_rank0_aggregates_and_names_the_rank(tmp_path):
+    from gradmon.history import History
+    from tests.tbutil import read_scalars, read_texts
+
     logdir = tmp_path / "run"
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(logdir)), nprocs=2, join=True)
+    oracle_file = tmp_path / "oracle.json"
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(logdir), str(oracle_file)), nprocs=2, join=True)
+    oracle = json.loads(oracle_file.read_text())
     events = list(logdir.glob("events.out.tfevents*"))
     assert len(events) == 1  # rank 0 alone writes
     report = json.loads((logdir / "report.json").read_text())
     assert report["extra"]["world_size"] == 2
     dead = [f for f in report["findings"] if f["code"] == "dead_units"]
     assert dead and dead[0]["evidence"]["ranks"] == [1] and "on rank 1 of 2" in dead[0]["message"]
+    assert dead[0]["layer"] == "linear0"
     first = report["layers"][0]
     # averaged over ranks: rank 0 has no dead units, rank 1 has all of them dead
     assert first["dead_fraction"]["median"] == pytest.approx(0.5, abs=0.05)
+
+    # the history behind the report's plots is the rank average too, step by step
+    history = History.load(logdir / "history.npz")
+    assert len(history) == 40
+    dead_series = history.layer("dead_fraction")[:, 0]
+    measured = dead_series[np.isfinite(dead_series)]  # (the first batch of 32 is pooled with the next)
+    assert len(measured) >= 39
+    np.testing.assert_allclose(measured, 0.5)
+    np.testing.assert_allclose(history.scalar("loss"), oracle["mean_loss"], rtol=1e-6)
+    assert [entry["train"] for entry in report["loss"]] == pytest.approx(oracle["mean_loss"], rel=1e-6)
+    # gradient norms are read after DDP averaged them and before clipping: the same on both ranks
+    np.testing.assert_allclose(history.scalar("grad_norm"), oracle["preclip"], rtol=1e-5)
+    np.testing.assert_allclose(oracle["recorded_rank1"], oracle["preclip_rank1"], rtol=1e-5)
+
+    # TensorBoard agrees: the rank-dependent scalars are the rank average, written once per step
+    scalars = read_scalars(logdir)
+    dead_tb = scalars["dead_fraction/linear0"]
+    steps = [s for s, _ in dead_tb]
+    assert steps == sorted(set(steps)) and len(steps) >= 13  # every third record (tensorboard_every=3) or more
+    assert all(v == pytest.approx(0.5) for _, v in dead_tb)
+    loss_tb = dict(scalars["loss/train"])
+    assert set(steps) <= set(loss_tb) and len(loss_tb) == len(scalars["loss/train"])
+    for step, value in loss_tb.items():
+        assert value == pytest.approx(oracle["mean_loss"][step], rel=1e-5)
+    alerts = " ".join(text for _, text in read_texts(logdir).get("alerts/text_summary", []))
+    assert "dead_units" in alerts and "on rank 1 of 2" in alerts

@@ -1,10 +1,17 @@
 """Data-parallel runs (``torch.distributed``): every rank measures locally, rank 0 aggregates.
 
-Under DDP the gradients are already averaged over ranks, so gradient statistics agree everywhere.
-Activations differ (each rank sees its own shard), so each rank judges its own activation health.  At the
-end, :func:`gather_reports` collects every rank's report on rank 0 and :func:`merge_reports` combines
-them: activation statistics of each layer are averaged over ranks, and a finding that only some ranks
-raised names those ranks (``evidence["ranks"]`` and the message).
+Under DDP the gradients are already averaged over ranks, so gradient statistics (and weights, update
+ratios, the learning rate, curvature) agree everywhere.  The loss and the activation statistics differ:
+each rank sees its own shard, and each rank judges its own activation health.  At ``close()``
+:func:`merge_ranks` (a collective: every rank calls it) gathers every rank's report and history on rank 0:
+
+- the history keeps rank 0's rows, with the rank-dependent series (:data:`RANK_SCALARS`,
+  :data:`RANK_LAYER_QUANTITIES`) replaced by their mean over ranks, step by step.  ``history.npz``, the
+  report's plots and its layer table are drawn from it, so they show the rank average;
+- a finding that only some ranks raised names those ranks (``evidence["ranks"]`` and the message);
+- TensorBoard (rank 0 only): :class:`RankAverageTensorBoard` holds the rank-dependent scalars back during
+  training and writes their rank average at the same steps at the end, so no chart shows one rank's shard
+  as if it were the run.  Alerts raised live by rank 0 say so; findings from other ranks are added at the end.
 """
 
 from __future__ import annotations
@@ -13,16 +20,88 @@ import copy
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from gradmon.history import LAYER_QUANTITIES, SCALARS, History
+
+#: per-layer summaries of the report that differ between ranks
 ACTIVATION_STATS = ("saturation", "dead_fraction")
+#: history series that differ between ranks (everything else is computed from DDP-averaged gradients)
+RANK_SCALARS = ("loss",)
+RANK_LAYER_QUANTITIES = ("saturation", "dead_fraction", "act_mean", "act_std")
+#: TensorBoard tag prefixes of the rank-dependent scalars
+RANK_TAG_PREFIXES = ("loss/", "saturation/", "dead_fraction/")
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (picklable) on rank 0, index = rank; None on the other ranks.  Collective."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered if dist.get_rank() == 0 else None
 
 
 def gather_reports(report: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """All ranks' report dicts on rank 0 (None elsewhere).  Collective: every rank must call it."""
-    import torch.distributed as dist
+    return gather_objects(dict(report))
 
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, dict(report))
-    return gathered if dist.get_rank() == 0 else None
+
+def history_arrays(history: History) -> dict[str, np.ndarray]:
+    """The rank-dependent series of a history as plain arrays: ``steps`` ``(n,)``, ``scalar/<name>``
+    ``(n,)`` and ``layer/<name>`` ``(n, n_layers)`` (small: a few kB per rank)."""
+    out = {"steps": np.array(history.steps, dtype=np.int64)}
+    for name in RANK_SCALARS:
+        out[f"scalar/{name}"] = np.array(history.scalar(name), dtype=np.float64)
+    for name in RANK_LAYER_QUANTITIES:
+        out[f"layer/{name}"] = np.array(history.layer(name), dtype=np.float64)
+    return out
+
+
+def _rank_mean(stack: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the finite values (NaN where no rank has one)."""
+    finite = np.isfinite(stack)
+    count = finite.sum(axis=0)
+    total = np.where(finite, stack, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def merge_histories(per_rank: Sequence[Mapping[str, np.ndarray]], base: History) -> History:
+    """Rank 0's ``base`` history with the rank-dependent series averaged over ranks.
+
+    ``per_rank[r]`` is :func:`history_arrays` of rank ``r``.  Rows are matched by step (ranks step in
+    lockstep under DDP; a step some rank did not record is averaged over the ranks that did).
+    """
+    steps = np.array(base.steps, dtype=np.int64)
+    aligned: list[np.ndarray] = []  # per rank: the row of each base step, or -1
+    for arrays in per_rank:
+        theirs = np.asarray(arrays["steps"], dtype=np.int64)
+        order = np.argsort(theirs, kind="stable")
+        pos = np.searchsorted(theirs[order], steps)
+        pos = np.minimum(pos, max(len(theirs) - 1, 0))
+        rows = order[pos] if len(theirs) else np.zeros(len(steps), dtype=np.int64)
+        ok = (theirs[rows] == steps) if len(theirs) else np.zeros(len(steps), dtype=bool)
+        aligned.append(np.where(ok, rows, -1))
+
+    def mean_of(key: str, own: np.ndarray) -> np.ndarray:
+        stack = np.full((len(per_rank),) + own.shape, np.nan)
+        for r, (arrays, rows) in enumerate(zip(per_rank, aligned)):
+            found = rows >= 0
+            stack[r][found] = np.asarray(arrays[key])[rows[found]]
+        return _rank_mean(stack)
+
+    scalars = {name: np.array(base.scalar(name), dtype=np.float64) for name in SCALARS}
+    layers = {name: np.array(base.layer(name), dtype=np.float64) for name in LAYER_QUANTITIES}
+    for name in RANK_SCALARS:
+        scalars[name] = mean_of(f"scalar/{name}", scalars[name])
+    for name in RANK_LAYER_QUANTITIES:
+        layers[name] = mean_of(f"layer/{name}", layers[name])
+    merged = History(base.layer_names, capacity=base.capacity)
+    for i, step in enumerate(steps):
+        merged.append(int(step), {k: float(v[i]) for k, v in scalars.items()}, {k: v[i] for k, v in layers.items()})
+    merged.stride = base.stride
+    return merged
 
 
 def _mean(values: Sequence[Any]) -> float:
@@ -30,15 +109,27 @@ def _mean(values: Sequence[Any]) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
-def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One report dict from every rank's (index = rank); the first is the base."""
+def merge_reports(reports: Sequence[Mapping[str, Any]], history: History | None = None) -> dict[str, Any]:
+    """One report dict from every rank's (index = rank); the first is the base.
+
+    With ``history`` (from :func:`merge_histories`), the layers' activation summaries and the loss series
+    are read from it, so the report's table agrees with its plots; without it, the per-rank summaries
+    (first/last/median) are averaged.
+    """
     merged = copy.deepcopy(dict(reports[0]))
     world = len(reports)
+    summaries = {q: history.summary(q) for q in ACTIVATION_STATS} if history is not None else None
+    columns = {name: j for j, name in enumerate(history.layer_names)} if history is not None else {}
     for i, layer in enumerate(merged.get("layers", [])):
         for q in ACTIVATION_STATS:
-            per_rank = [r["layers"][i].get(q, {}) for r in reports if i < len(r.get("layers", []))]
-            if per_rank and q in layer:
+            if summaries is not None and layer.get("name") in columns:
+                layer[q] = summaries[q][columns[layer["name"]]]
+                continue
+            per_rank = [r["layers"][i].get(q) or {} for r in reports if i < len(r.get("layers", []))]
+            if per_rank and isinstance(layer.get(q), dict):
                 layer[q] = {k: _mean([p.get(k) for p in per_rank]) for k in layer[q]}
+    if history is not None:
+        merged["loss"] = [{"step": int(s), "train": float(v)} for s, v in zip(history.steps, history.scalar("loss"))]
     by_key: dict[tuple[str, Any], dict[str, Any]] = {}
     ranks: dict[tuple[str, Any], list[int]] = {}
     for rank, report in enumerate(reports):
@@ -58,3 +149,69 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     merged["findings"] = sorted(findings, key=lambda f: (f["first_step"], f["code"]))
     merged.setdefault("extra", {})["world_size"] = world
     return merged
+
+
+class RankAverageTensorBoard:
+    """Rank 0's TensorBoard sink under ``torch.distributed``: the rank-dependent scalars (tags starting
+    with :data:`RANK_TAG_PREFIXES`) are held back while training and written by :meth:`write_rank_average`
+    at the end, as the mean over ranks, at the steps they would have had.  Live alerts (rank 0's own
+    judgment) carry ``[seen by rank 0 of N]``.  Everything else goes straight to the wrapped sink."""
+
+    def __init__(self, sink: Any, world: int) -> None:
+        self.sink = sink
+        self.world = int(world)
+        self.held_steps: list[int] = []   # steps whose rank-dependent scalars were held back
+        self.alerted: set[tuple[str, Any]] = set()
+
+    def __getattr__(self, name: str) -> Any:  # begin, histogram, text, hparams, flush, close, failed...
+        return getattr(self.sink, name)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        kept = {k: v for k, v in values.items() if not k.startswith(RANK_TAG_PREFIXES)}
+        if len(kept) < len(values):
+            self.held_steps.append(int(step))
+        if kept:
+            self.sink.scalars(step, kept)
+
+    def alert(self, step: int, code: str, severity: str, layer: str | None, message: str) -> None:
+        self.alerted.add((code, layer))
+        self.sink.alert(step, code, severity, layer, f"{message} [seen by rank 0 of {self.world}]")
+
+    def write_rank_average(self, history: History, findings: Sequence[Mapping[str, Any]]) -> None:
+        """The held-back scalars from the merged ``history``, and alerts for the merged findings that rank 0
+        did not raise itself."""
+        rows = {int(s): i for i, s in enumerate(history.steps)}
+        loss = history.scalar("loss")
+        per_layer = {q: history.layer(q) for q in ("saturation", "dead_fraction")}
+        for step in sorted(set(self.held_steps)):
+            i = rows.get(step)
+            if i is None:  # thinned out of a long history
+                continue
+            values = {"loss/train": float(loss[i])}
+            for q, arr in per_layer.items():
+                for j, name in enumerate(history.layer_names):
+                    v = float(arr[i, j])
+                    if math.isfinite(v):
+                        values[f"{q}/{name}"] = v
+            self.sink.scalars(step, values)
+        for f in findings:
+            if (f["code"], f.get("layer")) not in self.alerted:
+                self.sink.alert(int(f["first_step"]), f["code"], f["severity"], f.get("layer"), f["message"])
+
+
+def merge_ranks(monitor: Any) -> None:
+    """At the end of a data-parallel run (collective: every rank calls it, after judging): rank 0 gathers
+    every rank's report and history, replaces its history with the rank-averaged one, sets
+    ``monitor.merged`` (the report it will write) and completes its TensorBoard events."""
+    report = monitor.report().to_dict()
+    arrays = history_arrays(monitor.history) if monitor.history is not None else None
+    gathered = gather_objects({"report": report, "history": arrays})
+    if gathered is None:  # not rank 0
+        return
+    history = monitor.history
+    if history is not None and all(g["history"] is not None for g in gathered):
+        history = merge_histories([g["history"] for g in gathered], history)
+        monitor.history = history
+    monitor.merged = merge_reports([g["report"] for g in gathered], history)
+    if isinstance(monitor.tb, RankAverageTensorBoard) and history is not None:
+        monitor.tb.write_rank_average(history, monitor.merged["findings"])

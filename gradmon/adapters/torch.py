@@ -1,36 +1,76 @@
 """PyTorch adapter: watch any ``nn.Module`` training loop with the same monitor, findings and reports.
 
->>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1")   # doctest: +SKIP
->>> for x, y in loader:                                                        # doctest: +SKIP
+>>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1",         # doctest: +SKIP
+...                               loss_fn=F.cross_entropy)    # optional: curvature on the last batch
+>>> for x, y in loader:                                                              # doctest: +SKIP
 ...     loss = F.cross_entropy(model(x), y)
 ...     opt.zero_grad(); loss.backward(); opt.step()   # gradients are read before each step
-...     watcher.log_loss(loss)
->>> report = watcher.report(); watcher.close()                                 # doctest: +SKIP
+...     watcher.log_loss(loss, target=y)               # the loss series (and the targets, for curvature)
+>>> report = watcher.report(); watcher.close()                                       # doctest: +SKIP
 
 How it reads the loop:
-- Gradients are read in an optimizer step *pre*-hook, i.e. after ``backward`` and before the update (never
-  after ``zero_grad``), as zero-copy numpy views of ``p.grad``; the update is ``θ_after - θ_before`` in a
-  post-hook.  Without an optimizer, call :meth:`Watcher.step` after ``backward`` yourself.
-- Activations come from forward hooks on activation modules (``nn.ReLU(inplace=True)`` included: the hook
-  sees the module's output).  Functional activations (``F.relu``) are not visible; gradient quantities still
-  work.
-- Curvature uses exact Hessian-vector products by double backward on a probe batch (``probe=(x, y)`` and
-  ``loss_fn``), with hooks off, dropout off and BatchNorm buffers copied so running statistics don't move.
-- Under ``torch.distributed`` each rank measures and judges locally (gradients are already averaged by
-  DDP); at ``close()`` rank 0 gathers every rank's report, averages activation statistics over ranks, names
-  the ranks of findings they disagree on, and alone writes TensorBoard events and reports
-  (see :mod:`gradmon.adapters.distributed`).
+
+- **Gradients, before any clipping.**  A post-accumulate-grad hook on every parameter notes that a
+  ``backward()`` is running; at its end (after DDP has averaged the gradients) the watcher reads the squared
+  norm of every ``p.grad`` through zero-copy numpy views.  These are the norms the monitor records (per
+  layer and global), so ``clip_grad_norm_``/``clip_grad_value_`` between ``backward()`` and ``step()`` do not
+  hide exploding gradients.  With gradient accumulation (several ``backward()`` calls, one ``step()``) each
+  ``backward()`` re-reads ``p.grad``, which already holds the sum so far: the recorded norm is the norm of
+  the accumulated gradient.  ``state.clip_coef`` is ``‖g at step‖ / ‖g after backward‖`` (1.0 when nothing
+  changed the gradients in between, which a tensor's version counter tells for free).  ``state.grads`` are
+  the gradients the optimizer applies (after clipping).
+- **Steps.**  With an optimizer, its step pre-hook measures the step and its post-hook reads the update
+  ``θ_after - θ_before`` (weights are copied only on the steps whose record holds update ratios).  Without
+  one, call :meth:`Watcher.step` once per step after ``backward()``; the update of a step is then the change
+  of the weights until the next ``step()`` call (the last step's update is unknown: NaN, never 0).  The
+  learning rate is read from ``optimizer.param_groups[0]["lr"]`` at every step, so schedulers are followed
+  (``step(lr=...)`` gives it without an optimizer).
+- **Activations** come from forward hooks on activation *modules* (``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
+  ``nn.LeakyReLU``, ``nn.ELU``; in-place ones included).  They are attributed by the *call order* of the
+  forward pass, traced on the first forward after ``watch()``: an activation belongs to the ``nn.Linear``
+  called before it.  A module called several times (``self.act = nn.ReLU()`` used after three layers) gives
+  one capture per call; its k-th call (k >= 2) is named ``<name>#k``.  Functional activations
+  (``F.relu``, ``torch.tanh``) are invisible to hooks: their layers get no saturation or dead-unit
+  statistics (gradient quantities still work).  A step's activations are those of the first forward pass
+  with gradients enabled after the previous step (not ``torch.no_grad()`` evaluation; with gradient
+  accumulation, the first micro-batch).
+- **Names.**  Units are named after the qualified module name, with a bare index replaced by the class
+  name and index (``Sequential`` index ``0`` -> ``linear0``, ``net.2`` -> ``net.linear2``); parameter keys
+  stay torch's (``0.weight``).
+- **Curvature** (top Hessian eigenvalue, trace) uses exact Hessian-vector products by double backward,
+  with hooks off, dropout off and BatchNorm buffers copied so running statistics don't move, on either
+
+  - a fixed probe batch: ``watch(..., probe=(x, y), loss_fn=F.cross_entropy)``, or
+  - the last batch: ``watch(..., loss_fn=F.cross_entropy)`` and ``log_loss(loss, target=y)``; the
+    model's inputs are kept (by reference) from a forward pre-hook and paired with the targets of the
+    ``log_loss`` call that follows that forward pass.
+
+  Without ``loss_fn`` curvature is off; the watcher says so on the console and in the report
+  (``report.extra["notes"]``).
+- **Data-parallel** (``torch.distributed``): each rank measures and judges locally (DDP already averaged the
+  gradients).  At ``close()`` rank 0 gathers every rank's report and history, averages the rank-dependent
+  series (loss, saturation, dead fraction, activation moments) so that ``history.npz``, the report's plots
+  and TensorBoard show the rank average, names the ranks of findings they disagree on, and alone writes
+  TensorBoard events and reports (see :mod:`gradmon.adapters.distributed`).
+
+Cost: the per-step path is a handful of dictionary lookups plus numpy dot products on views of the
+gradients; ``watcher.hook_seconds`` is the wall time spent inside the watcher (``benchmarks/torch_overhead.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import os
-from typing import Any, Callable, Mapping
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from core.callbacks import LayerInfo, RunInfo, StepState, readonly
-from gradmon.monitor import Monitor
+from core.callbacks import LayerInfo, RunInfo, StepState
+from gradmon.monitor import Monitor, spec_from_run
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -46,71 +86,170 @@ ACTIVATION_MODULES: dict[type, str] = {
 OPTIMIZER_NAMES: dict[str, str] = {"SGD": "sgd", "Adam": "adam", "AdamW": "adam", "RMSprop": "rmsprop",
                                    "Adagrad": "adagrad"}
 
+#: loss names (as core spells them) of common torch losses, for the run description
+LOSS_NAMES: dict[Any, str] = {
+    torch.nn.functional.cross_entropy: "cross_entropy", nn.CrossEntropyLoss: "cross_entropy",
+    torch.nn.functional.mse_loss: "mse", nn.MSELoss: "mse",
+    torch.nn.functional.binary_cross_entropy: "binary_cross_entropy", nn.BCELoss: "binary_cross_entropy",
+    torch.nn.functional.binary_cross_entropy_with_logits: "binary_cross_entropy",
+    nn.BCEWithLogitsLoss: "binary_cross_entropy",
+}
 
-def layer_infos(model: nn.Module) -> tuple[list[LayerInfo], dict[str, nn.Module]]:
-    """Leaf modules in registration order as core-style LayerInfos, and the activation modules by name.
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
-    Names are the modules' qualified names (``"net.0"``); parameters keep torch's keys (``"net.0.weight"``).
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A read-only numpy array of ``t``'s values: a zero-copy view for CPU float tensors (it follows
+    in-place changes of ``t``), a float32/float64 CPU copy otherwise."""
+    if t.is_cpu and t.dtype in _NUMPY_DTYPES:
+        a = (t.detach() if t.requires_grad else t).numpy()  # a fresh ndarray object on t's memory
+    else:
+        a = t.detach().to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32).numpy()
+    a.flags.writeable = False
+    return a
+
+
+def _sq_norm(a: np.ndarray) -> float:
+    """Squared L2 norm as a float (inf/nan propagate; call inside ``np.errstate``)."""
+    flat = a.reshape(-1)
+    if flat.dtype == np.float16:
+        flat = flat.astype(np.float32)
+    return float(np.dot(flat, flat))
+
+
+# -- layout ------------------------------------------------------------------------------------------------
+def display_names(model: nn.Module) -> dict[str, str]:
+    """Readable unit names of the leaf modules, keyed by qualified name.
+
+    A bare index (what ``nn.Sequential`` and ``nn.ModuleList`` use) becomes the lower-case class name plus
+    the index: ``"0"`` -> ``"linear0"``, ``"net.2"`` -> ``"net.relu2"``; other names stay as they are
+    (``"fc1"``), and a model that is itself a leaf is named after its class.  When a readable name would
+    collide with another module's, the qualified name is kept.
     """
-    infos: list[LayerInfo] = []
-    acts: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
+    out: dict[str, str] = {}
+    for qual, module in model.named_modules():
         if list(module.children()):
             continue
-        name = name or type(module).__name__.lower()
-        params = tuple(f"{name}.{p}" for p, _ in module.named_parameters(recurse=False))
+        head, _, last = qual.rpartition(".")
+        kind = type(module).__name__.lower()
+        if not qual:
+            name = kind
+        elif last.isdigit():
+            name = f"{head}.{kind}{last}" if head else f"{kind}{last}"
+        else:
+            name = qual
+        out[qual] = name
+    taken = set(out)
+    seen: set[str] = set()
+    for qual, name in out.items():
+        if name != qual and (name in taken or name in seen):
+            out[qual] = qual
+        seen.add(out[qual])
+    return out
+
+
+def call_name(name: str, call: int) -> str:
+    """The name of the ``call``-th call (0-based) of a module within one forward pass: ``name``, then
+    ``name#2``, ``name#3``..."""
+    return name if call == 0 else f"{name}#{call + 1}"
+
+
+def layer_infos(model: nn.Module, calls: Sequence[str] | None = None) -> list[LayerInfo]:
+    """Leaf modules as core-style :class:`~core.callbacks.LayerInfo`, in input-to-output order.
+
+    ``calls`` is the qualified names of the leaf modules in the order one forward pass called them
+    (repeats included); without it, registration order (``model.named_modules()``) is used, which is
+    wrong for a shared activation module.  Every call of an activation module is its own layer
+    (:func:`call_name`), so the pairing of a ``nn.Linear`` with the activation applied to its outputs
+    (:func:`gradmon.layout.units_from_run`) follows the forward pass; later calls of other modules are
+    skipped.  Names are :func:`display_names`; parameters keep torch's keys (``"0.weight"``).
+    """
+    modules = dict(model.named_modules())
+    names = display_names(model)
+    order = list(calls) if calls is not None else list(names)
+    infos: list[LayerInfo] = []
+    counts: dict[str, int] = {}
+    for qual in order:
+        module = modules.get(qual)
+        if module is None or qual not in names:
+            continue
+        call = counts.get(qual, 0)
+        counts[qual] = call + 1
+        name = names[qual]
+        if type(module) in ACTIVATION_MODULES:
+            kind = ACTIVATION_MODULES[type(module)]
+            infos.append(LayerInfo(name=call_name(name, call), kind=kind, activation=kind))
+            continue
+        if call > 0:
+            continue
+        prefix = f"{qual}." if qual else ""
+        params = tuple(f"{prefix}{p}" for p, _ in module.named_parameters(recurse=False))
         if isinstance(module, nn.Linear):
             infos.append(LayerInfo(name=name, kind="dense", params=params, units=module.out_features))
-        elif type(module) in ACTIVATION_MODULES:
-            infos.append(LayerInfo(name=name, kind=ACTIVATION_MODULES[type(module)],
-                                   activation=ACTIVATION_MODULES[type(module)]))
-            acts[name] = module
         elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
             infos.append(LayerInfo(name=name, kind="batchnorm", params=params))
-        elif isinstance(module, nn.Dropout):
+        elif isinstance(module, nn.modules.dropout._DropoutNd):
             infos.append(LayerInfo(name=name, kind="dropout"))
         else:
             infos.append(LayerInfo(name=name, kind=type(module).__name__.lower(), params=params))
-    return infos, acts
+    return infos
 
 
+# -- curvature ---------------------------------------------------------------------------------------------
 class TorchObjective:
     """The loss of a fixed batch as a function of the parameters, with exact HVPs by double backward.
 
-    Parameters and vectors are numpy dicts keyed like ``model.named_parameters()``.
+    ``inputs`` is the model's positional arguments (a tensor or a tuple), ``kwargs`` its keyword
+    arguments, ``y`` the targets of ``loss_fn(model(*inputs, **kwargs), y)``.  Parameters and vectors are
+    numpy dicts keyed like ``model.named_parameters()``.  Dropout is off and BatchNorm uses copies of its
+    buffers, so evaluating the objective never changes the model.
     """
 
-    def __init__(self, watcher: "Watcher", x: Any, y: Any, loss_fn: Callable) -> None:
+    def __init__(self, watcher: "Watcher", x: Any, y: Any, loss_fn: Callable,
+                 kwargs: Mapping[str, Any] | None = None) -> None:
         self.watcher = watcher
-        self.x, self.y, self.loss_fn = x, y, loss_fn
+        self.args = tuple(x) if isinstance(x, tuple) else (x,)
+        self.kwargs = dict(kwargs or {})
+        self.y, self.loss_fn = y, loss_fn
         self.n_hvp = 0
 
     def _call(self, params: Mapping[str, np.ndarray] | None, create_graph: bool):
         model = self.watcher.model
-        names = [n for n, _ in model.named_parameters()]
         live = dict(model.named_parameters())
+        names = list(live)
         tensors = {}
         for n in names:
             ref = live[n]
-            value = ref.detach() if params is None else torch.as_tensor(np.asarray(params[n]), dtype=ref.dtype)
+            value = ref.detach() if params is None else torch.as_tensor(np.asarray(params[n]), dtype=ref.dtype,
+                                                                        device=ref.device)
             tensors[n] = value.clone().requires_grad_(True)
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        with self.watcher.paused(), _dropout_off(model):
-            out = torch.func.functional_call(model, {**tensors, **buffers}, (self.x,))
+        with self.watcher.paused(), _dropout_off(model), torch.enable_grad():
+            out = torch.func.functional_call(model, {**tensors, **buffers}, self.args, self.kwargs)
             loss = self.loss_fn(out, self.y)
-        grads = torch.autograd.grad(loss, [tensors[n] for n in names], create_graph=create_graph)
+        grads = torch.autograd.grad(loss, [tensors[n] for n in names], create_graph=create_graph,
+                                    allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(tensors[n]) for g, n in zip(grads, names)]
         return names, tensors, loss, grads
 
     def grad(self, params: Mapping[str, np.ndarray] | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """``(loss, grads)`` at ``params`` (the live parameters when None); grads are float64 arrays."""
         names, _, loss, grads = self._call(params, create_graph=False)
-        return float(loss.detach()), {n: g.detach().double().numpy() for n, g in zip(names, grads)}
+        return float(loss.detach()), {n: g.detach().double().cpu().numpy() for n, g in zip(names, grads)}
 
-    def hvp(self, vec: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def hvp(self, vec: Mapping[str, np.ndarray],
+            params: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The Hessian-vector product ``H(params) @ vec`` by double backward, keyed like ``vec``."""
         self.n_hvp += 1
         names, tensors, _, grads = self._call(params, create_graph=True)
-        v = [torch.as_tensor(np.asarray(vec[n]), dtype=tensors[n].dtype) for n in names]
-        hv = torch.autograd.grad(grads, [tensors[n] for n in names], grad_outputs=v, allow_unused=True)
-        return {n: (h.detach().double().numpy() if h is not None else np.zeros(tensors[n].shape))
+        v = [torch.as_tensor(np.asarray(vec[n]), dtype=tensors[n].dtype, device=tensors[n].device) for n in names]
+        differentiable = [i for i, g in enumerate(grads) if g.requires_grad]
+        hv: list[Any] = [None] * len(names)
+        if differentiable:
+            out = torch.autograd.grad([grads[i] for i in differentiable], [tensors[n] for n in names],
+                                      grad_outputs=[v[i] for i in differentiable], allow_unused=True)
+            hv = list(out)
+        return {n: (h.detach().double().cpu().numpy() if h is not None else np.zeros(tuple(tensors[n].shape)))
                 for n, h in zip(names, hv)}
 
 
@@ -127,191 +266,468 @@ class _dropout_off:
             m.training = True
 
 
+# -- the watcher -------------------------------------------------------------------------------------------
 class Watcher:
-    """Feeds a :class:`~gradmon.monitor.Monitor` from a PyTorch model and optimizer."""
+    """Feeds a :class:`~gradmon.monitor.Monitor` from a PyTorch model (and optimizer).
+
+    Parameters
+    ----------
+    model: the ``nn.Module`` to watch (a ``DistributedDataParallel`` wrapper is unwrapped).  Under
+        ``torch.distributed``, call ``watch()`` after ``init_process_group`` on every rank.
+    optimizer: its step hooks mark steps; without one, call :meth:`step` after each ``backward()``.
+    logdir: where TensorBoard events and reports go (rank 0 only); None keeps everything in memory.
+    probe: ``(x, y)``, a fixed batch for curvature (needs ``loss_fn``); ``x`` is a tensor or a tuple of
+        positional inputs.
+    loss_fn: ``loss_fn(model_output, y) -> scalar tensor``; with it and no probe, curvature is measured on
+        the last batch whose targets :meth:`log_loss` received.
+    loss: the loss's name for the report (guessed from ``loss_fn`` for torch's own losses).
+    name: the run's name in reports (default: the model's class name).
+    expected_steps: the number of steps if known (0: unknown), so findings are judged at a fitting cadence.
+    monitor_options: passed to :class:`~gradmon.monitor.Monitor` (``every``, ``curvature_every``,
+        ``console``, ``tensorboard``...).
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  logdir: str | os.PathLike | None = None, *, probe: tuple[Any, Any] | None = None,
-                 loss_fn: Callable | None = None, loss: str = "unknown", expected_steps: int = 0,
-                 **monitor_options: Any) -> None:
+                 loss_fn: Callable | None = None, loss: str = "unknown", name: str | None = None,
+                 expected_steps: int = 0, **monitor_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # the hooks belong on the real modules; DDP only wraps them
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"watch(optimizer=...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if probe is not None and loss_fn is None:
+            raise ValueError("watch(probe=...) needs loss_fn=... to evaluate the probe batch, "
+                             "e.g. loss_fn=torch.nn.functional.cross_entropy")
+        if probe is not None and (not isinstance(probe, (tuple, list)) or len(probe) != 2):
+            raise ValueError("watch(probe=...) must be a pair (x, y) of model inputs and targets")
         self.model = model
         self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.probe = tuple(probe) if probe is not None else None
         self.rank, self.world = _dist_rank()
+        self._console = bool(monitor_options.get("console", True))
         if self.rank != 0:  # only rank 0 writes
             logdir = None
             monitor_options["console"] = False
-        if probe is not None and loss_fn is None:
-            raise ValueError("watch(probe=...) needs loss_fn=... to evaluate the probe batch")
         self.monitor = Monitor(logdir=logdir, **monitor_options)
-        self.loss_fn = loss_fn
-        self.probe = probe
-        infos, self._act_modules = layer_infos(model)
-        if not any(i.kind == "dense" for i in infos):
+        self.hook_seconds = 0.0  # wall time spent inside the watcher's hooks and methods
+        self._named = [(n, p) for n, p in model.named_parameters()]
+        if not any(isinstance(m, nn.Linear) for m in model.modules()):
             raise ValueError("the model has no nn.Linear layer for gradmon to monitor")
-        self._step = 0
-        self._paused = False
-        self._capture = False
-        self._acts: dict[str, np.ndarray] = {}
-        self._pending: StepState | None = None
-        self._done = False
-        self._before: dict[str, np.ndarray] = {}
-        self._loss: float | None = None
+        self._names = display_names(model)
+        if loss == "unknown" and loss_fn is not None:
+            loss = LOSS_NAMES.get(loss_fn, LOSS_NAMES.get(type(loss_fn), "unknown"))
+        self._loss_name = loss
+        self._run_name = name or type(model).__name__
+        self._expected_steps = int(expected_steps)
+        self.run = self._run_info(layer_infos(model))  # provisional: replaced by the call-order layout
+        self._started = False
+        self._closed = False
+        # step bookkeeping
+        self._step = 0                                    # index of the next step to begin
+        self._pending: StepState | None = None            # measured, waiting for its update and/or loss
+        self._settled = False                             # the pending step's update is known
+        self._loss: float | None = None                   # a loss logged before its step began
         self._batch = 0
-        self._named = list(model.named_parameters())  # the same tensors all run long (updates are in place)
-        self._param_views: dict[str, np.ndarray] | None = None
-        self._handles = [m.register_forward_hook(self._forward_hook(n)) for n, m in self._act_modules.items()]
+        # gradients read at the end of backward
+        self._bw: dict[str, tuple[torch.Tensor, int, np.ndarray, float]] = {}
+        self._queued = False
+        self._hook_error: str | None = None
+        # weights: cached read-only views (they follow in-place updates) and update buffers
+        self._param_ptrs: tuple[int, ...] = ()
+        self._param_views: dict[str, np.ndarray] = {}
+        self._zeros: dict[str, np.ndarray] = {}
+        self._before: dict[str, np.ndarray] = {}
+        self._snapshot = False
+        # forward passes: trace, activation captures, last inputs
+        self._paused = False
+        self._tracing = True
+        self._trace: list[str] = []
+        self._capture = False
+        self._acts: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
+        self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._last_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
+
+        self._handles: list[Any] = []
+        self._trace_handles: list[Any] = []
+        modules = dict(model.named_modules())
+        for qual in self._names:
+            module = modules[qual]
+            self._trace_handles.append(module.register_forward_hook(self._trace_hook(qual)))
+            if type(module) in ACTIVATION_MODULES:
+                self._handles.append(module.register_forward_hook(self._capture_hook(self._names[qual])))
+        # the root module's hooks: the trace starts with a forward pass of the model and ends with it; the
+        # inputs are kept for curvature on the last batch (no hook at all otherwise: hooks cost time)
+        pre_hooks = self._handles if (loss_fn is not None and probe is None) else self._trace_handles
+        pre_hooks.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        self._trace_handles.append(model.register_forward_hook(self._root_hook))
+        for _, p in self._named:
+            if p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
         if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(lambda opt, a, k: self._before_step()))
-            self._handles.append(optimizer.register_step_post_hook(lambda opt, a, k: self._after_step()))
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, a, k: self._optimizer_pre_step()))
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, a, k: self._optimizer_post_step()))
+        self._arm()
+
+    # -- the run ------------------------------------------------------------------------------------------
+    def _run_info(self, infos: list[LayerInfo]) -> RunInfo:
+        optimizer = self.optimizer
         group = optimizer.param_groups[0] if optimizer is not None else {}
-        name = OPTIMIZER_NAMES.get(type(optimizer).__name__, type(optimizer).__name__.lower()) if optimizer else "none"
+        name = OPTIMIZER_NAMES.get(type(optimizer).__name__, type(optimizer).__name__.lower()) \
+            if optimizer is not None else "none"
         momentum = float(group.get("momentum", 0.0) or 0.0)
         if name == "sgd" and momentum > 0:
             name = "momentum"
         hyper = {"lr": float(group.get("lr", float("nan")))}
         if "momentum" in group:
             hyper["momentum"] = momentum
-        self.run = RunInfo(layers=tuple(infos), loss=loss, optimizer=name, hyperparams=hyper, batch_size=0,
-                           batch_mode="mini-batch", n_train=0, epochs=1, steps_per_epoch=int(expected_steps),
-                           probe=self._probe_objective if probe is not None else None, framework="torch")
+        run = RunInfo(layers=tuple(infos), loss=self._loss_name, optimizer=name, hyperparams=hyper,
+                      batch_size=0, batch_mode="mini-batch", n_train=0, epochs=1,
+                      steps_per_epoch=self._expected_steps,
+                      probe=self._probe_objective if self.probe is not None else None, framework="torch")
+        return dataclasses.replace(run, spec={"name": self._run_name, **spec_from_run(run)})
+
+    def _start(self) -> None:
+        """Fix the layout (from the traced call order) and start the monitor; once, at the end of the first
+        forward pass (or at the first step, report or close if no forward pass was seen)."""
+        if self._started:
+            return
+        self._started = True
+        self._tracing = False
+        for h in self._trace_handles:
+            h.remove()
+        self._trace_handles = []
+        if self._trace:
+            infos = layer_infos(self.model, self._trace)
+            if any(i.kind == "dense" for i in infos):
+                self.run = self._run_info(infos)
         self.monitor.on_train_begin(self.run)
-        self._closed = False
-        self._arm()
+        if self.world > 1 and self.rank == 0 and self.monitor.tb is not None:
+            from gradmon.adapters.distributed import RankAverageTensorBoard
+
+            self.monitor.tb = RankAverageTensorBoard(self.monitor.tb, self.world)
+        if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
+            self._note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and "
+                       "watcher.log_loss(loss, target=y) to measure it on the last batch, or "
+                       "watch(..., probe=(x, y), loss_fn=...) for a fixed probe batch", console=True)
+
+    def _note(self, text: str, console: bool = False) -> None:
+        self.monitor.add_note(text)
+        if console and self._console and self.rank == 0:
+            print(f"[gradmon] {text}", file=sys.stderr)
 
     # -- hooks ----------------------------------------------------------------------------------------
-    def _forward_hook(self, name: str):
+    def _trace_hook(self, qual: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._capture and not self._paused and isinstance(output, torch.Tensor):
-                self._acts[name] = output.detach()
-                self._batch = int(output.shape[0]) if output.dim() else 0
+            if self._tracing and not self._paused:
+                self._trace.append(qual)
         return hook
 
-    def paused(self):
-        """Context manager: hooks ignore the forward passes inside (curvature probes)."""
-        watcher = self
+    def _capture_hook(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._paused:
+                return
+            if not torch.is_grad_enabled():  # an evaluation pass: not part of a training step
+                return
+            t0 = time.perf_counter()
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            if self._capture and isinstance(output, torch.Tensor):
+                key = call_name(name, call)
+                if key not in self._acts:  # the first training forward pass after a step is the step's
+                    self._acts[key] = output.detach()
+                    if output.dim():
+                        self._batch = int(output.shape[0])
+            self.hook_seconds += time.perf_counter() - t0
+        return hook
 
-        class _Pause:
-            def __enter__(self_inner) -> None:
-                watcher._paused = True
+    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._paused:
+            return
+        if self._tracing:  # the layout is traced from one whole forward pass of the model
+            self._trace = []
+        if self.loss_fn is not None and self.probe is None and torch.is_grad_enabled():
+            self._inputs = (args, kwargs)  # (not evaluation passes)
 
-            def __exit__(self_inner, *exc: Any) -> None:
-                watcher._paused = False
-        return _Pause()
+    def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._started and not self._paused:
+            t0 = time.perf_counter()
+            self._start()
+            self.hook_seconds += time.perf_counter() - t0
 
     def _arm(self) -> None:
-        """Capture activations of the next forward pass when the monitor measures the next step."""
+        """After a step (and at the start): capture the activations of the next training forward pass if
+        the monitor measures the coming step; the call counts of shared modules start again."""
         self._capture = "activations" in self.monitor.requests(self._step)
         self._acts = {}
+        self._calls = {}
+
+    def _grad_ready(self, param: torch.Tensor) -> None:
+        """A parameter's ``.grad`` was accumulated: read every gradient once this backward is over (one pass
+        at the end costs less than one per parameter)."""
+        if self._queued or self._paused:
+            return
+        self._queued = True
+        # queued twice: DDP queues its own end-of-backward callback (which writes the averaged gradients
+        # into p.grad) during the backward pass; a callback queued by a callback runs after it
+        _ENGINE.queue_callback(self._queue_read)
+
+    def _queue_read(self) -> None:
+        _ENGINE.queue_callback(self._backward_done)
+
+    def _backward_done(self) -> None:
+        """End of a ``backward()``: read every ``p.grad`` (averaged over ranks under DDP, not yet clipped).
+        With gradient accumulation ``p.grad`` holds the sum so far, so the last read before the step is
+        the accumulated gradient."""
+        self._queued = False
+        t0 = time.perf_counter()
+        # self._bw[name] = (tensor, version counter, read-only numpy view, squared norm): an in-place change
+        # of the tensor (clipping) bumps its version counter, so the step can tell whether it changed since
+        try:
+            records = self._bw
+            with np.errstate(over="ignore", invalid="ignore"):
+                for name, p in self._named:
+                    g = p.grad
+                    if g is not None:
+                        view = _numpy(g)
+                        records[name] = (g, g._version, view, _sq_norm(view))
+        except Exception as exc:  # a monitor must never break training: fall back to reading at step time
+            self._bw = {}
+            if self._hook_error is None:
+                self._hook_error = f"{type(exc).__name__}: {exc}"
+                print(f"[gradmon] reading gradients during backward failed ({self._hook_error}); gradients are "
+                      f"read at the optimizer step instead (after any clipping)", file=sys.stderr)
+        self.hook_seconds += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Context manager: hooks ignore the forward and backward passes inside (curvature probes)."""
+        before = self._paused
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = before
 
     # -- steps ----------------------------------------------------------------------------------------
     def _params(self) -> dict[str, np.ndarray]:
-        """Numpy views of the parameters (zero-copy on CPU: they follow in-place updates)."""
-        if self._param_views is None or any(t.device.type != "cpu" for _, t in self._named):
-            views = {n: p.detach().cpu().numpy() for n, p in self._named}
-            if all(t.device.type == "cpu" for _, t in self._named):
-                self._param_views = views
-            return views
+        """Read-only numpy views of the parameters, cached while their storage stays the same (in-place
+        updates keep it; ``model.to(...)`` or ``.double()`` replace it, and the views are rebuilt)."""
+        ptrs = tuple(p.data_ptr() for _, p in self._named)
+        if ptrs != self._param_ptrs:
+            self._param_views = {n: _numpy(p) for n, p in self._named}
+            # views of CPU tensors follow in-place updates; copies of other devices are taken every time
+            self._param_ptrs = ptrs if all(p.device.type == "cpu" for _, p in self._named) else ()
         return self._param_views
 
-    def _before_step(self) -> None:
-        """Inside ``optimizer.step()``, before the update: measure the gradients it is about to apply."""
-        self._finish()  # the previous step, if it never got a loss
-        grads = {}
-        for n, p in self._named:
-            g = p.grad
-            grads[n] = g.detach().cpu().numpy() if g is not None else np.zeros(tuple(p.shape), dtype=np.float32)
+    def _gradients(self) -> tuple[dict[str, np.ndarray], dict[str, float], float]:
+        """The gradients as they are now (read-only views), the squared norms read at the end of the last
+        backward (pre-clip; read now where no backward was seen), and the clip coefficient
+        ``‖g now‖ / ‖g after backward‖``."""
+        grads: dict[str, np.ndarray] = {}
+        sq: dict[str, float] = {}
+        records, self._bw = self._bw, {}
+        self._queued = False  # (a backward that raised never ran its end-of-backward callback)
+        changed = False
+        now_total = 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            for name, p in self._named:
+                g = p.grad
+                rec = records.get(name)
+                if rec is not None and g is rec[0] and g._version == rec[1]:
+                    grads[name] = rec[2]
+                    sq[name] = now = rec[3]
+                else:
+                    if g is None:
+                        view = self._zeros.get(name)
+                        if view is None:
+                            view = self._zeros[name] = np.zeros(tuple(p.shape), dtype=np.float32)
+                            view.flags.writeable = False
+                        now = 0.0
+                    else:
+                        view = _numpy(g)
+                        now = _sq_norm(view)
+                    grads[name] = view
+                    if rec is not None:
+                        changed = True
+                        sq[name] = rec[3]
+                    else:
+                        sq[name] = now
+                now_total += now
+            pre_total = sum(sq.values())
+        clip_coef = 1.0
+        if changed and pre_total > 0 and math.isfinite(pre_total):
+            clip_coef = math.sqrt(now_total / pre_total)
+        return grads, sq, clip_coef
+
+    def _begin_step(self, lr: float) -> None:
+        """Measure one step: after ``backward()``, before the update."""
+        self._start()
+        self._finish()  # the previous step, if its loss never came
+        step = self._step
+        self._step += 1
+        grads, sq, clip_coef = self._gradients()
         params = self._params()
-        acts = {n: a.cpu().numpy() for n, a in self._acts.items()} if self._capture else None
-        lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else float("nan")
-        loss_known = self._loss is not None  # logged before opt.step(): it belongs to this step
-        state = StepState(step=self._step, epoch=0, loss=self._loss if loss_known else float("nan"),
-                          batch_size=self._batch, params=readonly(params), grads=readonly(grads), lr=lr,
-                          activations=readonly(acts) if acts is not None else None)
+        acts = None
+        if self._capture and self._acts:
+            acts = {n: _numpy(a) for n, a in self._acts.items()}
+        loss_known = self._loss is not None  # logged before the step: it belongs to this step
+        state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
+                          batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
+                          clip_coef=clip_coef, objective=self._last_batch_objective(step))
         state.extras["loss_missing"] = not loss_known
+        state.extras["grad_sq_norms"] = sq
+        state.extras["grad_norm"] = math.sqrt(sum(sq.values()))
         self._loss = None
-        # the views above see the live tensors: measure now, before the optimizer changes them
-        # the update needs the weights before the step; only weights enter update ratios
-        self._before = {n: v.copy() for n, v in params.items() if n.endswith(".weight")} \
-            if self.monitor.will_record_update(self._step) else {}
+        # the update needs the weights before the step; only the units' weights enter update ratios
+        self._snapshot = self.monitor.will_record_update(step)
+        if self._snapshot:
+            for u in self.monitor.units:
+                buf = self._before.get(u.weight)
+                if buf is None or buf.shape != params[u.weight].shape:
+                    buf = self._before[u.weight] = np.empty_like(params[u.weight])
+                np.copyto(buf, params[u.weight])
         self.monitor.on_after_backward(state)
-        self._pending, self._done = state, False
+        self._pending, self._settled = state, False
 
-    def _after_step(self) -> None:
+    def _settle(self) -> None:
+        """The pending step's update is known now (the weights changed since it was measured)."""
         state = self._pending
-        if state is None:
+        if state is None or self._settled:
             return
-        if self._before:
+        if self._snapshot:
             after = self._params()
-            state.update = readonly({n: after[n] - self._before[n] for n in self._before})
-        self._before = {}
-        self._done = True
-        if not state.extras["loss_missing"]:
+            update = {}
+            for key, buf in self._before.items():
+                np.subtract(after[key], buf, out=buf)  # buffers are reused: nothing keeps them past the step
+                update[key] = view = buf.view()
+                view.flags.writeable = False
+            state.update = update
+        self._snapshot = False
+        self._settled = True
+
+    def _optimizer_pre_step(self) -> None:
+        t0 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._begin_step(float(lr))
+        self.hook_seconds += time.perf_counter() - t0
+
+    def _optimizer_post_step(self) -> None:
+        t0 = time.perf_counter()
+        self._settle()
+        if self._pending is not None and not self._pending.extras["loss_missing"]:
             self._finish()
+        self._arm()
+        self.hook_seconds += time.perf_counter() - t0
 
-    def step(self) -> None:
-        """Mark a step in loops without an optimizer: call after ``backward`` (and after the update)."""
-        self._before_step()
-        self._after_step()
+    def step(self, lr: float | None = None) -> None:
+        """Mark a step in loops without an optimizer: call once per step, after ``backward()``.
 
-    def log_loss(self, loss: Any) -> None:
-        """Give the loss of the current step (a tensor or float), before or after ``opt.step()``."""
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        if self._pending is not None and self._done:
+        Call it before your update for exact attribution (the update measured for a step is the change of
+        the weights until the next ``step()`` call).  ``lr`` is the learning rate of this step (NaN when
+        not given), which curvature compares against ``2/lr``.
+        """
+        if self.optimizer is not None:
+            raise RuntimeError("watch(optimizer=...) marks steps itself (optimizer step hooks); call "
+                               "watcher.step() only in loops without an optimizer")
+        t0 = time.perf_counter()
+        self._settle()
+        self._finish()
+        self._begin_step(float(lr) if lr is not None else float("nan"))
+        self._arm()
+        self.hook_seconds += time.perf_counter() - t0
+
+    def log_loss(self, loss: Any, target: Any = None) -> None:
+        """Give the loss of the current step (a tensor or float), before or after the step.
+
+        ``target``: the targets of the batch this loss was computed on; with ``watch(loss_fn=...)`` and no
+        probe, curvature is measured on this batch (the inputs of the last forward pass, kept by reference).
+        """
+        t0 = time.perf_counter()
+        value = float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if target is not None and self._inputs is not None:
+            args, kwargs = self._inputs
+            self._last_batch = (args, kwargs, target)
+        state = self._pending
+        if state is not None and state.extras["loss_missing"]:
+            state.loss = value
+            state.extras["loss_missing"] = False
             self.monitor.log_loss(value)
-            self._pending.extras["loss_missing"] = False
-            self._finish()
+            if self._settled:
+                self._finish()
         else:
             self._loss = value
+        self.hook_seconds += time.perf_counter() - t0
 
     def _finish(self) -> None:
-        """Close the pending step (``on_step_end``) and get ready for the next forward pass."""
+        """Close the pending step (``on_step_end``)."""
         state, self._pending = self._pending, None
-        if state is not None:
-            self.monitor.on_step_end(state)
-            self._step += 1
-            self._arm()
+        if state is None:
+            return
+        self.monitor.on_step_end(state)
+
+    def _last_batch_objective(self, step: int) -> TorchObjective | None:
+        if self.probe is not None or self._last_batch is None or "curvature" not in self.monitor.requests(step):
+            return None
+        args, kwargs, target = self._last_batch
+        return TorchObjective(self, args, target, self.loss_fn, kwargs)
 
     def _probe_objective(self, n: int, seed: int) -> TorchObjective:
         x, y = self.probe
+        if isinstance(x, tuple):
+            return TorchObjective(self, tuple(a[:n] for a in x), y[:n], self.loss_fn)
         return TorchObjective(self, x[:n], y[:n], self.loss_fn)
 
     # -- results --------------------------------------------------------------------------------------
     def report(self):
         """The health report so far (see :class:`gradmon.HealthReport`)."""
-        self._finish()
+        self._start()
+        if self._pending is not None and self.optimizer is not None:
+            self._finish()
         return self.monitor.report()
 
     def close(self) -> None:
-        """Remove the hooks and write the report files (rank 0)."""
+        """Remove the hooks and write the report files (rank 0).  Under ``torch.distributed`` every rank
+        must call it (it gathers the ranks' reports and histories)."""
         if self._closed:
             return
         self._closed = True
-        self._finish()
-        for h in self._handles:
-            h.remove()
+        self._start()
+        self._finish()  # without an optimizer the last step's update stays unknown (NaN)
+        self._remove_hooks()
+        if (self.monitor.curvature_every > 0 and not self.monitor.curvature and self.probe is None
+                and self.loss_fn is not None and self._step > self.monitor.curvature_every):
+            self._note("curvature was not measured: pass the targets with watcher.log_loss(loss, target=y)")
         if self.world > 1:  # every rank judged its own shard: rank 0 merges and alone writes
-            from gradmon.adapters.distributed import gather_reports, merge_reports
+            from gradmon.adapters.distributed import merge_ranks
 
             self.monitor.judge_now()
-            reports = gather_reports(self.monitor.report().to_dict())
-            if reports is not None:
-                self.monitor.merged = merge_reports(reports)
+            merge_ranks(self.monitor)
         self.monitor.on_train_end({"steps": self._step, "stopped": None})
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles + self._trace_handles:
+            h.remove()
+        self._handles, self._trace_handles = [], []
 
     def __enter__(self) -> "Watcher":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is not None:
-            self._finish()
-            self.monitor.on_exception(exc, None)
-            for h in self._handles:
-                h.remove()
             self._closed = True
+            self._start()
+            self._finish()
+            self._remove_hooks()
+            self.monitor.on_exception(exc, None)
         else:
             self.close()
+
+
+_ENGINE = torch.autograd.Variable._execution_engine
 
 
 def _dist_rank() -> tuple[int, int]:
@@ -323,5 +739,8 @@ def _dist_rank() -> tuple[int, int]:
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
           logdir: str | os.PathLike | None = None, **options: Any) -> Watcher:
-    """Attach gradmon to a PyTorch model (and optimizer); see :class:`Watcher` for options."""
+    """Attach gradmon to a PyTorch model (and optimizer); see :class:`Watcher` for the options.
+
+    >>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1")   # doctest: +SKIP
+    """
     return Watcher(model, optimizer=optimizer, logdir=logdir, **options)
