@@ -30,6 +30,7 @@ class Context:
     bias_init: float = 0.0
     hidden: tuple[int, ...] = ()
     l2: float = 0.0
+    framework: str = "core"               # "torch": patches name spec keys the loop does not read
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,7 +50,7 @@ class Context:
                    bias_init=float(model.get("bias_init", next((u.bias_init for u in hidden_units
                                                                   if u.bias_init is not None), 0.0))),
                    hidden=tuple(model.get("hidden", [u.units for u in hidden_units])),
-                   l2=float(train.get("l2", run.l2)))
+                   l2=float(train.get("l2", run.l2)), framework=getattr(run, "framework", "core"))
 
 
 def _round(x: float) -> float:
@@ -262,8 +263,28 @@ RULES: list[Rule] = [
 ]
 
 
+#: What each fix means in a PyTorch loop, where there is no spec for a patch to apply to.
+TORCH_HINTS: dict[str, str] = {
+    "relu": "nn.ReLU() with nn.init.kaiming_normal_ on the weights",
+    "leaky_relu": "nn.LeakyReLU(0.01) with nn.init.kaiming_normal_ on the weights",
+    "he_init": "nn.init.kaiming_normal_(layer.weight) and zero biases",
+    "xavier_init": "nn.init.xavier_normal_(layer.weight)",
+    "batchnorm": "nn.BatchNorm1d after each hidden nn.Linear",
+    "gradient_clipping": "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between backward() and "
+                         "step()",
+    "lower_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
+    "raise_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
+    "adam": "torch.optim.Adam(model.parameters(), lr=1e-3)",
+    "shallower": "fewer hidden nn.Linear layers",
+    "l2": "weight_decay=1e-4 in the optimizer",
+}
+
+
 def advise(finding: Finding, ctx: Context) -> list[Suggestion]:
-    """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique."""
+    """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique.
+
+    For loops that are not core's (``ctx.framework != "core"``) the spec patch means nothing: it is dropped
+    and the sentence says what to change in code instead (:data:`TORCH_HINTS`)."""
     out: list[Suggestion] = []
     seen: set[str] = set()
     for code, applies, build in RULES:
@@ -273,5 +294,8 @@ def advise(finding: Finding, ctx: Context) -> list[Suggestion]:
         if suggestion.code in seen:
             continue
         seen.add(suggestion.code)
+        if ctx.framework != "core":
+            hint = TORCH_HINTS.get(suggestion.code) if ctx.framework == "torch" else None
+            suggestion = Suggestion(suggestion.code, suggestion.text + (f" In PyTorch: {hint}." if hint else ""), {})
         out.append(suggestion)
     return out

@@ -84,6 +84,15 @@ class _Buffers:
     def _rows(self) -> np.ndarray | slice:
         raise NotImplementedError
 
+    def _last(self, last: int | None) -> np.ndarray | slice:
+        """The rows of the ``last`` records (all with None), oldest first; only those are copied out."""
+        rows = self._rows()
+        if last is None:
+            return rows
+        if isinstance(rows, slice):
+            return slice(max(rows.start, rows.stop - last), rows.stop)
+        return rows[-last:] if last > 0 else rows[:0]
+
     @property
     def steps(self) -> np.ndarray:
         return self._steps[self._rows()]
@@ -91,14 +100,16 @@ class _Buffers:
     def scalar(self, name: str, last: int | None = None) -> np.ndarray:
         if name not in _SCALAR_INDEX:
             raise KeyError(f"unknown scalar {name!r}; known: {', '.join(SCALARS)}")
-        out = self._scalars[self._rows(), _SCALAR_INDEX[name]]
-        return out if last is None else out[-last:]
+        return self._scalars[self._last(last), _SCALAR_INDEX[name]]
 
     def layer(self, name: str, last: int | None = None) -> np.ndarray:
         if name not in _LAYER_INDEX:
             raise KeyError(f"unknown layer quantity {name!r}; known: {', '.join(LAYER_QUANTITIES)}")
-        out = self._layers[self._rows(), _LAYER_INDEX[name], :]
-        return out if last is None else out[-last:]
+        return self._layers[self._last(last), _LAYER_INDEX[name], :]
+
+    def layers(self, last: int | None = None) -> np.ndarray:
+        """Every per-layer quantity at once, ``(n, len(LAYER_QUANTITIES), n_layers)``, oldest first."""
+        return self._layers[self._last(last)]
 
     def append(self, step: int, scalars: Mapping[str, float], layers: Mapping[str, np.ndarray]) -> bool:
         """Record one step from dicts (``layers[q]`` is a length-``n_layers`` vector; missing ones stay NaN)."""
@@ -219,6 +230,8 @@ class Window(_Buffers):
         self.size = int(size)
         self._i = 0
         self._n = 0
+        self._order = np.arange(self.size)  # row order, oldest first, once the ring is full
+        self._order_at = 0                  # the write position _order was made for
 
     def __len__(self) -> int:
         return self._n
@@ -232,4 +245,7 @@ class Window(_Buffers):
     def _rows(self) -> np.ndarray | slice:
         if self._n < self.size:
             return slice(0, self._n)
-        return (np.arange(self.size) + self._i) % self.size
+        if self._order_at != self._i:  # detectors read many series per judgment: one order for all of them
+            self._order = (np.arange(self.size) + self._i) % self.size
+            self._order_at = self._i
+        return self._order

@@ -27,7 +27,7 @@ from core.callbacks import Callback, RunInfo, StepState
 from gradmon.advice import Context as AdviceContext
 from gradmon.advice import advise
 from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation, default_detectors
-from gradmon.detectors.base import median
+from gradmon.detectors.base import block_medians, median
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import History, Record, Window
 from gradmon.layout import Unit, units_from_run
@@ -487,8 +487,9 @@ class Monitor(Callback):
         loss = window.scalar("loss", last=new + k - 1)
         ok = loss[np.isfinite(loss)]
         # the lowest loss level so far: medians of consecutive blocks of k records up to the newest one
-        for end in range(ok.size, k - 1, -k):
-            self._best_loss = min(self._best_loss, median(ok[end - k:end]))
+        levels = block_medians(ok, k)
+        if levels.size:
+            self._best_loss = min(self._best_loss, float(levels.min()))
         first = self._first_losses[: self._initial_records()]
         initial = median(first) if first else math.nan
         sizes = self._sizes if self._sizes.size else np.ones(len(self.units))

@@ -69,7 +69,11 @@ def check_numpy_loop(logdir: Path, out: str) -> None:
 
 
 def check_torch_loop(logdir: Path, out: str) -> None:
-    assert "torch loop" in out
+    rep = report(logdir, "torch-loop")
+    assert ("vanishing_gradients", "error") in {(f["code"], f["severity"]) for f in rep["findings"]}
+    assert len(rep["curvature"]) >= 2 and all(c["lambda_max"] > 0 for c in rep["curvature"])  # the last batch
+    fixes = [s for f in rep["findings"] for s in f["suggestions"]]
+    assert fixes and all(s["patch"] == {} and "In PyTorch:" in s["text"] for s in fixes)
 
 
 CHECKS: dict[str, Callable[[Path, str], None]] = {

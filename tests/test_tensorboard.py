@@ -166,3 +166,17 @@ def test_dead_fractions_and_update_ratios_reach_tensorboard(tmp_path):
             for step, value in events:
                 row = int(np.flatnonzero(h.steps == step)[0])
                 assert value == pytest.approx(h.layer(q)[row, j], rel=1e-6)
+
+
+def test_histogram_buckets_match_numpy_histogram():
+    from gradmon.sinks.tensorboard import histogram_summary
+
+    rng = np.random.default_rng(0)
+    for data in (rng.normal(size=4096), rng.exponential(size=1000) * 1e-3, np.full(10, 2.5)):
+        h = histogram_summary("g", data, 64).value[0].histo
+        counts, edges = np.histogram(data, bins=64) if np.ptp(data) > 0 else (np.array([10] + [0] * 63), None)
+        assert list(h.bucket) == [0, *counts.tolist()] and h.num == data.size
+        if edges is not None:
+            assert np.allclose(h.bucket_limit, edges)
+        assert (h.min, h.max, h.sum) == pytest.approx((data.min(), data.max(), data.sum()))
+        assert h.sum_squares == pytest.approx(np.dot(data, data))

@@ -86,6 +86,12 @@ def test_deep_sigmoid_torch_net_is_flagged_like_core():
     torch_codes = {(f.code, f.severity) for f in report.findings}
     assert ("vanishing_gradients", "error") in torch_codes
     assert torch_codes == core_codes
+    # the same fixes, said in code: a torch loop has no spec for a patch to apply to
+    core_fix = [f for f in mon.report().findings if f.code == "vanishing_gradients"][0].suggestions
+    torch_fix = [f for f in report.findings if f.code == "vanishing_gradients"][0].suggestions
+    assert [s.code for s in torch_fix] == [s.code for s in core_fix] and all(s.patch for s in core_fix)
+    assert all(s.patch == {} and "In PyTorch:" in s.text for s in torch_fix)
+    assert "kaiming_normal_" in next(s.text for s in torch_fix if s.code == "relu")
 
 
 def test_inplace_relu_activations_and_dead_units():
@@ -374,6 +380,10 @@ def test_without_loss_fn_the_report_says_curvature_is_off(capsys):
     notes = report.to_dict()["extra"]["notes"]
     assert any("curvature is off" in n and "loss_fn" in n for n in notes)
     assert "curvature is off" in capsys.readouterr().err
+    from gradmon.report import render_html, render_markdown
+
+    assert '<ul id="notes"><li>curvature is off' in render_html(report)
+    assert "## Notes" in render_markdown(report) and "curvature is off" in render_markdown(report)
 
 
 def test_watching_never_changes_training():

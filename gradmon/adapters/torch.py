@@ -71,6 +71,7 @@ import numpy as np
 
 from core.callbacks import LayerInfo, RunInfo, StepState
 from gradmon.monitor import Monitor, spec_from_run
+from gradmon.quantities.gradients import sq_norm
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -110,11 +111,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _sq_norm(a: np.ndarray) -> float:
-    """Squared L2 norm as a float (inf/nan propagate; call inside ``np.errstate``)."""
-    flat = a.reshape(-1)
-    if flat.dtype == np.float16:
-        flat = flat.astype(np.float32)
-    return float(np.dot(flat, flat))
+    """Squared L2 norm as a float (inf/nan propagate; call inside ``np.errstate``); half precision is
+    summed in float32."""
+    return sq_norm(a.astype(np.float32) if a.dtype == np.float16 else a)
 
 
 # -- layout ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 
 from core.callbacks import RunInfo
 from gradmon.findings import Finding, severity_rank
-from gradmon.history import Window
+from gradmon.history import LAYER_QUANTITIES, Window
 from gradmon.layout import Unit
 
 
@@ -60,7 +60,7 @@ class JudgeContext:
     open: Mapping[tuple[str, str | None], str] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
     suggested_clip_norm: float = float("nan")
-    _medians: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _medians: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def is_open(self, code: str, layer: str | None = None, any_layer: bool = False, severity: str = "info") -> bool:
         """Whether a ``code`` finding for ``layer`` (any layer with ``any_layer``) was open before this
@@ -76,12 +76,15 @@ class JudgeContext:
             o.code == code and (any_layer or o.layer == layer) for o in self.observations)
 
     def medians(self, quantity: str, last: int = 50) -> np.ndarray:
-        """Per-layer median of ``quantity`` over the last ``last`` records, shape ``(depth,)`` (computed
-        once per judgment however many detectors ask)."""
-        key = (quantity, last)
-        if key not in self._medians:
-            self._medians[key] = column_medians(self.window.layer(quantity, last=last))
-        return self._medians[key]
+        """Per-layer median of ``quantity`` over the last ``last`` records, shape ``(depth,)``.  The medians
+        of every layer quantity over those records are computed together, once per judgment, however many
+        detectors ask."""
+        if last not in self._medians:
+            block = self.window.layers(last=last)  # (n, quantities, layers)
+            flat = column_medians(block.reshape(block.shape[0], block.shape[1] * block.shape[2]))
+            flat = flat.reshape(block.shape[1:])
+            self._medians[last] = dict(zip(LAYER_QUANTITIES, flat))
+        return self._medians[last][quantity]
 
     @property
     def lr(self) -> float:
@@ -122,24 +125,41 @@ def median(x: np.ndarray | Sequence[float]) -> float:
     return 0.5 * float(s[(n - 1) // 2]) + 0.5 * float(s[n // 2])
 
 
+def block_medians(x: np.ndarray, k: int) -> np.ndarray:
+    """Medians of consecutive blocks of ``k`` values ending at the last one (a leftover at the start is
+    dropped). ``(n,) -> (n // k,)``"""
+    n = (x.size // k) * k
+    if n == 0:
+        return np.zeros(0)
+    blocks = np.sort(x[x.size - n:].reshape(-1, k), axis=1)
+    return 0.5 * blocks[:, (k - 1) // 2] + 0.5 * blocks[:, k // 2]
+
+
 def column_medians(data: np.ndarray) -> np.ndarray:
     """Median of each column over its finite entries (NaN for an all-NaN column). ``(n, k) -> (k,)``"""
-    ordered = np.sort(np.where(np.isfinite(data), data, np.inf), axis=0)  # non-finite sort last
-    count = np.isfinite(data).sum(axis=0)
-    out = np.full(data.shape[1], np.nan)
-    for j in np.flatnonzero(count):
-        n = count[j]
-        out[j] = 0.5 * (ordered[(n - 1) // 2, j] + ordered[n // 2, j])
+    finite = np.isfinite(data)
+    ordered = np.sort(np.where(finite, data, np.inf), axis=0)  # non-finite sort last
+    count = finite.sum(axis=0)
+    if not ordered.shape[0]:
+        return np.full(data.shape[1], np.nan)
+    cols = np.arange(data.shape[1])
+    lo, hi = np.maximum(count - 1, 0) // 2, count // 2
+    with np.errstate(invalid="ignore"):
+        out = 0.5 * ordered[lo, cols] + 0.5 * ordered[np.minimum(hi, ordered.shape[0] - 1), cols]
+    out[count == 0] = np.nan
     return out
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of ``y`` against ``x`` (closed form; NaN with fewer than two points)."""
-    if x.size < 2:
+    """Least-squares slope of ``y`` against ``x`` (closed form; NaN with fewer than two points).  The series
+    here are a few dozen values at most, where plain Python beats numpy's per-call overhead."""
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    n = len(xs)
+    if n < 2:
         return float("nan")
-    xc = x - x.mean()
-    denom = float(np.dot(xc, xc))
-    return float(np.dot(xc, y - y.mean()) / denom) if denom > 0 else float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    denom = sum((a - mx) ** 2 for a in xs)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / denom if denom > 0 else float("nan")
 
 
 def smoothed(x: np.ndarray, k: int = 5) -> float:

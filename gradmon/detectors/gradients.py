@@ -110,7 +110,7 @@ class ExplodingGradients(Detector):
         loss = ctx.window.scalar("loss")
         smooth_loss = smoothed(loss, ctx.smooth)
         loss_rising = np.isfinite(ctx.initial_loss) and smooth_loss > 1.2 * ctx.initial_loss
-        evidence: dict = {"median_norm": sig(window_median), "early_norm": sig(early), "last_norm": sig(float(ok[-1]))}
+        evidence: dict = {}  # the numbers behind each reason; the common ones are added if there is a finding
         reasons = []
         open_after = None
         peak = float(np.max(fresh)) if fresh.size else float(ok[-1])
@@ -155,6 +155,8 @@ class ExplodingGradients(Detector):
                     layer = ctx.units[0].name
         if not reasons:
             return []
+        evidence = {"median_norm": sig(window_median), "early_norm": sig(early), "last_norm": sig(float(ok[-1])),
+                    **evidence}
         if np.isfinite(ctx.suggested_clip_norm):
             evidence["suggested_clip_norm"] = sig(ctx.suggested_clip_norm, 2)
         diverging = np.isfinite(ctx.initial_loss) and smooth_loss > 2.0 * ctx.initial_loss

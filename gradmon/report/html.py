@@ -220,9 +220,10 @@ def render_html(report: HealthReport, history: Any = None) -> str:
         parts.append(f"<h2>Layers</h2>{_layers_table(report.layers)}")
     if report.curvature:
         parts.append(f"<h2>Curvature</h2>{_curvature_table(report.curvature)}")
-    if report.extra.get("sink_errors"):
-        items = "".join(f"<li>{escape(str(e))}</li>" for e in report.extra["sink_errors"])
-        parts.append(f"<h2>Sink problems</h2><ul>{items}</ul>")
+    for key, title in (("notes", "Notes"), ("sink_errors", "Outputs that failed")):
+        if report.extra.get(key):
+            items = "".join(f"<li>{escape(str(e))}</li>" for e in report.extra[key])
+            parts.append(f'<h2>{title}</h2><ul id="{key}">{items}</ul>')
     parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(report.spec, indent=2, default=str))}</pre>")
     parts.append("</main></body></html>")
     return "".join(parts)

@@ -133,5 +133,8 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
         out.append("")
     spec = json.dumps(report.spec, indent=2, default=str)
     fence = _code_fence(spec)
+    for key, title in (("notes", "Notes"), ("sink_errors", "Outputs that failed")):
+        if report.extra.get(key):
+            out += [f"## {title}", "", *(f"- {md_text(e)}" for e in report.extra[key]), ""]
     out += ["## Spec", "", f"{fence}json", spec, fence, ""]
     return "\n".join(out)
