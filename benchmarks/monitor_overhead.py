@@ -17,11 +17,10 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
+from paired import paired_overhead  # noqa: E402
 from step import time_core  # noqa: E402
 
 import gradmon  # noqa: E402
@@ -48,13 +47,11 @@ def main(argv: list[str] | None = None) -> dict:
             # adjacent in time, and in alternating order, so each repeat's ratios see one machine state
             for name in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
                 times[name].append(time_core(args.steps, callbacks=configs[name](r)))
-    best = {k: min(v) for k, v in times.items()}
     out = {}
     for k, v in times.items():
-        ratios = np.array(v) / np.array(times["bare"]) - 1.0
-        q1, q3 = np.percentile(ratios, [25, 75])
-        out[k] = {"ms_per_step_best": 1e3 * best[k], "overhead_paired_median": float(np.median(ratios)),
-                  "overhead_paired_iqr": [float(q1), float(q3)], "overhead_best_vs_best": best[k] / best["bare"] - 1}
+        overhead = paired_overhead(v, times["bare"])
+        out[k] = {"ms_per_step_best": 1e3 * min(v), "overhead_paired_median": overhead["paired_median"],
+                  "overhead_paired_iqr": overhead["paired_iqr"], "overhead_best_vs_best": overhead["best_vs_best"]}
     for k, v in out.items():
         lo, hi = v["overhead_paired_iqr"]
         print(f"{k:<22} {v['ms_per_step_best']:7.3f} ms/step (best)   overhead {100 * v['overhead_paired_median']:+5.1f}% "

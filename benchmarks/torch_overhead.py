@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
+from paired import paired_overhead  # noqa: E402
 from step import BATCH, torch_setup  # noqa: E402
 
 
@@ -87,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
                 t_hooks.append(hooks)
     watched.watcher.close()
     best_bare, best_watched = min(t_bare), min(t_watched)
+    overhead = paired_overhead(t_watched, t_bare)
     out = {
         "threads": args.threads, "blocks": args.blocks, "steps_per_block": args.steps,
         "bare_ms": 1e3 * best_bare, "watched_ms": 1e3 * best_watched,
-        "overhead_best": best_watched / best_bare - 1,
-        "overhead_paired_median": statistics.median(w / b for w, b in zip(t_watched, t_bare)) - 1,
+        "overhead_best": overhead["best_vs_best"], "overhead_paired_median": overhead["paired_median"],
         "hooks_ms": 1e3 * min(t_hooks), "hooks_median_ms": 1e3 * statistics.median(t_hooks),
         "hooks_share": min(t_hooks) / best_bare,
     }

@@ -1,12 +1,16 @@
-"""Argument checks at the boundary of the Python API: each returns the cleaned value or raises
-``ValueError`` with one line that names the argument and says what it accepts.
+"""Argument checks at the boundary: each returns the cleaned value or raises :class:`CheckError` (a
+``ValueError``) with one line that names the argument and says what it accepts.
+
+Each rule is written here once.  The run spec (:mod:`core.spec`) calls the same checks and rewords the
+error for its keys (``train.lr: expected a positive number (finite), got 0``).
 
 >>> positive("lr", 0.1)
 0.1
->>> positive("lr", float("inf"))
-Traceback (most recent call last):
-...
-ValueError: lr must be a positive number (finite), got inf
+>>> try:
+...     positive("lr", float("inf"))
+... except ValueError as exc:
+...     print(exc)
+lr must be a positive number (finite), got inf
 """
 
 from __future__ import annotations
@@ -17,18 +21,33 @@ from typing import Any
 import numpy as np
 
 
+class CheckError(ValueError):
+    """A failed check: ``name must be <accepts>, got <value>``.  ``accepts`` is the phrase that says what
+    the check takes (``"a positive number (finite)"``), so a caller can reword the message."""
+
+    def __init__(self, name: str, value: Any, accepts: str) -> None:
+        super().__init__(f"{name} must be {accepts}, got {value!r}")
+        self.name, self.value, self.accepts = name, value, accepts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.name, self.value, self.accepts)
+
+
 def _real(value: Any) -> float | None:
     """``value`` as a float when it is a real number (bools and strings are not), else None."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf if value > 0 else -math.inf
 
 
 def number(name: str, value: Any) -> float:
     """A finite real number."""
     x = _real(value)
     if x is None or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise CheckError(name, value, "a number (finite)")
     return x
 
 
@@ -36,7 +55,7 @@ def positive(name: str, value: Any) -> float:
     """A finite number > 0."""
     x = _real(value)
     if x is None or not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name} must be a positive number (finite), got {value!r}")
+        raise CheckError(name, value, "a positive number (finite)")
     return x
 
 
@@ -44,7 +63,7 @@ def nonnegative(name: str, value: Any) -> float:
     """A finite number >= 0."""
     x = _real(value)
     if x is None or not math.isfinite(x) or x < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise CheckError(name, value, "a finite number >= 0")
     return x
 
 
@@ -52,7 +71,7 @@ def unit(name: str, value: Any) -> float:
     """A number in [0, 1)."""
     x = _real(value)
     if x is None or not 0.0 <= x < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        raise CheckError(name, value, "a number in [0, 1)")
     return x
 
 
@@ -62,14 +81,14 @@ def optional_positive(name: str, value: Any) -> float | None:
         return None
     x = _real(value)
     if x is None or not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name} must be a positive number (finite) or None (off), got {value!r}")
+        raise CheckError(name, value, "a positive number (finite) or None (off)")
     return x
 
 
 def positive_int(name: str, value: Any) -> int:
     """An integer >= 1 (a bool is not an integer here)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise CheckError(name, value, "a positive integer")
     return int(value)
 
 
@@ -78,12 +97,12 @@ def seed(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
+        raise CheckError(name, value, "an integer >= 0 or None")
     return int(value)
 
 
 def flag(name: str, value: Any) -> bool:
     """True or False."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise CheckError(name, value, "true or false")
     return bool(value)

@@ -20,16 +20,14 @@ import numpy as np
 Grads = Mapping[str, np.ndarray]
 
 
-def sq_norm(arr: np.ndarray) -> float:
-    """Squared L2 norm ``Σ arr²`` of an array of any shape: one dot product in the array's dtype, redone
-    in float64 when that overflows, so the result is finite whenever every value is."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return sq_norm_unguarded(arr)
-
-
 def sq_norm_unguarded(arr: np.ndarray) -> float:
-    """:func:`sq_norm` for hot loops that already run under ``np.errstate(over="ignore")`` (else numpy
-    warns about the float32 overflow that the float64 pass then repairs)."""
+    """Squared L2 norm ``Σ arr²`` of an array of any shape: one dot product in the array's dtype, redone
+    in float64 when that overflows, so the result is finite whenever every value is.
+
+    For hot loops: the caller runs it under ``np.errstate(over="ignore", invalid="ignore")`` (as
+    :func:`global_norm` and ``Trainer.fit`` do), else numpy warns about the float32 overflow that the
+    float64 pass then repairs.
+    """
     flat = arr.reshape(-1)
     total = float(np.dot(flat, flat))
     if total == math.inf and flat.dtype != np.float64:
@@ -39,7 +37,7 @@ def sq_norm_unguarded(arr: np.ndarray) -> float:
 
 
 def global_norm(grads: Grads) -> float:
-    """L2 norm of all gradients together (see :func:`sq_norm`)."""
+    """L2 norm of all gradients together (see :func:`sq_norm_unguarded`)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return math.sqrt(sum(sq_norm_unguarded(g) for g in grads.values()))
 

@@ -15,7 +15,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def _labels(path: Path, y: np.ndarray, n_classes: int | None) -> tuple[np.ndarra
     if not _integral(y):
         raise ValueError(f"{path}: class labels must be whole numbers, found {float(y[y != np.round(y)][0]):g}; for "
                          f"real-valued targets set data.task = \"regression\"")
-    labels = np.asarray(y).astype(np.int64)
+    labels = y.astype(np.int64, copy=False)
     if labels.min() < 0:
         raise ValueError(f"{path}: class labels must be >= 0, found {labels.min()}; for real-valued targets set "
                          f"data.task = \"regression\"")
@@ -201,60 +201,81 @@ def load_file(path: str | os.PathLike, task: str = "auto") -> tuple[np.ndarray, 
     ``y`` is int64 class labels ``(n,)`` (kept as given, >= 0) when the task (see :func:`file_task`) is
     classification, else float64 targets ``(n,)`` or ``(n, k)``.  Every error names the file.
     """
-    p = Path(path)
+    X, y, _, _ = _read_file(Path(path), task, None)
+    return X, y
+
+
+def _read_file(p: Path, task: str, n_classes: int | None) -> tuple[np.ndarray, np.ndarray, str, int | None]:
+    """:func:`load_file`, plus the task and (classification) the class count (see :func:`_labels`)."""
     if not p.exists():
         raise ValueError(f"{p}: no such data file")
     if p.is_dir():
         raise ValueError(f"{p}: is a directory, not a data file")
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as data:
-                if not hasattr(data, "files"):
-                    raise ValueError(f"{p}: not an .npz archive (it holds one array); save X and y with "
-                                     f"np.savez(path, X=X, y=y)")
-                missing = [k for k in ("X", "y") if k not in data.files]
-                if missing:
-                    raise ValueError(f"{p}: missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
-                X, y = np.asarray(data["X"]), np.asarray(data["y"])
-        except ValueError as exc:
-            text = str(exc)
-            if text.startswith(str(p)):
-                raise
-            if "object arrays" in text.lower():
-                raise ValueError(f"{p}: holds object arrays (pickled Python objects), which are never loaded; "
-                                 f"store numeric arrays with np.savez(path, X=X.astype(float), y=y)") from None
-            if "pickle" in text.lower():
-                raise ValueError(f"{p}: not an .npz archive (numpy reads it as pickled Python objects, which "
-                                 f"are never loaded); store arrays with np.savez(path, X=X, y=y)") from None
-            raise ValueError(f"{p}: not a readable .npz file ({text.splitlines()[0] if text else exc!r})") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
-        X, y = _numeric_array(p, "X", X).astype(np.float64), _numeric_array(p, "y", y)
+        X, y = _read_npz(p)
     elif suffix == ".csv":
-        try:
-            with open(p, newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ValueError(f"{p}: cannot read it as CSV ({exc})") from None
-        if rows and not _numeric(rows[0]):
-            rows = rows[1:]
-        if not rows:
-            raise ValueError(f"{p}: the data is empty")
-        if any(len(r) != len(rows[0]) for r in rows) or len(rows[0]) < 2:
-            raise ValueError(f"{p}: every row needs the same number (>= 2) of columns, y last")
-        try:
-            table = np.array([[float(c) for c in r] for r in rows])
-        except ValueError:
-            raise ValueError(f"{p}: a cell is not a number") from None
-        X, y = table[:, :-1], table[:, -1]
+        X, y = _read_csv(p)
     else:
         raise ValueError(f"{p}: unsupported data file type {suffix!r}; use .npz (X, y) or .csv (y last)")
     _check(p, X, y)
-    if file_task(p, y, task) == "classification":
-        labels, _ = _labels(p, y, None)
-        return X, labels
-    return X, y.astype(np.float64)
+    task = file_task(p, y, task)
+    if task == "classification":
+        y, n_classes = _labels(p, y, n_classes)
+    elif n_classes is not None:
+        raise ValueError(f"{p}: n_classes applies to class labels, but the targets are real-valued")
+    else:
+        y = y.astype(np.float64, copy=False)
+    return X, y, task, n_classes
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays X (as float64) and y of an ``.npz``; nothing pickled is ever loaded."""
+    try:
+        data = np.load(p, allow_pickle=False)
+    except ValueError:  # neither a zip of arrays nor a plain .npy array: numpy would have to unpickle it
+        raise ValueError(f"{p}: not an .npz archive of numeric arrays (pickled or object content is never "
+                         f"loaded); store arrays with np.savez(path, X=X, y=y)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: not an .npz archive (it holds one array); save X and y with "
+                         f"np.savez(path, X=X, y=y)")
+    with data:
+        missing = [k for k in ("X", "y") if k not in data.files]
+        if missing:
+            raise ValueError(f"{p}: missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
+        arrays = {}
+        for key in ("X", "y"):
+            try:
+                arrays[key] = np.asarray(data[key])  # a member that is no .npy comes back as bytes
+            except ValueError:  # numpy refuses object arrays without allow_pickle
+                raise ValueError(f"{p}: array {key} holds Python objects, and object arrays (pickles) are "
+                                 f"never loaded; store numeric arrays with np.savez(path, X=X.astype(float), "
+                                 f"y=y)") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+    return _numeric_array(p, "X", arrays["X"]).astype(np.float64, copy=False), _numeric_array(p, "y", arrays["y"])
+
+
+def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of a ``.csv`` (a header row skipped): all but the last as X, the last as y (float64)."""
+    try:
+        with open(p, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{p}: cannot read it as CSV ({exc})") from None
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{p}: the data is empty")
+    if any(len(r) != len(rows[0]) for r in rows) or len(rows[0]) < 2:
+        raise ValueError(f"{p}: every row needs the same number (>= 2) of columns, y last")
+    try:
+        table = np.array([[float(c) for c in r] for r in rows])
+    except ValueError:
+        raise ValueError(f"{p}: a cell is not a number") from None
+    return table[:, :-1], table[:, -1]
 
 
 def _numeric(row: list[str]) -> bool:
@@ -300,39 +321,24 @@ def load_dataset(name: str | None = None, path: str | os.PathLike | None = None,
         label = name
         task = "regression" if name in REGRESSION else "classification"
         if task == "classification":
-            n_classes = int(y.max()) + 1
+            n_classes = n_classes or SHAPES[name][1]  # the classes asked for, even if a tiny sample misses some
     else:
         p = Path(path)
-        X, y = load_file(p, task)
+        X, y, task, n_classes = _read_file(p, task, n_classes)
         label = p.stem
-        task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
-        if task == "classification":
-            y, n_classes = _labels(p, y, n_classes)
-        elif n_classes is not None:
-            raise ValueError(f"{p}: n_classes applies to class labels, but the targets are real-valued")
-    if task == "classification":
-        y = y.astype(np.int64)
-    else:
-        y = np.asarray(y, dtype=float)
+    # every source gives float64 X, and int64 labels or float64 targets
+    if task == "regression":
         y = y[:, None] if y.ndim == 1 else y
         n_classes = 0
     order = rng.permutation(len(X))
-    X, y = X[order], y[order]
+    X, y = X[order], y[order]  # new arrays: standardised in place below
     n_test = int(round(test_fraction * len(X)))
     if len(X) - n_test < 1:
         raise ValueError(f"{label}: no training examples left after the test split")
-    X_train, X_test, y_train, y_test = X[n_test:], X[:n_test], y[n_test:], y[:n_test]
     if path is not None or name in STANDARDISE:
-        mean, std = X_train.mean(0), X_train.std(0)
+        mean, std = X[n_test:].mean(0), X[n_test:].std(0)
         std[std == 0] = 1.0
-        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
-    return Dataset(name=label, X_train=np.ascontiguousarray(X_train, dtype=float), y_train=y_train,
-                   X_test=np.ascontiguousarray(X_test, dtype=float).reshape(-1, X.shape[1]), y_test=y_test,
+        X -= mean
+        X /= std
+    return Dataset(name=label, X_train=X[n_test:], y_train=y[n_test:], X_test=X[:n_test], y_test=y[:n_test],
                    task=task, n_classes=int(n_classes), n_features=int(X.shape[1]))
-
-
-def iterate_minibatches(n: int, batch_size: int, rng: np.random.Generator, shuffle: bool = True) -> Iterator[np.ndarray]:
-    """Index arrays of at most ``batch_size`` covering ``range(n)`` (the last batch may be smaller)."""
-    order = rng.permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]

@@ -32,22 +32,20 @@ class Context:
     (keyed by layer name) so a batch can be re-evaluated exactly; ``dropout=False`` turns dropout off even
     in training mode (curvature probes).  With ``reuse=True`` buffers persist across calls of the same
     shape (the trainer's hot path), so arrays handed out are overwritten by the next step; only a context
-    with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics.  With
-    ``defer_stats=True`` as well, the batch statistics wait in ``pending_stats`` until
-    :meth:`commit_stats` (the trainer commits them only for a step it applies, so a skipped non-finite
-    step leaves the running statistics untouched).
+    with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics, and only at
+    :meth:`commit_stats`: until then the batch statistics wait in ``pending_stats`` (the trainer commits
+    them only for a step it applies, so a skipped non-finite step leaves the running statistics untouched).
     """
 
     def __init__(self, training: bool = True, rng: np.random.Generator | None = None,
                  masks: dict[str, np.ndarray] | None = None, dropout: bool = True,
-                 reuse: bool = False, update_stats: bool = False, defer_stats: bool = False) -> None:
+                 reuse: bool = False, update_stats: bool = False) -> None:
         self.training = training
         self.rng = rng
         self.masks: dict[str, np.ndarray] = {} if masks is None else masks
         self.dropout = dropout
         self.reuse = reuse
         self.update_stats = update_stats
-        self.defer_stats = defer_stats
         #: ``(layer, batch mean, unbiased batch variance)`` waiting for :meth:`commit_stats`
         self.pending_stats: list[tuple[Any, np.ndarray, np.ndarray]] = []
         self.cache: dict[str, dict[str, Any]] = {}
@@ -237,12 +235,8 @@ class BatchNorm(Layer):
         xhat = xc * inv_std
         y = xhat * p["gamma"] + p["beta"]
         ctx.store(self.name).update(xhat=xhat, xc=xc, inv_std=inv_std)
-        if ctx.update_stats:
-            unbiased = var * (n / (n - 1))
-            if ctx.defer_stats:
-                ctx.pending_stats.append((self, mean, unbiased))
-            else:
-                self.blend_stats(mean, unbiased)
+        if ctx.update_stats:  # blended into the running statistics at ctx.commit_stats()
+            ctx.pending_stats.append((self, mean, var * (n / (n - 1))))
         return y
 
     def blend_stats(self, mean: np.ndarray, var: np.ndarray) -> None:

@@ -7,7 +7,6 @@ initial weights and the dropout masks, so two runs with the same seed are identi
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -186,7 +185,10 @@ class Sequential:
 
         ``sq_norms``, when given, receives each gradient's squared L2 norm, computed right after the layer
         wrote it (while it is still in cache: reading it again later costs a trip to memory); it is ``inf``
-        or ``nan`` only when the gradient holds a non-finite value (see :func:`core.clipping.sq_norm`).
+        or ``nan`` only when the gradient holds a non-finite value.  Call it then under
+        ``np.errstate(over="ignore", invalid="ignore")``, as ``Trainer.fit`` does: a float32 norm that
+        overflows is redone in float64 (see :func:`core.clipping.sq_norm_unguarded`), and without the
+        errstate numpy warns about the overflow first.
         """
         per_layer = self._split(self._params if params is None else params)
         layer_grads: dict[str, Params] = {}
@@ -194,15 +196,12 @@ class Sequential:
             for key, (layer, pname) in self._owner.items():
                 if key in grads:
                     layer_grads.setdefault(layer.name, {})[pname] = grads[key]
-        # the float32 norm of a huge finite gradient overflows and is redone in float64: no warning for that
-        quiet = np.errstate(over="ignore", invalid="ignore") if sq_norms is not None else nullcontext()
-        with quiet:
-            for layer, p in zip(reversed(self.layers), reversed(per_layer)):
-                lg = layer_grads.setdefault(layer.name, {})
-                g = layer.backward(g, p, ctx, lg)
-                if sq_norms is not None:
-                    for pname, arr in lg.items():
-                        sq_norms[f"{layer.name}.{pname}"] = sq_norm_unguarded(arr)
+        for layer, p in zip(reversed(self.layers), reversed(per_layer)):
+            lg = layer_grads.setdefault(layer.name, {})
+            g = layer.backward(g, p, ctx, lg)
+            if sq_norms is not None:
+                for pname, arr in lg.items():
+                    sq_norms[f"{layer.name}.{pname}"] = sq_norm_unguarded(arr)
         if grads is None:
             return {key: layer_grads[layer.name][pname] for key, (layer, pname) in self._owner.items()}
         for key, (layer, pname) in self._owner.items():

@@ -19,9 +19,6 @@ import numpy as np
 
 from core import checks
 
-_positive = checks.positive
-_unit = checks.unit
-
 
 class Optimizer:
     """Base class.  State arrays live in ``self.state[param_key][slot]``."""
@@ -29,7 +26,7 @@ class Optimizer:
     name = "optimizer"
 
     def __init__(self, lr: float) -> None:
-        self.lr = _positive("lr", lr)
+        self.lr = checks.positive("lr", lr)
         self.t = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self._updates: dict[str, np.ndarray] = {}
@@ -91,7 +88,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(lr)
-        self.momentum = _unit("momentum", momentum)
+        self.momentum = checks.unit("momentum", momentum)
         self.nesterov = checks.flag("nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0: pass momentum=0.9, say, or nesterov=False")
@@ -120,7 +117,7 @@ class AdaGrad(Optimizer):
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.eps = _positive("eps", eps)
+        self.eps = checks.positive("eps", eps)
 
     @property
     def hyperparams(self) -> dict[str, float]:
@@ -140,8 +137,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.rho = _unit("rho", rho)
-        self.eps = _positive("eps", eps)
+        self.rho = checks.unit("rho", rho)
+        self.eps = checks.positive("eps", eps)
 
     @property
     def hyperparams(self) -> dict[str, float]:
@@ -162,9 +159,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.beta1 = _unit("beta1", beta1)
-        self.beta2 = _unit("beta2", beta2)
-        self.eps = _positive("eps", eps)
+        self.beta1 = checks.unit("beta1", beta1)
+        self.beta2 = checks.unit("beta2", beta2)
+        self.eps = checks.positive("eps", eps)
 
     @property
     def hyperparams(self) -> dict[str, float]:

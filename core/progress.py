@@ -17,9 +17,6 @@ def progress_bar(total: int, progress: bool | None, desc: str, unit: str):
 
 def write_line(message: str) -> None:
     """One line on stderr that leaves an active progress bar intact (``tqdm.write``)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a dependency; stay useful without it anyway
-        print(message, file=sys.stderr, flush=True)
-        return
+    from tqdm import tqdm
+
     tqdm.write(message, file=sys.stderr)

@@ -8,7 +8,7 @@ Every key is validated at the boundary; a bad spec raises :class:`SpecError` wit
 A key that would have no effect is an error, not silently ignored: ``train.momentum`` and
 ``train.nesterov`` apply to the ``sgd`` and ``momentum`` optimizers only (``momentum`` defaults to 0.9 for
 ``momentum``, 0 for ``sgd``); ``data.n_classes`` to spirals, blobs and classification files.  Setting
-``train.optimizer`` (``--set`` or a patch) resets ``train.momentum``/``train.nesterov`` unless they are set
+``train.optimizer`` (in a spec file, ``--set`` or a patch) resets ``train.momentum``/``train.nesterov`` unless they are set
 alongside; setting ``data.name`` clears ``data.path`` and the other way round (and resets ``data.task``).
 ``data.task`` (``auto``, ``classification``, ``regression``) says what a file's targets are; ``auto``
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
@@ -22,12 +22,13 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from core import checks
 
 
 class SpecError(ValueError):
@@ -54,24 +55,29 @@ MOMENTUM_OPTIMIZERS = ("sgd", "momentum")
 
 
 # -- value checks (each returns the cleaned value or raises SpecError naming the key) ----------------------------
+def _as_spec(rule: Callable[[str, Any], Any], key: str, v: Any) -> Any:
+    """``rule(key, v)`` (a :mod:`core.checks` rule) with its error as a SpecError: ``key: expected ...``."""
+    try:
+        return rule(key, v)
+    except checks.CheckError as exc:
+        raise SpecError(f"{key}: expected {exc.accepts}, got {v!r}") from None
+
+
 def _number(key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise SpecError(f"{key}: expected a number, got {v!r}")
-    return float(v)
+    return _as_spec(checks.number, key, v)
 
 
-def _positive(key: str, v: Any) -> float:
-    x = _number(key, v)
-    if x <= 0:
-        raise SpecError(f"{key}: expected a positive number, got {v!r}")
-    return x
+def _ranged(rule: Callable[[str, Any], float]) -> Callable[[str, Any], float]:
+    """A range rule that first says "expected a number" for a bool or a string."""
+    def check(key: str, v: Any) -> float:
+        _number(key, v)
+        return _as_spec(rule, key, v)
+    return check
 
 
-def _nonneg(key: str, v: Any) -> float:
-    x = _number(key, v)
-    if x < 0:
-        raise SpecError(f"{key}: expected a number >= 0, got {v!r}")
-    return x
+_positive = _ranged(checks.positive)
+_nonneg = _ranged(checks.nonnegative)
+_unit = _ranged(checks.unit)
 
 
 def _int(key: str, v: Any, low: int) -> int:
@@ -85,17 +91,8 @@ def _int(key: str, v: Any, low: int) -> int:
     return int(v)
 
 
-def _unit(key: str, v: Any) -> float:
-    x = _number(key, v)
-    if not 0 <= x < 1:
-        raise SpecError(f"{key}: expected a number in [0, 1), got {v!r}")
-    return x
-
-
 def _bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise SpecError(f"{key}: expected true or false, got {v!r}")
-    return v
+    return _as_spec(checks.flag, key, v)
 
 
 def _string(key: str, v: Any) -> str:
@@ -271,14 +268,17 @@ def _set_keys(spec: dict[str, Any], items: Mapping[str, Any]) -> None:
 
 
 def _merge(base: dict[str, Any], raw: Mapping[str, Any]) -> None:
+    """Set the keys of a raw spec (sections of keys) on ``base``, by the rules of :func:`_set_keys`."""
+    items: dict[str, Any] = {}
     for key, value in raw.items():
         if key in SECTIONS:
             if not isinstance(value, Mapping):
                 raise SpecError(f"{key}: expected a table of keys, got {value!r}")
             for sub, v in value.items():
-                _set(base, f"{key}.{sub}", v)
+                items[f"{key}.{sub}"] = v
         else:
-            _set(base, str(key), value)
+            items[str(key)] = value
+    _set_keys(base, items)
 
 
 def validate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -307,15 +307,27 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _check_task(data: dict[str, Any], train: dict[str, Any]) -> None:
-    from core.data import CLASS_COUNT, REGRESSION
+def _task(data: Mapping[str, Any], train: Mapping[str, Any]) -> str:
+    """The task a (validated) spec trains for: a built-in set's own; else ``data.task``; for ``auto``, the
+    one an explicit ``train.loss`` implies (mse: regression); else ``auto`` (the file's targets decide)."""
+    from core.data import REGRESSION
 
-    task, name, loss = data["task"], data["name"], train["loss"]
+    name, task, loss = data["name"], data["task"], train["loss"]
     if name is not None:
-        builtin = "regression" if name in REGRESSION else "classification"
-        if task not in ("auto", builtin):
-            raise SpecError(f"data.task: {name} is a {builtin} data set; remove data.task or use \"{builtin}\"")
-        task = builtin
+        return "regression" if name in REGRESSION else "classification"
+    if task == "auto" and loss != "auto":
+        return "regression" if loss == "mse" else "classification"
+    return task
+
+
+def _check_task(data: dict[str, Any], train: dict[str, Any]) -> None:
+    from core.data import CLASS_COUNT
+
+    name, loss = data["name"], train["loss"]
+    task = _task(data, train)
+    if name is not None:
+        if data["task"] not in ("auto", task):
+            raise SpecError(f"data.task: {name} is a {task} data set; remove data.task or use \"{task}\"")
         if data["n_classes"] is not None and name not in CLASS_COUNT:
             raise SpecError(f"data.n_classes: {name} has a fixed number of classes, so the key would be ignored; "
                             f"remove it (it applies to {', '.join(sorted(CLASS_COUNT))} and data files)")
@@ -344,8 +356,8 @@ def _check_optimizer(train: dict[str, Any]) -> None:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
             return f"{n:.3g} {unit}"
         n /= 1024
     return f"{n:.3g} PiB"
@@ -399,10 +411,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence
     else:
         raw = read_spec_file(source)
         spec["name"] = spec_name(source)
-    raw_data = raw.get("data")
-    if isinstance(raw_data, Mapping) and "path" in raw_data and "name" not in raw_data:
-        spec["data"]["name"] = None  # a file replaces the default data set
-    _merge(spec, raw)
+    _merge(spec, raw)  # a data.path replaces the default data set
     path = spec["data"]["path"]
     if not isinstance(source, Mapping) and isinstance(path, str) and path and not Path(path).is_absolute():
         spec["data"]["path"] = str(Path(source).parent / path)  # relative to the spec file, not the cwd
@@ -450,12 +459,9 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
 
     spec = validate(copy.deepcopy(dict(spec)))
     d, m, t = spec["data"], spec["model"], spec["train"]
-    task = d["task"]
-    if task == "auto" and t["loss"] != "auto":  # the loss says which task a file's targets are for
-        task = "regression" if t["loss"] == "mse" else "classification"
-    try:
+    try:  # the task validate checked against train.loss; a file's targets decide only when nothing says
         data = load_dataset(d["name"], d["path"], n_samples=d["n_samples"], noise=d["noise"],
-                            test_fraction=d["test_fraction"], seed=spec["seed"], task=task,
+                            test_fraction=d["test_fraction"], seed=spec["seed"], task=_task(d, t),
                             n_classes=d["n_classes"])
     except ValueError as exc:
         raise SpecError(f"data: {exc}") from None
@@ -465,10 +471,6 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
     loss = t["loss"]
     if loss == "auto":
         loss = "cross_entropy" if data.task == "classification" else "mse"
-    if data.task == "regression" and loss != "mse":
-        raise SpecError(f"train.loss: {loss} needs class labels, but {data.name} is a regression data set; use mse")
-    if data.task == "classification" and loss == "mse":
-        raise SpecError(f"train.loss: mse needs real-valued targets, but {data.name} has class labels")
     if loss == "binary_cross_entropy" and data.n_classes != 2:
         raise SpecError(f"train.loss: binary_cross_entropy needs 2 classes, {data.name} has {data.n_classes}")
     spec["train"]["loss"] = loss
@@ -491,9 +493,6 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
     if t["optimizer"] in MOMENTUM_OPTIMIZERS:
         opt_kw.update(momentum=t["momentum"] or 0.0, nesterov=t["nesterov"])
     optimizer = core.get_optimizer(t["optimizer"], **opt_kw)
-    if m["batchnorm"] and len(data.X_train) < 2:
-        raise SpecError(f"model.batchnorm: {data.name} leaves {len(data.X_train)} training example; batch "
-                        f"statistics need 2 or more (lower data.test_fraction or set model.batchnorm = false)")
     trainer = core.Trainer(model, loss=loss, optimizer=optimizer,
                            batch_size=None if t["batch_size"] == "full" else t["batch_size"],
                            clip_norm=t["clip_norm"] or None, clip_value=t["clip_value"] or None, l2=t["l2"],

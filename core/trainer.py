@@ -35,7 +35,10 @@ class TrainingHistory(dict):
     """Per-epoch lists: ``loss``, ``accuracy`` (classification), ``val_loss``, ``val_accuracy``; plus
     ``steps`` (int), ``stopped`` (why training ended early, or None), ``skipped`` (non-finite steps that
     were not applied, with ``stop_on_nonfinite=False``) and ``checkpoint_error`` (the first checkpoint
-    write that failed, or None; training goes on without it)."""
+    write that failed, or None; training goes on without it).
+
+    ``loss`` and ``accuracy`` average the steps applied in the epoch: a skipped step is not among them,
+    and an epoch whose every step was skipped records NaN."""
 
 
 def _loss(loss: Any) -> Loss:
@@ -75,6 +78,9 @@ def _check_xy(X: Any, y: Any, n_inputs: int, loss: Loss, n_outputs: int, what: s
         raise ValueError(f"{what} X has {X.shape[1]} features but the model expects {n_inputs}")
     if len(y) != len(X):
         raise ValueError(f"{what} X has {len(X)} rows but y has {len(y)}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{what} X holds complex numbers (dtype {X.dtype}); features must be real: pass "
+                         f"np.hstack([X.real, X.imag]) or np.abs(X)")
     if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
         raise ValueError(f"{what} X contains NaN, Inf or non-numbers")
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.issubdtype(y.dtype, np.complexfloating):
@@ -105,7 +111,8 @@ class Trainer:
 
     A non-finite step is never applied: the loss and the global gradient norm are checked before every
     update.  ``stop_on_nonfinite=True`` (default) stops there, so parameters and checkpoint stay finite;
-    ``False`` skips that step (no update, counted in ``history["skipped"]``) and goes on.
+    ``False`` skips that step (no update, counted in ``history["skipped"]``, left out of the epoch's loss
+    and accuracy) and goes on.
     """
 
     def __init__(self, model: Sequential, loss: str | Loss = "cross_entropy",
@@ -118,9 +125,7 @@ class Trainer:
         self.model = model
         self.loss = _loss(loss)
         self.optimizer = _optimizer(optimizer)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+        batch_size = None if batch_size is None else checks.positive_int("batch_size", batch_size)
         if batch_size == 1 and model.has_batchnorm:
             raise ValueError("batch_size=1 cannot train a model with BatchNorm (the statistics of one example "
                              "are undefined); use batch_size >= 2 or remove the BatchNorm layers")
@@ -140,7 +145,7 @@ class Trainer:
         self.epoch = 0
         self.spec: Mapping[str, Any] | None = None
         # running statistics wait until the step is known to be finite (a skipped step changes nothing)
-        self._ctx = Context(training=True, rng=model.dropout_rng, reuse=True, update_stats=True, defer_stats=True)
+        self._ctx = Context(training=True, rng=model.dropout_rng, reuse=True, update_stats=True)
         # gradients live in one vector, like the parameters: one pass for norms, clipping and updates
         self._gflat = np.zeros(model.size, dtype=model.dtype)
         self._grads = model.views(self._gflat)
@@ -152,6 +157,7 @@ class Trainer:
     # -- one evaluation ------------------------------------------------------------------------------
     def _forward_backward(self, xb: np.ndarray, yb: np.ndarray, record: dict | None,
                           sq_norms: dict | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        # runs inside fit's np.errstate: the squared norms of a huge float32 gradient overflow quietly
         ctx = self._ctx
         ctx.masks = {}
         ctx.pending_stats.clear()
@@ -210,10 +216,14 @@ class Trainer:
             return "momentum"
         return self.optimizer.name
 
+    def _batch_size(self, n: int) -> int:
+        """The batch size of an epoch over ``n`` examples (before a trailing batch of one is merged)."""
+        return n if self.batch_size is None else min(self.batch_size, n)
+
     def batch_bounds(self, n: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of each batch of an epoch over ``n`` examples.  With BatchNorm a trailing batch
         of one example joins the batch before it (batch statistics need 2 or more examples)."""
-        bs = n if self.batch_size is None else min(self.batch_size, n)
+        bs = self._batch_size(n)
         bounds = [(start, min(start + bs, n)) for start in range(0, n, bs)]
         if self.model.has_batchnorm:
             if n < 2:
@@ -222,9 +232,14 @@ class Trainer:
                 bounds[-2:] = [(bounds[-2][0], n)]
         return bounds
 
-    def run_info(self, X: np.ndarray, y: np.ndarray, epochs: int) -> RunInfo:
+    def run_info(self, X: np.ndarray, y: np.ndarray, epochs: int,
+                 bounds: list[tuple[int, int]] | None = None) -> RunInfo:
+        """What ``on_train_begin`` receives for ``epochs`` over ``(X, y)``; ``bounds``: the epoch's
+        :meth:`batch_bounds` when the caller has them."""
         n = len(X)
-        bs = n if self.batch_size is None else min(self.batch_size, n)
+        if bounds is None:
+            bounds = self.batch_bounds(n)
+        bs = self._batch_size(n)
         mode = "batch" if bs >= n else ("stochastic" if bs == 1 else "mini-batch")
 
         def probe(n_samples: int, seed: int) -> BatchObjective:
@@ -234,7 +249,7 @@ class Trainer:
         task = "regression" if self.loss.name == "mse" else "classification"
         return RunInfo(layers=self.model.layer_infos(), loss=self.loss.name, optimizer=self._optimizer_name(),
                        hyperparams=dict(self.optimizer.hyperparams), batch_size=bs, batch_mode=mode, n_train=n,
-                       epochs=epochs, steps_per_epoch=len(self.batch_bounds(n)), clip_norm=self.clip_norm,
+                       epochs=epochs, steps_per_epoch=len(bounds), clip_norm=self.clip_norm,
                        clip_value=self.clip_value, l2=self.l2, dtype=self.model.dtype.name, seed=self.seed,
                        task=task, probe=probe, spec=self.spec)
 
@@ -251,8 +266,7 @@ class Trainer:
         ``history["checkpoint_error"]``.  An exception or Ctrl-C anywhere from ``on_train_begin`` to
         ``on_train_end`` reaches the callbacks' ``on_exception`` before it propagates.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        epochs = checks.positive_int("epochs", epochs)
         model, loss = self.model, self.loss
         X, y = _check_xy(X, y, model.n_inputs, loss, model.n_outputs, "training")
         if validation is not None:
@@ -264,9 +278,9 @@ class Trainer:
         X = np.ascontiguousarray(X, dtype=model.dtype)
         if np.issubdtype(y.dtype, np.floating):
             y = y.astype(model.dtype)
-        run = self.run_info(X, y, epochs)
         n = len(X)
         bounds = self.batch_bounds(n)
+        run = self.run_info(X, y, epochs, bounds)
         cbs = self.callbacks
         # hooks nobody overrides cost nothing per step: no StepState unless a callback watches steps
         per_step = cbs.wants("on_after_backward") or cbs.wants("on_step_end")
@@ -291,7 +305,8 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 for epoch in range(epochs):
                     order = self.rng.permutation(n) if self.shuffle and len(bounds) > 1 else np.arange(n)
-                    loss_sum, correct, seen = 0.0, 0, 0
+                    loss_sum, correct, seen = 0.0, 0, 0  # over the applied steps
+                    first_step = self.step
                     for start, stop in bounds:
                         idx = order[start:stop]
                         xb, yb = X[idx], y[idx]
@@ -325,13 +340,13 @@ class Trainer:
                             if self.clip_value is not None:
                                 applied, _ = clip_by_value(applied, self.clip_value)
                             flat_update = self.optimizer.step({"all": pflat}, applied)["all"]
+                            if classify:
+                                correct += int(np.sum(loss.predictions(z) == yb))
+                            loss_sum += value * len(idx)
+                            seen += len(idx)
                         else:  # stop_on_nonfinite=False: skip the step, as a loss scaler would
                             flat_update = self._zeros()
                             history["skipped"] += 1
-                        if classify:
-                            correct += int(np.sum(loss.predictions(z) == yb))
-                        loss_sum += value * len(idx)
-                        seen += len(idx)
                         if per_step:
                             if self._ro_updates is None or self._ro_updates[0] is not flat_update:
                                 self._ro_updates = (flat_update, readonly(model.views(flat_update)))
@@ -348,12 +363,13 @@ class Trainer:
                         if reason:
                             history["stopped"] = reason
                             break
-                    if seen:
-                        history["loss"].append(loss_sum / seen)
+                    ran = self.step > first_step  # at least one step of this epoch ran (applied or skipped)
+                    if ran:
+                        history["loss"].append(loss_sum / seen if seen else math.nan)
                         if classify:
-                            history["accuracy"].append(correct / seen)
+                            history["accuracy"].append(correct / seen if seen else math.nan)
                     logs = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
-                    if validation is not None and seen:
+                    if validation is not None and ran:
                         ev = self.evaluate(Xv, yv)
                         history["val_loss"].append(ev["loss"])
                         logs["val_loss"] = ev["loss"]

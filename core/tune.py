@@ -41,27 +41,35 @@ class TrialResult:
         return float(value) if value is not None and math.isfinite(float(value)) else math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        """Rank, params and metrics, JSON-safe (non-finite numbers as the strings ``"inf"``/``"nan"``)."""
+        """Rank, params and metrics, JSON-safe (a non-finite number as ``null``; ``pruned`` says why a
+        trial stopped early)."""
         return json_safe({"rank": self.rank, "params": self.params, **self.metrics})
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` ready for ``json.dumps(..., allow_nan=False)``: numpy scalars become Python numbers and a
-    non-finite float becomes the string ``"inf"``, ``"-inf"`` or ``"nan"`` (dicts, lists and tuples
-    recursively).  Strict JSON has no Infinity or NaN; the strings say what happened and stay readable.
+    """``value`` ready for ``json.dumps(..., allow_nan=False)``: numpy scalars and arrays become Python
+    numbers and lists, a non-finite float (NaN, ±Inf) becomes ``None`` (``null``), mappings, lists and tuples
+    are converted recursively (keys as strings), and any other object becomes its ``str``.
 
-    >>> json_safe({"loss": float("inf"), "acc": [0.5, float("nan")]})
-    {'loss': 'inf', 'acc': [0.5, 'nan']}
+    Strict JSON has no Infinity or NaN.  ``null`` marks a number that is missing, does not apply or is not
+    finite; a document that needs to say why carries a field of its own (the doctor's ``diverged``, a
+    search trial's ``pruned``).  This is the one encoding of gradmon's JSON outputs as well (report,
+    doctor, tune).
+
+    >>> json_safe({"loss": float("inf"), "acc": [0.5, float("nan")], "n": np.int64(3)})
+    {'loss': None, 'acc': [0.5, None], 'n': 3}
     """
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return str(value)
 
 
 def _parse_value(text: str) -> Any:

@@ -1,4 +1,5 @@
-"""Shared bits of the examples: arguments and a two-moons data set (no downloads)."""
+"""Shared bits of the examples: arguments, a two-moons data set (no downloads), a small MLP, and the fix a
+finding suggests."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def mlp(activation: str, init: str, hidden: list[int], inputs: int = 2, outputs:
         width = h
     layers.append(core.Dense(width, outputs, init=init))
     return core.Sequential(layers, seed=0)
+
+
+def suggested(report, code: str, key: str, where: str = ""):
+    """The first ``code`` finding of ``report`` and the value its suggestions propose for the spec key
+    ``key`` (e.g. ``train.lr``); exits with a message naming what is missing when there is no such finding
+    or no such suggestion.  ``where`` describes the run in that message (e.g. ``"at lr 0.8"``)."""
+    finding = next((f for f in report.findings if f.code == code), None)
+    if finding is None:
+        sys.exit(f"expected a {code} finding{' ' + where if where else ''}; got {[f.code for f in report.findings]}")
+    value = next((s.patch[key] for s in finding.suggestions if key in s.patch), None)
+    if value is None:
+        sys.exit(f"the {code} finding suggested no {key}: {[s.patch for s in finding.suggestions]}")
+    return finding, value
 
 
 def summary(label: str, monitor, history) -> None:

@@ -7,10 +7,9 @@ run's early gradient norms, and the second run, clipped at that norm, trains and
 """
 
 import os
-import sys
 
 import numpy as np
-from _common import mlp, parse
+from _common import mlp, parse, suggested
 
 import core
 import gradmon
@@ -36,12 +35,6 @@ def train(label: str, clip_norm: float | None) -> gradmon.HealthReport:
 
 
 report = train("no-clipping", None)
-exploding = next((f for f in report.findings if f.code == "exploding_gradients"), None)
-if exploding is None:
-    sys.exit("expected an exploding_gradients finding in the unclipped run; got "
-             f"{[f.code for f in report.findings]}")
-clip = next((s.patch["train.clip_norm"] for s in exploding.suggestions if "train.clip_norm" in s.patch), None)
-if clip is None:
-    sys.exit(f"the exploding_gradients finding suggested no clip_norm: {[s.patch for s in exploding.suggestions]}")
+exploding, clip = suggested(report, "exploding_gradients", "train.clip_norm", "in the unclipped run")
 print(f"  {exploding.message}\n  suggested: clip_norm={clip}")
 train("clipped", clip)

@@ -8,10 +8,9 @@ run, at that rate, trains.
 """
 
 import os
-import sys
 
 import numpy as np
-from _common import mlp, parse
+from _common import mlp, parse, suggested
 
 import core
 import gradmon
@@ -37,11 +36,6 @@ def train(label: str, lr: float) -> gradmon.HealthReport:
 
 
 report = train("too-high", 0.8)
-sharp = next((f for f in report.findings if f.code == "sharpness_above_stability"), None)
-if sharp is None:
-    sys.exit(f"expected a sharpness_above_stability finding at lr 0.8; got {[f.code for f in report.findings]}")
+sharp, lr = suggested(report, "sharpness_above_stability", "train.lr", "at lr 0.8")
 print(f"  {sharp.message}")
-lr = next((s.patch["train.lr"] for s in sharp.suggestions if "train.lr" in s.patch), None)
-if lr is None:
-    sys.exit(f"the sharpness finding suggested no learning rate: {[s.patch for s in sharp.suggestions]}")
 train("suggested", lr)

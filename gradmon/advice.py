@@ -110,8 +110,9 @@ def lower_lr(ctx: Context, f: Finding) -> Suggestion:
     suggested = f.evidence.get("suggested_lr")
     if isinstance(suggested, (int, float)) and 0 < suggested < ctx.lr and "max_stable_lr" in f.evidence:
         lr = _round(float(suggested))
+        lam = f.evidence.get("reference_lambda_max", f.evidence.get("lambda_max"))
         why = (f"below the largest stable one, {f.evidence['max_stable_lr']:.2g}, set by the curvature "
-               f"(λmax = {f.evidence['lambda_max']:.3g})")
+               f"(λmax = {lam:.3g})")
     else:
         lr = _round(ctx.lr / 10)
         why = "a tenth of the current one"

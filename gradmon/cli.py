@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,25 @@ def _print(line: str = "") -> None:
     print(line, flush=True)
 
 
+def _report_file(files: Sequence[Path]) -> Path | None:
+    """Of the report files a run wrote, the one to open: report.html, else report.json, else None."""
+    by_name = {Path(p).name: Path(p) for p in files}
+    return by_name.get("report.html") or by_name.get("report.json")
+
+
+def _print_report(prefix: str, files: Sequence[Path], note: str = "") -> None:
+    """Print where a run's report is, naming only a file the run wrote (``files``; a reused ``--logdir``
+    may hold a stale report.html): report.html, else report.json saying that report.html failed, else
+    that no report was written.  ``note`` follows a written path."""
+    path = _report_file(files)
+    if path is None:
+        _print(f"{prefix} not written (see the errors above)")
+    elif path.name == "report.html":
+        _print(f"{prefix} {path}{note}")
+    else:
+        _print(f"{prefix} {path} (report.html could not be written: see above){note}")
+
+
 # -- commands -----------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from gradmon.run import default_logdir, run_spec
@@ -47,9 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir) if args.logdir else default_logdir(spec)
     args.run_dir = logdir  # for the message if the run is interrupted
     result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet)
-    html = logdir / "report.html"
-    _print(f"report:      {html}" if html.exists() else
-           f"report:      {logdir / 'report.json'} (report.html could not be written: see above)")
+    _print_report("report:     ", result.reports)
     _print(f"tensorboard: tensorboard --logdir {logdir}")
     _print(f"status:      {result.report.status} ({len(result.report.findings)} findings, "
            f"final loss {result.final_loss:.4g})")
@@ -86,13 +104,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir) if args.logdir else default_logdir({"name": f"doctor-{spec.get('name') or 'run'}"})
     result = doctor(spec, budget_steps=args.budget_steps, workers=args.workers, progress=_progress(args),
                     logdir=logdir, trial_logs=args.logdir is not None, source=args.spec, overrides=args.set)
-    report = logdir / "baseline" / "report.html"
     if args.format == "json":
-        _print(json.dumps({**result.to_dict(), "report": str(report)}, indent=2, allow_nan=False))
+        report = _report_file(result.reports)
+        _print(json.dumps({**result.to_dict(), "report": str(report) if report is not None else None}, indent=2,
+                          allow_nan=False))
     else:
         _print(render_doctor(result))
         _print("")
-        _print(f"report: {report}   (the table: {logdir / 'doctor.txt'})")
+        _print_report("report:", result.reports, f"   (the table: {logdir / 'doctor.txt'})")
     return EXIT_OK
 
 
@@ -138,8 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for line in demo_table([(label, r) for label, _, r in results]):
         _print(line)
     _print("")
-    for label, logdir, _ in results:
-        _print(f"report ({label}): {logdir / 'report.html'}")
+    for label, _, r in results:
+        _print_report(f"report ({label}):", r.reports)
     _print(f"open the dashboards: tensorboard --logdir {root}   (then http://localhost:6006, tab CUSTOM SCALARS)")
     _print(f"gate a CI job on it:  gradmon check {results[0][1]} --fail-on warning")
     return EXIT_OK
@@ -151,12 +170,12 @@ def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
     informational."""
     from gradmon.findings import severity_rank
 
-    with_val = all(r.train_history.get("val_loss") for _, r in results)
+    with_val = all(r.n_validation for _, r in results)
     loss_head = "val loss" if with_val else "train loss"
     lines = [f"{'run':<22} {'status':<8} {loss_head:>10} {'accuracy':>9}  findings"]
     notes: list[str] = []
     for label, r in results:
-        loss = r.train_history["val_loss"][-1] if with_val else r.final_loss
+        loss = (r.train_history.get("val_loss") or [math.nan])[-1] if with_val else r.final_loss
         acc = r.final_accuracy
         first: dict[str, Any] = {}
         for f in sorted(r.report.findings, key=lambda f: -severity_rank(f.severity)):

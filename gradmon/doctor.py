@@ -8,18 +8,21 @@ What is measured, for the baseline and every trial alike (:func:`measure`):
 
 - ``loss``: the validation loss on the spec's held-out split after the budget, or, when the spec has no
   held-out split, the mean training loss over the last :data:`TRAIN_LOSS_WINDOW` steps.  A run that stopped
-  on a non-finite value diverged: its loss is ``inf``.
+  on a non-finite value diverged: its loss is ``inf`` (``null`` in JSON, where ``diverged`` says why).
 - ``accuracy`` (classification): validation accuracy, or the training accuracy of the last epoch.
 
-Each trial is compared with the baseline: ``worse`` when its loss is more than :data:`LOSS_TOLERANCE`
-(relative) above the baseline's or its accuracy more than :data:`ACCURACY_TOLERANCE` below; ``better`` when
-it is not worse, its loss or accuracy improved beyond the same margins, and it leaves no error finding open
-(a run that is still broken did not get better, whatever its loss); ``same`` otherwise.  The ranking puts
-every ``better`` trial first (by loss to three significant digits, then accuracy, then more findings closed),
-then ``same`` (no error left open first, then most findings closed), then ``worse`` (by loss).
+Each trial is compared with the baseline (``delta_loss`` is the relative change of the loss, see
+:func:`gradmon.report.text.loss_change`; ``delta_accuracy`` the difference in accuracy): ``worse`` when its
+loss is more than :data:`LOSS_TOLERANCE` (relative) above the baseline's or its accuracy more than
+:data:`ACCURACY_TOLERANCE` below; ``better`` when it is not worse, its loss or accuracy improved beyond the
+same margins, and it leaves no error finding open (a run that is still broken did not get better, whatever
+its loss); ``same`` otherwise.  The ranking puts every ``better`` trial first (by loss to three significant
+digits, then accuracy, then more findings closed), then ``same`` (no error left open first, then most
+findings closed), then ``worse`` (by loss).
 
-    result = doctor(load_spec("gradmon/scenarios/vanishing.toml"), budget_steps=200)
-    print(render_doctor(result, source="gradmon/scenarios/vanishing.toml"))
+    result = doctor(load_spec("gradmon/scenarios/vanishing.toml"), budget_steps=200,
+                    source="gradmon/scenarios/vanishing.toml")
+    print(render_doctor(result))
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 from core.progress import progress_bar
 from core.tune import json_safe
-from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, patch_to_cli
+from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, loss_change, patch_to_cli
 
 SCHEMA = "gradmon.doctor/1"
 
@@ -53,10 +56,12 @@ VERDICTS = ("better", "same", "worse")
 class TrialOutcome:
     """A run of the spec with one patch (or none, for the baseline), as measured (see :func:`measure`).
 
-    ``loss`` is the ranking loss (``inf`` when the run diverged); ``train_loss`` the mean training loss over
-    the last :data:`TRAIN_LOSS_WINDOW` steps; ``findings`` the codes of its warning and error findings;
-    ``closed`` the baseline's findings this trial does not have; ``verdict`` and the deltas compare it with
-    the baseline (``better``, ``same`` or ``worse``; deltas are trial minus baseline).
+    ``loss`` is the ranking loss (``inf`` when the run diverged; ``null`` in JSON, with ``diverged``);
+    ``train_loss`` the mean training loss over the last :data:`TRAIN_LOSS_WINDOW` steps; ``findings`` the
+    codes of its warning and error findings; ``closed`` the baseline's findings this trial does not have;
+    ``stopped`` why it ended before its budget; ``verdict`` and the deltas compare it with the baseline
+    (``better``, ``same`` or ``worse``; ``delta_loss`` the relative change of the loss,
+    :func:`~gradmon.report.text.loss_change`, ``delta_accuracy`` trial minus baseline).
     """
 
     suggestions: list[str]
@@ -75,10 +80,8 @@ class TrialOutcome:
     delta_accuracy: float | None = None
     label: str = ""
 
-    @property
-    def final_loss(self) -> float:
-        """The ranking loss (the contract's ``final_loss``)."""
-        return self.loss
+    def __post_init__(self) -> None:
+        self.diverged = self.diverged or math.isinf(self.loss)  # an infinite loss is how divergence is measured
 
     def sort_key(self) -> tuple:
         """Order within the trial's verdict group (see the module docstring)."""
@@ -112,15 +115,17 @@ class DoctorResult:
     trials: list[TrialOutcome]
     loss_measure: str = ""
     logdir: str | None = None
-    source: str | None = None
-    overrides: list[str] = field(default_factory=list)
+    source: str | None = None   #: the spec's path: makes the table's "best fix" line a command
+    overrides: list[str] = field(default_factory=list)   #: the ``--set`` arguments the spec was loaded with
+    reports: list[Path] = field(default_factory=list)   #: the baseline's report files written with the ranking
 
     @property
     def nothing_to_fix(self) -> bool:
         return not self.baseline.findings
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``gradmon.doctor/1`` document (strict JSON: non-finite numbers are the strings "inf"/"nan")."""
+        """The ``gradmon.doctor/1`` document (strict JSON: a non-finite number is ``null``; the loss of a run
+        that diverged is null and its ``diverged`` is true)."""
         b = self.baseline
         baseline: dict[str, Any] = {"final_loss": b.loss, "findings": b.findings, "train_loss": b.train_loss,
                                     "diverged": b.diverged}
@@ -130,6 +135,7 @@ class DoctorResult:
             baseline["stopped"] = b.stopped
         return json_safe({"schema": SCHEMA, "budget_steps": self.budget_steps, "loss_measure": self.loss_measure,
                           "tolerance": {"loss_relative": LOSS_TOLERANCE, "accuracy": ACCURACY_TOLERANCE},
+                          "deltas": {"loss": "relative", "accuracy": "absolute"},
                           "baseline": baseline, "trials": [t.to_dict() for t in self.trials]})
 
 
@@ -157,16 +163,16 @@ def loss_measure(n_validation: int) -> str:
     """What ``loss`` and ``accuracy`` mean in the doctor's table and JSON, in words."""
     if n_validation:
         return (f"validation loss (and accuracy) on the {n_validation} held-out examples after the budget; "
-                "inf when the run diverged")
+                "none for a run that diverged")
     return (f"mean training loss over the last {TRAIN_LOSS_WINDOW} steps (accuracy: last epoch's training "
-            "accuracy); inf when the run diverged")
+            "accuracy); none for a run that diverged")
 
 
 def measure(result: Any, tail: _LossTail) -> tuple[float, float | None, bool]:
-    """``(loss, accuracy, diverged)`` of a finished run (a :class:`gradmon.run.RunResult`)."""
+    """``(loss, accuracy, diverged)`` of a finished run (a :class:`gradmon.run.RunResult`): a run that ended
+    before its budget, or whose loss is not finite, diverged (its loss is ``inf``)."""
     th = result.train_history
-    stopped = str(th.get("stopped") or "")
-    diverged = bool(stopped) and not stopped.startswith("step budget")
+    diverged = result.stopped_early is not None
     if result.n_validation and th.get("val_loss"):
         loss = float(th["val_loss"][-1])
         acc = th.get("val_accuracy")
@@ -194,11 +200,9 @@ def run_trial(spec: Mapping[str, Any], patch: Mapping[str, Any], suggestions: li
                       callbacks=[tail])
     loss, accuracy, diverged = measure(result, tail)
     findings = [f for f in result.report.findings if f.severity in ("warning", "error")]
-    stopped = result.train_history.get("stopped")
     outcome = TrialOutcome(suggestions=suggestions, patch=dict(patch), loss=loss, accuracy=accuracy,
                            train_loss=tail.mean(), findings=sorted({f.code for f in findings}),
-                           errors=sum(f.severity == "error" for f in findings),
-                           stopped=None if not stopped or str(stopped).startswith("step budget") else str(stopped),
+                           errors=sum(f.severity == "error" for f in findings), stopped=result.stopped_early,
                            diverged=diverged)
     return outcome, [f.to_dict() for f in result.report.findings], loss_measure(result.n_validation)
 
@@ -227,7 +231,7 @@ def compare(trial: TrialOutcome, baseline: TrialOutcome) -> None:
     """Set ``trial``'s ``closed``, deltas and ``verdict`` against ``baseline`` (see the module docstring)."""
     trial.closed = sorted(set(baseline.findings) - set(trial.findings))
     b, t = baseline.loss, trial.loss
-    trial.delta_loss = t - b if (math.isfinite(b) or math.isfinite(t)) else 0.0
+    trial.delta_loss = loss_change(t, b)
     worse = t > b * (1 + LOSS_TOLERANCE)
     better = t < b * (1 - LOSS_TOLERANCE)
     trial.delta_accuracy = None
@@ -327,13 +331,13 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
                           loss_measure=measure_text, logdir=root,
                           source=str(source) if source is not None else None, overrides=list(overrides))
     if root:
-        _write_into_report(os.path.join(root, "baseline"), result)
+        result.reports = _write_into_report(os.path.join(root, "baseline"), result)
         Path(root, "doctor.txt").write_text(render_doctor(result) + "\n", encoding="utf-8")
     return result
 
 
-def _write_into_report(run_dir: str, result: DoctorResult) -> None:
-    """Add the ranked trials to the baseline's report files."""
+def _write_into_report(run_dir: str, result: DoctorResult) -> list[Path]:
+    """Add the ranked trials to the baseline's report files; returns the files written."""
     from gradmon.findings import HealthReport
     from gradmon.history import History
 
@@ -341,26 +345,27 @@ def _write_into_report(run_dir: str, result: DoctorResult) -> None:
     report = HealthReport.load(path)
     report.extra["doctor"] = result.to_dict()
     history = History.load(path / "history.npz") if (path / "history.npz").exists() else None
+    written = []
     for name in ("report.json", "report.html"):
         try:
-            report.save(path / name, history=history)
+            written.append(report.save(path / name, history=history))
         except ImportError:
             pass
+    return written
 
 
-def render_doctor(result: DoctorResult, source: str | None = None, overrides: Sequence[str] | None = None) -> str:
+def render_doctor(result: DoctorResult) -> str:
     """The baseline and the trials, best first, with what was measured and the command of the best fix.
 
-    ``source`` (the spec's path) and ``overrides`` (the ``--set`` arguments it was loaded with; both default
-    to the result's) make the "best fix" line a command that reproduces the fix.
+    With the result's ``source`` (the spec's path) and ``overrides`` (the ``--set`` arguments it was loaded
+    with), the "best fix" line is a command that reproduces the fix.
     """
-    source = source if source is not None else result.source
-    overrides = list(overrides) if overrides is not None else result.overrides
+    source, overrides = result.source, result.overrides
     b = result.baseline
     lines = [f"doctor: {len(result.trials)} trial(s) of {result.budget_steps} steps each, same seed as the "
              f"baseline", f"loss: {result.loss_measure}"]
     if result.nothing_to_fix:
-        lines += [f"baseline: loss {format_loss(b.loss)}"
+        lines += [f"baseline: loss {format_loss(b.loss, b.diverged)}"
                   + (f", accuracy {b.accuracy:.1%}" if b.accuracy is not None else ""),
                   "nothing to fix: the baseline raised no warning or error."]
         return "\n".join(lines)
@@ -413,9 +418,8 @@ class _HealthTrial:
             metrics["val_loss"] = th["val_loss"][-1]
         if result.final_accuracy is not None:
             metrics["accuracy"] = result.final_accuracy
-        stopped = th.get("stopped")
-        if stopped and not str(stopped).startswith("step budget"):
-            metrics["pruned"] = stopped
+        if result.stopped_early:
+            metrics["pruned"] = result.stopped_early
         return metrics
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.tune import json_safe
+
 SCHEMA = "gradmon.report/1"
 
 #: Finding codes of the contract, with a one-line meaning (used in reports and errors).
@@ -49,22 +51,13 @@ def severity_rank(severity: str) -> int:
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars and arrays to Python, non-finite floats (NaN, ±Inf) to ``None``.
+    """JSON-safe copy (:func:`core.tune.json_safe`): numpy scalars and arrays to Python, non-finite floats
+    (NaN, ±Inf) to ``None``.
 
     JSON has no NaN or Infinity, so a value that does not apply (saturation of a ReLU layer) or is not
     finite (the loss of a diverged run) is written as ``null``.
     """
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _clean(value.tolist())
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return str(value)
+    return json_safe(value)
 
 
 #: How reports written before null was used spelled non-finite numbers.

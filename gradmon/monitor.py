@@ -27,7 +27,7 @@ from core.callbacks import Callback, RunInfo, StepState
 from gradmon.advice import Context as AdviceContext
 from gradmon.advice import advise
 from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation, default_detectors
-from gradmon.detectors.base import block_medians, median
+from gradmon.detectors.base import block_medians, latest_lr, median
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import History, Record, Window
 from gradmon.layout import Unit, units_from_run
@@ -63,7 +63,9 @@ class Monitor(Callback):
         saturation and dead units).
     curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace by
         Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
-    tensorboard_every: records between TensorBoard scalar writes (the history keeps every record).
+    tensorboard_every: records between TensorBoard scalar writes (the history keeps every record); records
+        that measure the slow quantities (see ``weight_every``) are written too, so update ratios reach
+        TensorBoard whatever the two cadences.
     histogram_every: steps between gradient/activation histograms (default: ~20 per run).
     judge_every: records between detector judgments (default: 50, fewer for short runs).
     weight_every: records between weight norms, update-to-weight ratios and activation moments (weights
@@ -201,9 +203,6 @@ class Monitor(Callback):
             gnorm = state.extras.get("grad_norm")
             if gnorm is None:
                 gnorm = math.sqrt(sum(sq.values()))
-            if not math.isfinite(gnorm):  # overflow of huge but finite gradients, or NaN/Inf: count exactly
-                sq = {k: gradq.sq_norm(g) for k, g in state.grads.items()}
-                gnorm = math.sqrt(sum(sq.values()))
             if not ((math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)):
                 self._nonfinite(state, loss, gnorm)
             if measure:
@@ -239,7 +238,7 @@ class Monitor(Callback):
             self._first_norms.append(gnorm)
 
     def _keep_first_loss(self, loss: float) -> None:
-        if len(self._first_losses) < max(5, self._initial_records()) and math.isfinite(loss):
+        if len(self._first_losses) < self._initial_records() and math.isfinite(loss):
             self._first_losses.append(loss)
 
     def _initial_records(self) -> int:
@@ -259,13 +258,16 @@ class Monitor(Callback):
         if self._pending is not None:
             self._pending.set_scalar("loss", value)
             self._keep_first_loss(value)
+            last = self.curvature[-1] if self.curvature else None
+            if last is not None and last["step"] == self._pending.step and math.isnan(last["loss"]):
+                last["loss"] = value  # measured before the loop knew this step's loss
         if not math.isfinite(value) and self._nonfinite_step is None:
             self._nonfinite_step = self.steps
             obs = Observation("nonfinite_values", None, "error",
                               f"The loss became {value} at step {self.steps}: training cannot continue from here.",
                               {"step": self.steps, "loss": value, "last_finite_loss": self._last_finite_loss()},
                               open_after=1)
-            self.tracker.update(self.steps, [obs], ["nonfinite_values"])
+            self.tracker.update(self.steps, [obs], ["nonfinite_values"], full=False)
 
     def will_record_update(self, step: int) -> bool:
         """Whether the record of ``step`` will hold update ratios (loops that must copy weights to
@@ -325,7 +327,9 @@ class Monitor(Callback):
                 continue
             if u.activation in ("sigmoid", "tanh"):
                 sat[u.index] = actq.saturation_fraction(y, u.activation)
-                pre = (state.preactivations or {}).get(u.activation_layer)
+                # an infinite input gives an output at the asymptote: only saturated layers can hide one
+                # (a NaN input shows in the output, the loss and the gradients anyway)
+                pre = (state.preactivations or {}).get(u.activation_layer) if sat[u.index] > 0 else None
                 finite = finite and (pre is None or gradq.all_finite(pre))
             tracker = self._dead.get(u.name)
             if tracker is not None:
@@ -390,19 +394,21 @@ class Monitor(Callback):
             est = estimate_curvature(hvp, dim, step=state.step, rtol=self.curvature_rtol,
                                      max_iter=self.curvature_max_iter, trace_samples=self.trace_samples,
                                      seed=self.seed + state.step)
+            entry = est.to_dict()
+            entry["seconds"] = time.perf_counter() - t0
+            entry["hvp"] = method
+            entry["lr"] = float(state.lr)
+            entry["loss"] = float(state.loss)
+            if run.optimizer in ("sgd", "momentum") and state.lr > 0:
+                entry["threshold"] = stability_threshold(float(state.lr),
+                                                         float(run.hyperparams.get("momentum", 0.0)),
+                                                         bool(run.hyperparams.get("nesterov", False)))
         except Exception as exc:  # curvature is a measurement: it must never be why training stops
             self.curvature_every = 0
             self._curv_schedule = every_schedule(0)
-            self._sink_failed("curvature", f"{type(exc).__name__}: {exc}")
+            self._failed(f"the curvature measurement failed and is off for the rest of the run: "
+                         f"{type(exc).__name__}: {exc}")
             return
-        entry = est.to_dict()
-        entry["seconds"] = time.perf_counter() - t0
-        entry["hvp"] = method
-        entry["lr"] = float(state.lr)
-        entry["loss"] = float(state.loss)
-        if run.optimizer in ("sgd", "momentum") and state.lr > 0:
-            entry["threshold"] = stability_threshold(float(state.lr), float(run.hyperparams.get("momentum", 0.0)),
-                                                     bool(run.hyperparams.get("nesterov", False)))
         self.curvature.append(entry)
         if len(self.curvature) > MAX_CURVATURE_RECORDS:
             self.curvature = self.curvature[::2]
@@ -425,6 +431,10 @@ class Monitor(Callback):
             return
         self._nonfinite_step = state.step
         where = self._first_nonfinite_activation(state)
+        sq = state.extras.get("grad_sq_norms")
+        if where is None and sq is not None:  # the loop's own reading, before any clipping it does
+            where = next((u.name for u in reversed(self.units)
+                          if not all(math.isfinite(sq[k]) for k in u.params)), None)
         if where is None:
             where = gradq.first_nonfinite(state.grads, self.units, backward=True) \
                 or gradq.first_nonfinite(state.params, self.units)
@@ -438,7 +448,7 @@ class Monitor(Callback):
         if math.isfinite(clip):
             evidence["suggested_clip_norm"] = float(f"{clip:.2g}")
         obs = Observation("nonfinite_values", where, "error", message, evidence, open_after=1)
-        self.tracker.update(state.step, [obs], ["nonfinite_values"])
+        self.tracker.update(state.step, [obs], ["nonfinite_values"], full=False)
 
     def _first_nonfinite_activation(self, state: StepState) -> str | None:
         """The first unit, input to output, whose layer output (or activation) holds NaN or Inf."""
@@ -515,7 +525,7 @@ class Monitor(Callback):
         if codes is None:
             self._judged_at = self._records
         at = step if step is not None else max(self.steps - 1, 0)
-        self.tracker.update(at, ctx.observations, judged, final=final)
+        self.tracker.update(at, ctx.observations, judged, final=final, full=codes is None)
 
     def _opened(self, finding: Finding) -> None:
         self._suggest(finding)
@@ -528,11 +538,8 @@ class Monitor(Callback):
         if self._advice_ctx is None:
             return
         ctx = self._advice_ctx
-        if self.window is not None and len(self.window):
-            lrs = self.window.scalar("lr")
-            lrs = lrs[np.isfinite(lrs) & (lrs > 0)]
-            if lrs.size:
-                ctx = dataclasses.replace(ctx, lr=float(lrs[-1]))
+        if self.window is not None:
+            ctx = dataclasses.replace(ctx, lr=latest_lr(self.window, ctx.lr))
         finding.suggestions = advise(finding, ctx)
 
     # -- sinks ------------------------------------------------------------------------------------------
@@ -543,7 +550,7 @@ class Monitor(Callback):
             self.tb = TensorBoardSink(self.logdir)
             self.tb.begin(names, TB_QUANTITIES)
         except ImportError as exc:
-            self._sink_failed("tensorboard", exc)
+            self._tensorboard_failed(exc)
 
     def _tb(self, method: str, *args: Any) -> None:
         if self.tb is None:
@@ -551,24 +558,22 @@ class Monitor(Callback):
         try:
             getattr(self.tb, method)(*args)
         except Exception as exc:  # a sink must never stop training
-            self._sink_failed("tensorboard", exc)
+            self._tensorboard_failed(exc)
             return
         reason = getattr(self.tb, "failed", None)
         if reason:
-            self._sink_failed("tensorboard", reason)
+            self._tensorboard_failed(reason)
 
-    def _sink_failed(self, sink: str, why: Any) -> None:
-        """Report once, on the console and in the report, that an output (or the curvature measurement)
-        failed and is off for the rest of the run."""
-        if "." in sink:  # one output file
-            message = f"[gradmon] could not write {sink}: {why}"
-        else:
-            what = "the curvature measurement" if sink == "curvature" else f"the {sink} sink"
-            message = f"[gradmon] {what} failed and is off for the rest of the run: {why}"
-        self.sink_errors.append(message)
-        self.console.failure(message)
-        if sink == "tensorboard":
-            self.tb = None
+    def _failed(self, message: str) -> None:
+        """Report once, on the console (even when quiet) and in the report's ``sink_errors``, that an output or
+        the curvature measurement failed."""
+        line = f"[gradmon] {message}"
+        self.sink_errors.append(line)
+        self.console.failure(line)
+
+    def _tensorboard_failed(self, why: Any) -> None:
+        self._failed(f"the tensorboard sink failed and is off for the rest of the run: {why}")
+        self.tb = None
 
     def _write_scalars(self, rec: Record) -> None:
         values = {"loss/train": rec.scalar("loss"), "grad_norm/global": rec.scalar("grad_norm"),
@@ -634,29 +639,33 @@ class Monitor(Callback):
         return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,
                             curvature=list(self.curvature), loss=loss, ended=self.ended, extra=extra)
 
-    def save(self, logdir: str | os.PathLike | None = None, formats: Sequence[str] = ("json", "html")) -> list[Path]:
+    def save(self, logdir: str | os.PathLike | None = None, formats: Sequence[str] = ("json", "html"),
+             report: HealthReport | None = None) -> list[Path]:
         """Write ``history.npz`` and ``report.<fmt>`` into ``logdir`` (the monitor's by default); returns the
         files written.  A file that cannot be written (disk full, a renderer failing on odd input) is reported
-        on the console and in the report's ``sink_errors``, and the others are still written."""
+        on the console and in the report's ``sink_errors``, and the others are still written (report.json
+        last, so that it lists them).  ``report``: the report to write (built now when not given)."""
         target = Path(logdir) if logdir is not None else self.logdir
         if target is None:
             raise ValueError("no logdir: pass Monitor(logdir=...) or save(logdir)")
-        report = self.report()
+        report = report if report is not None else self.report()
         written: list[Path] = []
 
         def attempt(name: str, write: Any) -> None:
             try:
                 written.append(write())
             except Exception as exc:  # one output failing must not cost the others
-                self._sink_failed(name, f"{type(exc).__name__}: {exc}")
+                self._failed(f"could not write {name}: {type(exc).__name__}: {exc}")
 
         if self.history is not None:
             attempt("history.npz", lambda: self.history.save(target / "history.npz"))
         for fmt in formats:
             if fmt != "json":
                 attempt(f"report.{fmt}", lambda: report.save(target / f"report.{fmt}", history=self.history))
-        if "json" in formats:  # last, so that it records any other output that failed
-            attempt("report.json", lambda: self.report().save(target / "report.json"))
+        if "json" in formats:
+            if self.sink_errors:
+                report.extra["sink_errors"] = list(self.sink_errors)
+            attempt("report.json", lambda: report.save(target / "report.json"))
         return written
 
     def close(self) -> None:
@@ -666,7 +675,7 @@ class Monitor(Callback):
         self._closed = True
         report = self.report()
         where = None
-        if self.logdir is not None and any(p.name == "report.html" for p in self.save()):
+        if self.logdir is not None and any(p.name == "report.html" for p in self.save(report=report)):
             where = str(self.logdir / "report.html")
         if self.tb is not None:
             from gradmon.report.markdown import render_markdown
@@ -674,7 +683,7 @@ class Monitor(Callback):
             try:
                 self._tb("text", self.steps, "report", render_markdown(report))
             except Exception as exc:
-                self._sink_failed("report.md", f"{type(exc).__name__}: {exc}")
+                self._failed(f"could not write the report text to TensorBoard: {type(exc).__name__}: {exc}")
             metrics = {"gradmon/findings": float(len(report.findings)),
                        "gradmon/errors": float(sum(f.severity == "error" for f in report.findings))}
             if report.loss:

@@ -14,6 +14,8 @@ from gradmon.monitor import Monitor
 
 #: spec [monitor] keys -> Monitor arguments
 MONITOR_KEYS = ("every", "curvature_every", "curvature_samples")
+#: the report files a monitored run writes into its logdir
+REPORT_FILES = ("report.html", "report.json")
 
 
 @dataclass
@@ -27,11 +29,24 @@ class RunResult:
     logdir: Path | None
     seconds: float
     n_validation: int = 0   #: examples in the held-out split (0: no validation loss)
+    #: why training ended before its epochs (non-finite values, an error finding with ``stop_on_error``);
+    #: None when it ran all its epochs or used up its ``max_steps`` budget
+    stopped_early: str | None = None
 
     @property
     def final_loss(self) -> float:
         losses = self.train_history.get("loss") or []
         return float(losses[-1]) if losses else float("nan")
+
+    @property
+    def reports(self) -> list[Path]:
+        """The report files (:data:`REPORT_FILES`) this run wrote into its logdir: those there that none of
+        the report's ``sink_errors`` names (a file that failed may be a stale one in a reused logdir)."""
+        if self.logdir is None:
+            return []
+        failed = self.report.extra.get("sink_errors") or []
+        return [self.logdir / name for name in REPORT_FILES
+                if (self.logdir / name).exists() and not any(name in str(line) for line in failed)]
 
     @property
     def final_accuracy(self) -> float | None:
@@ -64,9 +79,8 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
     options = {k: spec.get("monitor", {}).get(k) for k in MONITOR_KEYS if k in spec.get("monitor", {})}
     options.update(monitor_options or {})
     monitor = Monitor(logdir=logdir, console=console, seed=int(spec.get("seed", 0) or 0), **options)
-    all_callbacks: list[Any] = [monitor, *callbacks]
-    if max_steps is not None or stop_on_error:
-        all_callbacks.append(_Stopper(monitor, max_steps, stop_on_error))
+    stopper = _Stopper(monitor, max_steps, stop_on_error) if max_steps is not None or stop_on_error else None
+    all_callbacks: list[Any] = [monitor, *callbacks, *([stopper] if stopper is not None else [])]
     run = build(spec, callbacks=all_callbacks, progress=progress)
     run.trainer.spec = dict(run.spec)
     t0 = time.perf_counter()
@@ -74,25 +88,32 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
     checkpoint = Path(logdir) / "checkpoint.npz" if logdir is not None else None
     history = run.trainer.fit(run.data.X_train, run.data.y_train, epochs=run.epochs, validation=validation,
                               checkpoint=checkpoint)
+    budget_reached = stopper is not None and stopper.budget_reached
     return RunResult(spec=dict(run.spec), report=monitor.report(), history=monitor.history,
                      train_history=dict(history), logdir=Path(logdir) if logdir is not None else None,
-                     seconds=time.perf_counter() - t0, n_validation=len(run.data.X_test))
+                     seconds=time.perf_counter() - t0, n_validation=len(run.data.X_test),
+                     stopped_early=None if budget_reached else (history.get("stopped") or None))
 
 
 class _Stopper:
-    """Stops training after ``max_steps`` steps, or when the monitor opens an error finding."""
+    """Stops training after ``max_steps`` steps, or when the monitor opens an error finding.
+
+    ``budget_reached`` says that it stopped training for the budget (the loop stops at the first reason it
+    is given, so then that was the reason)."""
 
     def __init__(self, monitor: Monitor, max_steps: int | None, stop_on_error: bool) -> None:
         self.monitor = monitor
         self.max_steps = max_steps
         self.stop_on_error = stop_on_error
         self.step = 0
+        self.budget_reached = False
 
     def on_step_end(self, state: Any) -> None:
         self.step = state.step + 1
 
     def should_stop(self) -> str | None:
         if self.max_steps is not None and self.step >= self.max_steps:
+            self.budget_reached = True
             return f"step budget of {self.max_steps} reached"
         if self.stop_on_error:
             errors = [f for f in self.monitor.tracker.findings if f.severity == "error"]

@@ -105,6 +105,27 @@ def test_demo_runs_a_pathology_and_its_fix(tmp_path):
     assert (tmp_path / "demo" / "vanishing-fixed" / "report.json").exists()
 
 
+def test_run_names_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
+    """A reused --logdir holds a stale report.html: when this run cannot write its own, the path printed is
+    the report.json it did write, not the stale file."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('[data]\nname = "moons"\nn_samples = 200\n[model]\nhidden = [8]\n[train]\nepochs = 1\n'
+                    '[monitor]\ncurvature_every = 0\n')
+    logdir = tmp_path / "out"
+    assert main(["run", str(spec), "--logdir", str(logdir), "-q"]) == 0
+    assert f"report:      {logdir / 'report.html'}\n" in capsys.readouterr().out
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer failed")
+
+    monkeypatch.setattr("gradmon.report.html.render_html", broken)
+    assert (logdir / "report.html").exists()  # stale from the first run
+    assert main(["run", str(spec), "--logdir", str(logdir), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"report:      {logdir / 'report.json'} (report.html could not be written: see above)" in out
+    assert str(logdir / "report.html") not in out
+
+
 def test_python_m_and_console_script_agree():
     assert main(["demo", "nothing"]) == 2
 

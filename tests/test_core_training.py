@@ -4,7 +4,9 @@ the trainer's batch modes, determinism, and the hook protocol (order, read-only,
 from __future__ import annotations
 
 import io
+import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -139,6 +141,8 @@ def test_batchnorm_train_and_eval():
     X = rng.normal(size=(50, 2)) * 3 + 1
     ctx = Context(training=True, update_stats=True)
     out = net.forward(X, ctx=ctx)
+    np.testing.assert_array_equal(bn.running_mean, 0)  # batch statistics wait for the commit
+    ctx.commit_stats()
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-12)
     np.testing.assert_allclose(out.var(0), 1, rtol=1e-3)
     h = X @ net.parameters()["dense0.weight"] + net.parameters()["dense0.bias"]
@@ -225,6 +229,11 @@ def test_bad_data_is_one_clear_error():
         trainer.fit(X[:0], y[:0])
     with pytest.raises(ValueError, match="3 features"):
         trainer.fit(np.zeros((5, 3)), np.zeros(5, dtype=int))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rejected, not cast to real with a ComplexWarning
+        with pytest.raises(ValueError, match=r"training X holds complex numbers \(dtype complex128\)") as exc:
+            trainer.fit(X + 1j, y)
+    assert "\n" not in str(exc.value)
 
 
 # -- hook protocol --------------------------------------------------------------------------------------------
@@ -423,6 +432,43 @@ def test_nonfinite_step_is_skipped_when_training_goes_on():
         assert np.array_equal(v, net.parameters()[k]), k
 
 
+class InfLossCE(core.losses.CrossEntropy):
+    """Cross-entropy whose value is inf on the calls in ``bad`` (0-based); the gradient stays finite."""
+
+    def __init__(self, bad):
+        self.bad, self.calls = set(bad), 0
+
+    def __call__(self, z, y):
+        value, g = super().__call__(z, y)
+        if self.calls in self.bad:
+            value = math.inf
+        self.calls += 1
+        return value, g
+
+
+def test_skipped_steps_stay_out_of_the_epoch_averages():
+    X, y = _blobs(32)
+    net = core.Sequential([core.Dense(2, 4), core.Tanh(), core.Dense(4, 2)], seed=0)
+    steps = []  # (loss, correct predictions) of every step, at the parameters the step starts from
+
+    class Watch(core.Callback):
+        def on_after_backward(self, state):
+            batch = slice(8 * (state.step % 4), 8 * (state.step % 4 + 1))
+            correct = int(np.sum(np.argmax(net.predict(X[batch]), 1) == y[batch]))
+            steps.append((state.loss, correct))
+
+    trainer = core.Trainer(net, loss=InfLossCE(bad={1, 4, 5, 6, 7}), optimizer=core.SGD(0.1), batch_size=8,
+                           shuffle=False, callbacks=[Watch()], progress=False, stop_on_nonfinite=False)
+    history = trainer.fit(X, y, epochs=2)  # epoch 0: step 1 skipped; epoch 1: every step skipped
+    assert history["stopped"] is None and history["steps"] == 8 and history["skipped"] == 5
+    applied = [steps[i] for i in (0, 2, 3)]
+    assert steps[1][0] == math.inf and all(math.isfinite(v) for v, _ in applied)
+    assert history["loss"][0] == pytest.approx(np.mean([v for v, _ in applied]), rel=1e-12)
+    assert history["accuracy"][0] == sum(c for _, c in applied) / 24
+    assert len(history["loss"]) == len(history["accuracy"]) == 2
+    assert math.isnan(history["loss"][1]) and math.isnan(history["accuracy"][1])  # nothing applied: no average
+
+
 def test_clip_norm_clips_huge_finite_gradients():
     """Gradient values near 1.5e19 are finite, but their float32 squared norm overflows: the norm must be
     exact (float64) so clip_norm clips them instead of calling them non-finite."""
@@ -437,7 +483,8 @@ def test_clip_norm_clips_huge_finite_gradients():
     assert core.global_norm(g) == pytest.approx(norm, rel=1e-6)
     sq = {}
     ctx = Context(training=True)
-    net.backward(core.get_loss("cross_entropy")(net.forward(X, ctx=ctx), y)[1], ctx, sq_norms=sq)
+    with np.errstate(over="ignore", invalid="ignore"):  # the caller's job, as in Trainer.fit
+        net.backward(core.get_loss("cross_entropy")(net.forward(X, ctx=ctx), y)[1], ctx, sq_norms=sq)
     assert np.isfinite(list(sq.values())).all()
     assert sum(sq.values()) == pytest.approx(norm ** 2, rel=1e-6)
     before = net.flat().astype(np.float64)

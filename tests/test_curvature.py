@@ -356,3 +356,31 @@ def test_suggested_lr_comes_from_curvature_measured_before_the_blow_up():
     assert 0.08 <= lr < 0.8                                          # ...but the advice is from before
     fixed = _scenario("sharpness", f"train.lr={lr}")
     assert fixed.report.status == "healthy" and fixed.final_loss < 0.01 * fixed.train_history["loss"][0]
+
+
+def test_the_stable_lr_comes_from_the_last_usable_measurement_never_nan():
+    """A measurement on blown-up weights can be NaN; the bound (and the advice's sentence) must come from the
+    usable ones, also when the loop logged no loss with them (NaN loss: unknown, not insane)."""
+    from gradmon.advice import advise
+    from gradmon.detectors.sharpness import SharpnessAboveStability
+
+    net = core.Sequential([core.Dense(2, 4), core.Tanh(), core.Dense(4, 1)], seed=0)
+    monitor = gradmon.Monitor(curvature_every=0, console=False)
+    monitor.on_train_begin(core.RunInfo(layers=net.layer_infos(), loss="mse", optimizer="sgd",
+                                        hyperparams={"lr": 0.1}, batch_size=8, batch_mode="mini-batch", n_train=64,
+                                        epochs=1, steps_per_epoch=8))
+    grads = {k: np.ones_like(v) for k, v in net.parameters().items()}
+    for step in range(3):
+        monitor.on_after_backward(core.StepState(step=step, epoch=0, loss=1.0, batch_size=8,
+                                                 params=net.parameters(), grads=grads, lr=0.1))
+        monitor.on_step_end(core.StepState(step=step, epoch=0, loss=1.0, batch_size=8, params=net.parameters(),
+                                           grads=grads, lr=0.1))
+    nan = float("nan")
+    monitor.curvature = [{"step": 0, "lambda_max": 50.0, "lr": 0.1, "threshold": 20.0, "loss": nan},
+                         {"step": 2, "lambda_max": nan, "lr": 0.1, "threshold": 20.0, "loss": nan}]
+    (obs,) = SharpnessAboveStability().judge(monitor._context())
+    assert obs.evidence["reference_lambda_max"] == 50.0 and obs.evidence["max_stable_lr"] == pytest.approx(0.04)
+    assert "nan" not in obs.message
+    finding = gradmon.Finding(obs.code, obs.severity, None, 0, 2, obs.message, obs.evidence)
+    lower = [s for s in advise(finding, monitor._advice_ctx) if s.code == "lower_lr"][0]
+    assert "λmax = 50" in lower.text and lower.patch["train.lr"] == pytest.approx(0.032)

@@ -62,7 +62,8 @@ def test_top_fix_measurably_improves_the_run(name):
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     text = render_doctor(result)
     for t, d in zip(trials, data["trials"]):
-        assert d["rank"] == t.rank and (d["final_loss"] == t.loss or d["final_loss"] == "inf")
+        assert d["rank"] == t.rank
+        assert d["final_loss"] == t.loss if math.isfinite(t.loss) else (d["final_loss"] is None and d["diverged"])
         assert (f"{t.loss:.4g}" if math.isfinite(t.loss) else "diverged") in text
     assert "validation loss" in data["loss_measure"] and "validation loss" in text
 
@@ -86,7 +87,8 @@ def test_ranking_puts_measured_gains_before_regressions_and_do_nothing_fixes():
     # an error left open is never "better", whatever the loss
     assert [t.verdict for t in trials] == ["better", "better", "same", "same", "worse", "worse"]
     assert gain.closed == ["loss_plateau", "vanishing_gradients"] and gain_open.closed == ["vanishing_gradients"]
-    assert gain.delta_loss == pytest.approx(-0.4) and acc_drop.delta_accuracy == pytest.approx(-0.1)
+    # Δ loss is the relative change of the loss (what the table shows), Δ accuracy the difference
+    assert gain.delta_loss == pytest.approx((0.30 - 0.70) / 0.70) and acc_drop.delta_accuracy == pytest.approx(-0.1)
     # equal losses (to 3 significant digits): the trial that closed more findings wins the tie
     a = outcome(0.30001, 0.9, findings=["loss_plateau"], suggestions=["a"])
     b = outcome(0.30002, 0.9, suggestions=["b"])
@@ -105,8 +107,9 @@ def test_diverged_baseline_table_labels_and_best_fix_command():
     trials = [clip_large, still_diverges, clip_small]
     _rank(trials, base)
     assert [t.verdict for t in trials] == ["better", "same", "same"]
-    result = DoctorResult(spec={}, budget_steps=60, baseline=base, trials=trials, loss_measure="validation loss")
-    text = render_doctor(result, source="my specs/e.toml", overrides=["train.epochs=3"])
+    result = DoctorResult(spec={}, budget_steps=60, baseline=base, trials=trials, loss_measure="validation loss",
+                          source="my specs/e.toml", overrides=["train.epochs=3"])
+    text = render_doctor(result)
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("rank"))
     assert "Δ loss" in lines[header] and lines[header + 1].startswith("base") and "diverged" in lines[header + 1]
@@ -116,8 +119,26 @@ def test_diverged_baseline_table_labels_and_best_fix_command():
     assert ("best fix: gradient_clipping (clip_norm=9.7)  ->  gradmon run 'my specs/e.toml' "
             "--set train.epochs=3 --set train.clip_norm=9.7") in text
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert data["baseline"]["final_loss"] == "inf" and data["trials"][2]["final_loss"] == "inf"
-    assert data["trials"][0]["delta_loss"] == "-inf" and data["trials"][0]["verdict"] == "better"
+    # a diverged run's loss is null, and its diverged flag says why
+    assert data["baseline"]["final_loss"] is None and data["baseline"]["diverged"] is True
+    assert data["trials"][2]["final_loss"] is None and data["trials"][2]["diverged"] is True
+    # the fix that stopped the divergence: its Δ loss (-inf) is null, the flags say which run diverged
+    assert data["trials"][0]["delta_loss"] is None and data["trials"][0]["diverged"] is False
+    assert data["trials"][0]["final_loss"] == 0.1 and data["trials"][0]["verdict"] == "better"
+
+
+def test_doctor_table_reads_documents_of_earlier_versions():
+    """Reports written before null was used: "inf" strings and an absolute delta_loss."""
+    from gradmon.report.text import doctor_rows
+
+    doc = {"baseline": {"final_loss": 0.5, "findings": ["loss_plateau"], "diverged": False},
+           "trials": [{"rank": 1, "label": "adam", "final_loss": 0.25, "delta_loss": -0.25, "verdict": "better"},
+                      {"rank": 2, "label": "raise_lr", "final_loss": "inf", "delta_loss": "inf", "diverged": True,
+                       "verdict": "worse"}]}
+    rows = doctor_rows(doc)
+    assert rows[1][2:4] == ("0.25", "-50%") and rows[2][2:4] == ("diverged", "+∞")
+    doc["baseline"] = {"final_loss": "inf", "findings": ["nonfinite_values"], "diverged": True}
+    assert doctor_rows(doc)[0][2] == "diverged" and doctor_rows(doc)[1][3] == "-∞"
 
 
 def test_progress_bar_counts_the_baseline_and_ends_at_n_of_n(monkeypatch):
@@ -189,7 +210,8 @@ def test_doctor_cli_writes_a_report_under_a_default_logdir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (root,) = (tmp_path / "runs").glob("doctor-exploding-*")
     report = json.loads((root / "baseline" / "report.json").read_text())
-    assert report["extra"]["doctor"]["trials"] and report["extra"]["doctor"]["baseline"]["final_loss"] == "inf"
+    baseline = report["extra"]["doctor"]["baseline"]
+    assert report["extra"]["doctor"]["trials"] and baseline["final_loss"] is None and baseline["diverged"] is True
     assert (root / "baseline" / "report.html").exists()
     table = (root / "doctor.txt").read_text()
     assert table.strip() in proc.stdout and "base " in table

@@ -240,14 +240,44 @@ def test_frozen_layers_explained_by_vanishing_gradients_are_not_reported_twice()
 
 
 def test_update_ratio_too_large_when_steps_rewrite_the_weights():
+    class WeightSteps(core.Callback):
+        """The oracle: every weight matrix before and after each step, as the trainer leaves them."""
+
+        def __init__(self):
+            self.norm, self.step_norm, self._before = {}, {}, {}
+
+        def on_after_backward(self, state):
+            self._before = {k: np.array(v, dtype=np.float64) for k, v in state.params.items()
+                            if k.endswith(".weight")}
+
+        def on_step_end(self, state):  # the parameters have been updated in place by now
+            for k, w in self._before.items():
+                self.norm[state.step, k] = np.linalg.norm(w)
+                self.step_norm[state.step, k] = np.linalg.norm(np.asarray(state.params[k], np.float64) - w)
+
     X, y = moons(500)
-    report, _, monitor = monitored(mlp("tanh", "normal", [32, 32], std=0.01), X, y, optimizer=core.SGD(50.0))
+    monitor, probe = gradmon.Monitor(curvature_every=0, console=False), WeightSteps()
+    trainer = core.Trainer(mlp("tanh", "normal", [32, 32], std=0.01), loss="cross_entropy",
+                           optimizer=core.SGD(50.0), batch_size=32, callbacks=[monitor, probe], progress=False)
+    trainer.fit(X, y, epochs=20)
+    report = monitor.report()
     large = [f for f in report.findings if f.code == "update_ratio" and f.evidence["direction"] == "too_large"]
     assert large and large[0].evidence["update_ratio"] > 0.2
-    # the evidence is the recorded ratio: ||ΔW|| / ||W|| of that layer, median over the recent records
-    column = monitor.history.layer("update_ratio")[:, monitor.history.layer_names.index(large[0].layer)]
-    assert np.nanmax(column) >= large[0].evidence["update_ratio"]
-    assert "lower_lr" in {s.code for s in large[0].suggestions}
+    # the evidence is ||ΔW|| / ||W|| of that layer, median over the detector's window: the last 50 records
+    # up to the judgment that gave it (the finding's last step), at the records where the ratio was measured
+    f, history = large[0], monitor.history
+    key, col = f"{f.layer}.weight", history.layer_names.index(f.layer)
+    steps = np.asarray(history.steps)
+    assert np.array_equal(steps, np.arange(len(steps)))  # one record per step, none dropped
+    window = steps[steps <= f.last_step][-50:]
+    measured = window[np.isfinite(history.layer("update_ratio")[window, col])]
+    assert len(measured) >= 3
+    norms = np.array([probe.norm[s, key] for s in measured])
+    ratios = np.array([probe.step_norm[s, key] for s in measured]) / norms
+    np.testing.assert_allclose(history.layer("weight_norm")[measured, col], norms, rtol=1e-4)
+    np.testing.assert_allclose(history.layer("update_ratio")[measured, col], ratios, rtol=1e-4)
+    assert f.evidence["update_ratio"] == pytest.approx(np.median(ratios), rel=5e-3)  # 3 significant digits
+    assert "lower_lr" in {s.code for s in f.suggestions}
 
 
 # -- small batches, short events, unusual initialisations ---------------------------------------------------------
@@ -503,3 +533,28 @@ def test_bad_monitor_arguments_fail_at_construction_naming_the_argument(tmp_path
     with pytest.raises(ValueError, match=name):
         gradmon.Monitor(logdir=tmp_path / "run", **kwargs)
     assert not (tmp_path / "run").exists()  # nothing created for a monitor that cannot run
+
+
+def test_pooled_dead_fraction_matches_a_direct_or_over_the_pool():
+    """Batches smaller than 64 examples are pooled: the tracker's incremental count against the direct
+    OR of the pool's masks, for random batch sizes and firing rates."""
+    from collections import deque
+
+    from gradmon.quantities.activations import DeadUnitTracker
+
+    rng = np.random.default_rng(0)
+    tracker, pool = DeadUnitTracker(64), deque()
+    values = 0
+    for _ in range(400):
+        mask = rng.random((int(rng.integers(1, 40)), 50)) < rng.uniform(0.001, 0.05)
+        got = tracker.add(mask)
+        pool.append(mask)
+        while sum(len(p) for p in pool) - len(pool[0]) >= 64:
+            pool.popleft()
+        if sum(len(p) for p in pool) < 64:
+            assert got is None
+        else:
+            values += 1
+            fired = np.logical_or.reduce([p.any(axis=0) for p in pool])
+            assert got == pytest.approx(1 - np.count_nonzero(fired) / 50, abs=1e-12)
+    assert values > 300

@@ -95,11 +95,20 @@ def _write(path, kind):
         path.write_bytes(pickle.dumps({"X": X}))
     elif kind == "y2d":
         np.savez(path, X=X, y=np.ones((6, 2), dtype=int))
+    elif kind == "npy":  # np.save's format under an .npz name
+        with open(path, "wb") as fh:
+            np.save(fh, X)
+    elif kind == "text":
+        path.write_text("X,y\n1,0\n")
+    elif kind == "yobject":
+        np.savez(path, X=X, y=np.array([0, None, 1, 0, 1, 0], dtype=object))
 
 
 @pytest.mark.parametrize("kind,message", [
     ("object", "object arrays"), ("strings", "array X holds <U1 values"), ("pickle", "not an .npz archive"),
     ("y2d", r"y has shape \(6, 2\) and holds integers"),
+    ("npy", r"not an .npz archive \(it holds one array\)"), ("text", "not an .npz archive"),
+    ("yobject", "array y holds Python objects, and object arrays"),
 ])
 def test_bad_npz_errors_name_the_file(tmp_path, kind, message):
     path = tmp_path / f"{kind}.npz"
@@ -107,6 +116,21 @@ def test_bad_npz_errors_name_the_file(tmp_path, kind, message):
     with pytest.raises(ValueError, match=message) as exc:
         load_file(path)
     assert str(exc.value).startswith(str(path)) and "\n" not in str(exc.value)
+
+
+def test_an_npy_under_an_npz_name_is_a_spec_error(tmp_path):
+    path = tmp_path / "a.npz"
+    _write(path, "npy")
+    with pytest.raises(SpecError, match=r"not an .npz archive \(it holds one array\)") as exc:
+        build(load_spec({"data": {"path": str(path)}}))
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_generated_sets_have_the_classes_asked_for():
+    assert load_dataset("spirals", n_samples=2, n_classes=3).n_classes == 3  # a sample too small to show them all
+    assert load_dataset("blobs", n_samples=2).n_classes == 3 and load_dataset("moons", n_samples=2).n_classes == 2
+    assert build(load_spec({"data": {"name": "spirals", "n_samples": 2, "n_classes": 3, "test_fraction": 0.0},
+                            "model": {"hidden": [4]}})).model.n_outputs == 3
 
 
 def test_class_labels_are_kept_as_given_and_checked(tmp_path):

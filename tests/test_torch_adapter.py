@@ -160,11 +160,17 @@ def layer_grad_norms(net):
             for m in net if isinstance(m, torch.nn.Linear)]
 
 
-def test_norms_are_read_before_clip_grad_norm():
+def watched_xor_net():
+    """XOR data, a small ReLU net, SGD at 0.1 and a watcher with curvature and TensorBoard off."""
     X, y = xor_data()
     net = small_relu_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    return X, y, net, opt, watcher
+
+
+def test_norms_are_read_before_clip_grad_norm():
+    X, y, net, opt, watcher = watched_xor_net()
     totals, per_layer, coefs = [], [], []
     for i in range(0, 256, 32):
         opt.zero_grad()
@@ -185,10 +191,7 @@ def test_norms_are_read_before_clip_grad_norm():
 
 
 def test_gradient_accumulation_gives_the_norm_of_the_accumulated_gradient():
-    X, y = xor_data()
-    net = small_relu_net()
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    X, y, net, opt, watcher = watched_xor_net()
     totals, per_layer, first_micro = [], [], []
     for i in range(0, 256, 64):
         opt.zero_grad()
@@ -258,10 +261,7 @@ def test_a_shared_activation_module_is_attributed_by_call_order():
 
 
 def test_evaluation_passes_are_not_captured():
-    X, y = xor_data()
-    net = small_relu_net()
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False)
+    X, y, net, opt, watcher = watched_xor_net()
     with torch.no_grad():  # a validation pass on inputs that switch every unit off must not count
         net(-1e3 * torch.ones(8, 4, dtype=torch.float64))
     with torch.no_grad():
@@ -461,3 +461,68 @@ def test_gradmon_torch_attribute_without_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "MESSAGE: gradmon.torch needs PyTorch" in proc.stdout and "pip install torch==2.13.0" in proc.stdout
     assert "IMPORT: gradmon.torch needs PyTorch" in proc.stdout
+
+
+def test_a_grad_scaler_is_divided_out_and_unscaling_is_not_clipping():
+    """Mixed-precision loops scale the loss; after backward the gradients carry the scale.  Oracle: the
+    gradient norms after scaler.unscale_ (what the optimizer applies)."""
+    X, y = xor_data()
+    net = small_relu_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 14)
+    watcher = gradmon.torch.watch(net, optimizer=opt, scaler=scaler, console=False, curvature_every=0,
+                                  tensorboard=False)
+    totals, per_layer = [], []
+    for i in range(0, 256, 32):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        per_layer.append(layer_grad_norms(net))
+        totals.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in net.parameters()))))
+        scaler.step(opt)
+        scaler.update()
+        watcher.log_loss(loss)
+    watcher.close()
+    h = watcher.monitor.history
+    np.testing.assert_allclose(h.scalar("grad_norm"), totals, rtol=1e-6)
+    np.testing.assert_allclose(h.layer("grad_norm"), per_layer, rtol=1e-6)
+    np.testing.assert_allclose(h.scalar("clip_coef"), 1.0, rtol=1e-6)
+
+
+def test_a_skipped_optimizer_step_does_not_shift_the_losses():
+    """A loop that skips a step (a non-finite guard, a GradScaler) logs a loss without a step: the losses
+    recorded afterwards must still be those of their own steps."""
+    X, y, net, opt, watcher = watched_xor_net()
+    applied = []
+    for k, i in enumerate(range(0, 256, 32)):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+        loss.backward()
+        watcher.log_loss(loss)                 # logged before the step, as many loops do
+        if k != 3:                             # iteration 3 skips its step
+            opt.step()
+            applied.append(loss.item())
+    watcher.close()
+    np.testing.assert_allclose(watcher.monitor.history.scalar("loss"), applied, rtol=1e-7)
+
+
+def test_an_inf_gradient_is_reported_even_when_clip_grad_value_hides_it():
+    X, y, net, opt, watcher = watched_xor_net()
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)][0]
+    for k, i in enumerate(range(0, 128, 32)):
+        opt.zero_grad()
+        handle = linear.weight.register_hook(lambda g: torch.full_like(g, float("inf"))) if k == 2 else None
+        loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+        loss.backward()
+        if handle is not None:
+            handle.remove()
+            assert torch.isinf(linear.weight.grad).all()
+        torch.nn.utils.clip_grad_value_(net.parameters(), 1.0)
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())  # the step sees finite gradients
+        opt.step()
+        watcher.log_loss(loss)
+    report = watcher.report()
+    watcher.close()
+    (f,) = [f for f in report.findings if f.code == "nonfinite_values"]
+    assert f.first_step == 2 and f.layer == watcher.monitor.units[0].name and "gradients" in f.message

@@ -24,13 +24,13 @@ import numpy as np
 
 from gradmon.history import LAYER_QUANTITIES, SCALARS, History
 
-#: per-layer summaries of the report that differ between ranks
-ACTIVATION_STATS = ("saturation", "dead_fraction")
 #: history series that differ between ranks (everything else is computed from DDP-averaged gradients)
 RANK_SCALARS = ("loss",)
 RANK_LAYER_QUANTITIES = ("saturation", "dead_fraction", "act_mean", "act_std")
-#: TensorBoard tag prefixes of the rank-dependent scalars
-RANK_TAG_PREFIXES = ("loss/", "saturation/", "dead_fraction/")
+#: the rank-dependent per-layer quantities the monitor writes to TensorBoard, and the tag prefixes of all
+#: rank-dependent scalars there (``loss/train`` and ``<quantity>/<layer>``)
+RANK_TB_QUANTITIES = ("saturation", "dead_fraction")
+RANK_TAG_PREFIXES = ("loss/", *(f"{q}/" for q in RANK_TB_QUANTITIES))
 
 
 def gather_objects(obj: Any) -> list[Any] | None:
@@ -40,11 +40,6 @@ def gather_objects(obj: Any) -> list[Any] | None:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered if dist.get_rank() == 0 else None
-
-
-def gather_reports(report: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """All ranks' report dicts on rank 0 (None elsewhere).  Collective: every rank must call it."""
-    return gather_objects(dict(report))
 
 
 def history_arrays(history: History) -> dict[str, np.ndarray]:
@@ -104,32 +99,12 @@ def merge_histories(per_rank: Sequence[Mapping[str, np.ndarray]], base: History)
     return merged
 
 
-def _mean(values: Sequence[Any]) -> float:
-    ok = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
-    return sum(ok) / len(ok) if ok else float("nan")
-
-
-def merge_reports(reports: Sequence[Mapping[str, Any]], history: History | None = None) -> dict[str, Any]:
-    """One report dict from every rank's (index = rank); the first is the base.
-
-    With ``history`` (from :func:`merge_histories`), the layers' activation summaries and the loss series
-    are read from it, so the report's table agrees with its plots; without it, the per-rank summaries
-    (first/last/median) are averaged.
-    """
-    merged = copy.deepcopy(dict(reports[0]))
+def merge_findings(base: Mapping[str, Any], reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rank 0's report dict ``base`` (built from the rank-averaged history) with the findings of every rank
+    (``reports``, index = rank): a finding only some ranks raised names them (``evidence["ranks"]`` and the
+    message)."""
+    merged = copy.deepcopy(dict(base))
     world = len(reports)
-    summaries = {q: history.summary(q) for q in ACTIVATION_STATS} if history is not None else None
-    columns = {name: j for j, name in enumerate(history.layer_names)} if history is not None else {}
-    for i, layer in enumerate(merged.get("layers", [])):
-        for q in ACTIVATION_STATS:
-            if summaries is not None and layer.get("name") in columns:
-                layer[q] = summaries[q][columns[layer["name"]]]
-                continue
-            per_rank = [r["layers"][i].get(q) or {} for r in reports if i < len(r.get("layers", []))]
-            if per_rank and isinstance(layer.get(q), dict):
-                layer[q] = {k: _mean([p.get(k) for p in per_rank]) for k in layer[q]}
-    if history is not None:
-        merged["loss"] = [{"step": int(s), "train": float(v)} for s, v in zip(history.steps, history.scalar("loss"))]
     by_key: dict[tuple[str, Any], dict[str, Any]] = {}
     ranks: dict[tuple[str, Any], list[int]] = {}
     for rank, report in enumerate(reports):
@@ -182,7 +157,7 @@ class RankAverageTensorBoard:
         did not raise itself."""
         rows = {int(s): i for i, s in enumerate(history.steps)}
         loss = history.scalar("loss")
-        per_layer = {q: history.layer(q) for q in ("saturation", "dead_fraction")}
+        per_layer = {q: history.layer(q) for q in RANK_TB_QUANTITIES}
         for step in sorted(set(self.held_steps)):
             i = rows.get(step)
             if i is None:  # thinned out of a long history
@@ -202,16 +177,13 @@ class RankAverageTensorBoard:
 def merge_ranks(monitor: Any) -> None:
     """At the end of a data-parallel run (collective: every rank calls it, after judging): rank 0 gathers
     every rank's report and history, replaces its history with the rank-averaged one, sets
-    ``monitor.merged`` (the report it will write) and completes its TensorBoard events."""
+    ``monitor.merged`` (the report it will write: its layer table and loss series from that history, the
+    findings of every rank) and completes its TensorBoard events."""
     report = monitor.report().to_dict()
-    arrays = history_arrays(monitor.history) if monitor.history is not None else None
-    gathered = gather_objects({"report": report, "history": arrays})
+    gathered = gather_objects({"report": report, "history": history_arrays(monitor.history)})
     if gathered is None:  # not rank 0
         return
-    history = monitor.history
-    if history is not None and all(g["history"] is not None for g in gathered):
-        history = merge_histories([g["history"] for g in gathered], history)
-        monitor.history = history
-    monitor.merged = merge_reports([g["report"] for g in gathered], history)
-    if isinstance(monitor.tb, RankAverageTensorBoard) and history is not None:
-        monitor.tb.write_rank_average(history, monitor.merged["findings"])
+    monitor.history = merge_histories([g["history"] for g in gathered], monitor.history)
+    monitor.merged = merge_findings(monitor.report().to_dict(), [g["report"] for g in gathered])
+    if isinstance(monitor.tb, RankAverageTensorBoard):
+        monitor.tb.write_rank_average(monitor.history, monitor.merged["findings"])

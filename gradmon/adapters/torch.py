@@ -169,9 +169,7 @@ def layer_infos(model: nn.Module, calls: Sequence[str] | None = None) -> list[La
     infos: list[LayerInfo] = []
     counts: dict[str, int] = {}
     for qual in order:
-        module = modules.get(qual)
-        if module is None or qual not in names:
-            continue
+        module = modules[qual]
         call = counts.get(qual, 0)
         counts[qual] = call + 1
         name = names[qual]
@@ -282,6 +280,9 @@ class Watcher:
     loss: the loss's name for the report (guessed from ``loss_fn`` for torch's own losses).
     name: the run's name in reports (default: the model's class name).
     expected_steps: the number of steps if known (0: unknown), so findings are judged at a fitting cadence.
+    scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop.  Its gradients carry the loss scale after
+        ``backward()``; the watcher divides it out (and does not mistake ``scaler.unscale_`` for clipping).
+        A step the scaler skips (Inf/NaN in the scaled gradients) is not a step.
     monitor_options: passed to :class:`~gradmon.monitor.Monitor` (``every``, ``curvature_every``,
         ``console``, ``tensorboard``...).
     """
@@ -289,7 +290,7 @@ class Watcher:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  logdir: str | os.PathLike | None = None, *, probe: tuple[Any, Any] | None = None,
                  loss_fn: Callable | None = None, loss: str = "unknown", name: str | None = None,
-                 expected_steps: int = 0, **monitor_options: Any) -> None:
+                 expected_steps: int = 0, scaler: Any = None, **monitor_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -303,6 +304,7 @@ class Watcher:
             raise ValueError("watch(probe=...) must be a pair (x, y) of model inputs and targets")
         self.model = model
         self.optimizer = optimizer
+        self.scaler = scaler
         self.loss_fn = loss_fn
         self.probe = tuple(probe) if probe is not None else None
         self.rank, self.world = _dist_rank()
@@ -329,6 +331,8 @@ class Watcher:
         self._pending: StepState | None = None            # measured, waiting for its update and/or loss
         self._settled = False                             # the pending step's update is known
         self._loss: float | None = None                   # a loss logged before its step began
+        self._loss_backwards = 0                          # backward passes done when it was logged
+        self._backwards = 0                               # backward passes done so far
         self._batch = 0
         # gradients read at the end of backward
         self._bw: dict[str, tuple[torch.Tensor, int, np.ndarray, float]] = {}
@@ -427,14 +431,14 @@ class Watcher:
 
     def _capture_hook(self, name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._paused:
+            if self._paused or not self._capture:
                 return
             if not torch.is_grad_enabled():  # an evaluation pass: not part of a training step
                 return
             t0 = time.perf_counter()
             call = self._calls.get(name, 0)
             self._calls[name] = call + 1
-            if self._capture and isinstance(output, torch.Tensor):
+            if isinstance(output, torch.Tensor):
                 key = call_name(name, call)
                 if key not in self._acts:  # the first training forward pass after a step is the step's
                     self._acts[key] = output.detach()
@@ -482,17 +486,20 @@ class Watcher:
         With gradient accumulation ``p.grad`` holds the sum so far, so the last read before the step is
         the accumulated gradient."""
         self._queued = False
+        self._backwards += 1
         t0 = time.perf_counter()
         # self._bw[name] = (tensor, version counter, read-only numpy view, squared norm): an in-place change
-        # of the tensor (clipping) bumps its version counter, so the step can tell whether it changed since
+        # of the tensor (clipping, unscaling) bumps its version counter, so the step can tell whether it
+        # changed since.  Under a GradScaler the squared norms are those of the unscaled gradients.
         try:
             records = self._bw
+            scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
             with np.errstate(over="ignore", invalid="ignore"):
                 for name, p in self._named:
                     g = p.grad
                     if g is not None:
                         view = _numpy(g)
-                        records[name] = (g, g._version, view, _sq_norm(view))
+                        records[name] = (g, g._version, view, _sq_norm(view) / scale ** 2)
         except Exception as exc:  # a monitor must never break training: fall back to reading at step time
             self._bw = {}
             if self._hook_error is None:
@@ -522,9 +529,9 @@ class Watcher:
             self._param_ptrs = ptrs if all(p.device.type == "cpu" for _, p in self._named) else ()
         return self._param_views
 
-    def _gradients(self) -> tuple[dict[str, np.ndarray], dict[str, float], float]:
+    def _gradients(self) -> tuple[dict[str, np.ndarray], dict[str, float], float, float]:
         """The gradients as they are now (read-only views), the squared norms read at the end of the last
-        backward (pre-clip; read now where no backward was seen), and the clip coefficient
+        backward (pre-clip; read now where no backward was seen), their sum, and the clip coefficient
         ``‖g now‖ / ‖g after backward‖``."""
         grads: dict[str, np.ndarray] = {}
         sq: dict[str, float] = {}
@@ -560,7 +567,7 @@ class Watcher:
         clip_coef = 1.0
         if changed and pre_total > 0 and math.isfinite(pre_total):
             clip_coef = math.sqrt(now_total / pre_total)
-        return grads, sq, clip_coef
+        return grads, sq, pre_total, clip_coef
 
     def _begin_step(self, lr: float) -> None:
         """Measure one step: after ``backward()``, before the update."""
@@ -568,18 +575,20 @@ class Watcher:
         self._finish()  # the previous step, if its loss never came
         step = self._step
         self._step += 1
-        grads, sq, clip_coef = self._gradients()
+        grads, sq, sq_total, clip_coef = self._gradients()
         params = self._params()
         acts = None
         if self._capture and self._acts:
             acts = {n: _numpy(a) for n, a in self._acts.items()}
-        loss_known = self._loss is not None  # logged before the step: it belongs to this step
+        # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
+        # would otherwise be this one's, and every loss after it one step late)
+        loss_known = self._loss is not None and self._loss_backwards == self._backwards
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
                           batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step))
         state.extras["loss_missing"] = not loss_known
         state.extras["grad_sq_norms"] = sq
-        state.extras["grad_norm"] = math.sqrt(sum(sq.values()))
+        state.extras["grad_norm"] = math.sqrt(sq_total)
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
@@ -658,7 +667,7 @@ class Watcher:
             if self._settled:
                 self._finish()
         else:
-            self._loss = value
+            self._loss, self._loss_backwards = value, self._backwards
         self.hook_seconds += time.perf_counter() - t0
 
     def _finish(self) -> None:

@@ -28,14 +28,14 @@ DETECTORS: dict[str, type[Detector]] = {
 
 
 def default_detectors(names: list[str] | None = None) -> list[Detector]:
-    """One detector per name (all by default); ValueError listing the valid names for an unknown one."""
-    chosen = list(DETECTORS) if names is None else names
-    out = []
-    for name in chosen:
-        if name not in DETECTORS:
-            raise ValueError(f"unknown detector {name!r}; use one of {', '.join(DETECTORS)}")
-        out.append(DETECTORS[name]())
-    return out
+    """One detector per name (all by default), always in :data:`DETECTORS` order: a detector that defers to
+    a finding another one explains (an update ratio to dead units, a plateau to vanishing gradients) runs
+    after it.  ValueError listing the valid names for an unknown one."""
+    chosen = set(DETECTORS) if names is None else set(names)
+    unknown = [n for n in (names or []) if n not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector {unknown[0]!r}; use one of {', '.join(DETECTORS)}")
+    return [cls() for name, cls in DETECTORS.items() if name in chosen]
 
 
 __all__ = ["DETECTORS", "Detector", "FindingTracker", "JudgeContext", "Observation", "default_detectors"]

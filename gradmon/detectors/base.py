@@ -89,8 +89,7 @@ class JudgeContext:
     @property
     def lr(self) -> float:
         """The learning rate at the latest record (schedules change it), else the run's."""
-        lrs = finite(self.window.scalar("lr"))
-        return float(lrs[-1]) if lrs.size else self.run.lr
+        return latest_lr(self.window, self.run.lr)
 
     @property
     def depth(self) -> int:
@@ -109,6 +108,13 @@ class Detector:
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         raise NotImplementedError
+
+
+def latest_lr(window: Window, default: float) -> float:
+    """The learning rate of the latest record that has a usable one (finite, positive), else ``default``."""
+    lrs = window.scalar("lr")
+    lrs = lrs[np.isfinite(lrs) & (lrs > 0)]
+    return float(lrs[-1]) if lrs.size else default
 
 
 def finite(x: np.ndarray) -> np.ndarray:
@@ -205,15 +211,18 @@ class FindingTracker:
         self._closed: dict[tuple[str, str | None], Finding] = {}
         self._streak: dict[tuple[str, str | None], tuple[int, int]] = {}  # key -> (count, first step)
         self._quiet: dict[tuple[str, str | None], int] = {}
-        self.judgments = 0
+        self.judgments = 0  # full judgments so far
 
     def update(self, step: int, observations: Sequence[Observation], judged_codes: Sequence[str],
-               final: bool = False) -> list[Finding]:
+               final: bool = False, full: bool = True) -> list[Finding]:
         """Feed one judgment; ``judged_codes`` are the codes whose detectors ran.  Returns newly opened.
 
-        ``final`` marks the last judgment of a run (see the class docstring for short runs).
+        ``final`` marks the last judgment of a run (see the class docstring for short runs).  ``full=False``
+        marks a partial one (a single code, e.g. after a curvature measurement): it does not count towards
+        :attr:`judgments`, so it does not make a short run look long.
         """
-        self.judgments += 1
+        if full:
+            self.judgments += 1
         opened: list[Finding] = []
         seen = set()
         for obs in observations:

@@ -8,10 +8,12 @@ slope over depth of at least ``min_slope`` decades per layer).  The finding is l
 output-most layer already a decade below the top; the cause is read from saturation (activation) or its
 absence (initialisation).
 
-Exploding: the global norm jumps far above its early-training level (suddenly, or while the loss is not
-falling: gradients that grow from a tiny initialisation as the loss falls are learning), spikes repeatedly
-above its window median, grows by orders of magnitude within the window, or grows along depth towards the
-input.  Every record since the previous judgment is scanned, so a blow-up between two judgments is seen.
+Exploding: the global norm jumps far above its early-training level (suddenly, orders of magnitude above
+its window median, or while the loss is above where it started: gradients that grow from a tiny
+initialisation while the loss falls or waits are learning), spikes repeatedly far above the window's 90th
+percentile, grows by orders of magnitude within the window while the loss is above its start, or grows along
+depth towards the input.  Every record since the previous judgment is scanned, so a blow-up between two
+judgments is seen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from core.activations import SATURATING
 from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
+from gradmon.detectors.loss import is_above_start
 
 
 def layer_rms(ctx: JudgeContext, last: int = 50) -> np.ndarray:
@@ -109,16 +112,16 @@ class ExplodingGradients(Detector):
         fresh = fresh[np.isfinite(fresh)]
         loss = ctx.window.scalar("loss")
         smooth_loss = smoothed(loss, ctx.smooth)
-        loss_rising = np.isfinite(ctx.initial_loss) and smooth_loss > 1.2 * ctx.initial_loss
+        above_start = is_above_start(smooth_loss, ctx.initial_loss)
         evidence: dict = {}  # the numbers behind each reason; the common ones are added if there is a finding
         reasons = []
         open_after = None
         peak = float(np.max(fresh)) if fresh.size else float(ok[-1])
         # far above the early level, and either orders of magnitude above the window's median (sudden) or with
-        # the loss rising: gradients grown from a tiny initialisation, whose batches differ tenfold once the
+        # the loss above where it started: gradients grown from a tiny initialisation, whose batches differ tenfold once the
         # loss is near zero, are learning, not exploding
         sudden = peak > self.blowup_factor * window_median
-        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early and (sudden or loss_rising):
+        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early and (sudden or above_start):
             at = int(ctx.window.steps[np.flatnonzero(norms == peak)[-1]])
             reasons.append(f"the global norm reached {peak:.3g} at step {at}, {peak / early:.3g}x its early level")
             evidence["blowup_factor"] = sig(peak / early)
@@ -135,7 +138,7 @@ class ExplodingGradients(Detector):
                            f"its median over the window)")
             evidence["spike_norm"], evidence["spikes"] = sig(peak), spikes
         head, tail = median(ok[: max(3, ok.size // 5)]), median(ok[-max(3, ok.size // 5):])
-        if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and loss_rising and \
+        if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and above_start and \
                 np.log10(tail / head) >= self.growth_decades and \
                 (not np.isfinite(early) or tail > self.early_factor * early):
             reasons.append(f"the global norm grew {tail / head:.0f}x within {ok.size} records")

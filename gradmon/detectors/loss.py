@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig
 
 
 #: findings that starve layers of gradient, and so explain a stalled loss or frozen layers
@@ -23,6 +23,11 @@ def lag1_autocorrelation(x: np.ndarray) -> float:
     a, b = x[:-1] - x[:-1].mean(), x[1:] - x[1:].mean()
     denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
     return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
+
+
+def is_above_start(level: float, start: float) -> bool:
+    """A loss level clearly above where the run started (by a fifth, and not by rounding)."""
+    return bool(np.isfinite(start) and level > 1.2 * start and level > start + 1e-3)
 
 
 def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
@@ -41,7 +46,7 @@ def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
     rising = current > 1.05 * before
     learned = start - best
     lost = (current - best) / learned if learned > 0 else 0.0
-    above_start = current > 1.2 * start and current > start + 1e-3
+    above_start = is_above_start(current, start)
     evidence = {"loss_now": sig(current), "initial_loss": sig(start), "best_loss": sig(best)}
     return bool((above_start or (learned > 0.3 * start and lost > 0.5)) and rising), evidence
 

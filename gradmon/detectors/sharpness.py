@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradmon.detectors.base import Detector, JudgeContext, Observation, sig
+from gradmon.quantities.curvature import stability_formula
 
 
 def _finite(entry: dict, key: str) -> float:
@@ -47,7 +48,7 @@ class SharpnessAboveStability(Detector):
             return []
         momentum = float(ctx.run.hyperparams.get("momentum", 0.0))
         nesterov = bool(ctx.run.hyperparams.get("nesterov", False))
-        reference = self._reference(ctx)
+        reference = self._reference(ctx, usable)
         bound = lr * threshold  # the dimensionless bound: 2, 2(1+β) or 2(1+β)/(1+2β)
         max_lr = bound / reference
         step = int(last.get("step", ctx.step))
@@ -57,11 +58,13 @@ class SharpnessAboveStability(Detector):
             severity, state = "warning", "and the loss oscillates without progress"
         else:
             severity, state = "info", "while the loss has not diverged: gradient descent can hover at this edge " \
-                                      "of stability"
-        formula = ("2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr") if momentum else "2/lr"
+                                      "of stability and still learn"
+        formula = stability_formula(momentum, nesterov)
         when = "at initialisation" if step == 0 else f"at step {step}"
+        advice = "a learning rate below" if severity != "info" else \
+            "if the loss starts to oscillate or diverge, a learning rate below"
         message = (f"The top Hessian eigenvalue {lam:.3g} exceeds {formula} = {threshold:.3g} {when} "
-                   f"{state}; a learning rate below {max_lr:.2g} is stable"
+                   f"{state}; {advice} {max_lr:.2g} is stable"
                    + (f" (set by λmax = {reference:.3g}, the sharpest measured while the loss was sane)"
                       if reference != lam else "") + ".")
         evidence = {"lambda_max": sig(lam), "threshold": sig(threshold), "lr": sig(lr), "momentum": momentum,
@@ -70,11 +73,16 @@ class SharpnessAboveStability(Detector):
                     "measured_at": step}
         return [Observation("sharpness_above_stability", None, severity, message, evidence, open_after=1)]
 
-    def _reference(self, ctx: JudgeContext) -> float:
-        """The largest λmax measured while the loss was finite and at most ``sane_loss`` times the initial
-        loss (the latest measurement when none qualifies)."""
+    def _reference(self, ctx: JudgeContext, usable: list) -> float:
+        """The largest λmax among the ``usable`` measurements taken while the loss was not above ``sane_loss``
+        times the initial loss (a measurement whose loss is unknown counts; the latest usable one when
+        none qualifies)."""
         limit = self.sane_loss * ctx.initial_loss if np.isfinite(ctx.initial_loss) else np.inf
-        sane = [_finite(c, "lambda_max") for c in ctx.curvature
-                if np.isfinite(_finite(c, "loss")) and _finite(c, "loss") <= limit]
-        sane = [lam for lam in sane if lam > 0]
-        return max(sane) if sane else _finite(ctx.curvature[-1], "lambda_max")
+
+        def sane(entry: dict) -> bool:
+            loss = entry.get("loss")
+            unknown = not isinstance(loss, (int, float)) or np.isnan(loss)
+            return unknown or loss <= limit  # an infinite loss is above any limit
+
+        lams = [_finite(c, "lambda_max") for c in usable if sane(c)]
+        return max(lams) if lams else _finite(usable[-1], "lambda_max")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.activations import DeadUnits
 from gradmon.detectors.base import Detector, JudgeContext, Observation, median, sig, smoothed
 from gradmon.detectors.loss import STARVING
 
@@ -31,9 +30,8 @@ class UpdateRatio(Detector):
         recent = recent[np.isfinite(recent)]
         improving = recent.size >= 10 and median(recent[-5:]) < 0.5 * median(recent[:5])
         # dead units, saturated units or vanishing gradients anywhere starve layers of gradient: their findings
-        # explain frozen layers and carry the fix
-        starved = any(ctx.observed(code, any_layer=True) for code in STARVING) \
-            or bool(np.any(ctx.medians("dead_fraction") >= DeadUnits.warn_fraction))
+        # (judged before this one) explain frozen layers and carry the fix
+        starved = any(ctx.observed(code, any_layer=True) for code in STARVING)
         out = []
         for unit, r in zip(ctx.units, ratios):
             if not np.isfinite(r):

@@ -54,12 +54,16 @@ class DeadUnitTracker:
     With mini-batches of ``min_examples`` or more this is the per-batch dead fraction.  Smaller batches are
     pooled over a sliding window of the latest batches (a unit merely off for one input of stochastic
     gradient descent does not count as dead), so there is a value at every step once enough examples were
-    seen."""
+    seen.  The pool costs O(units) per batch: each unit keeps the number of the last batch it fired in, and
+    a unit is dead when that batch has left the pool.
+    """
 
     def __init__(self, min_examples: int = 64) -> None:
         self.min_examples = int(min_examples)
-        self._pool: deque[tuple[np.ndarray, int]] = deque()
-        self._seen = 0
+        self._sizes: deque[int] = deque()   # examples in each batch of the pool, oldest first
+        self._seen = 0                      # examples in the pool
+        self._batches = 0                   # batches fed so far
+        self._fired: np.ndarray | None = None  # per unit: 1 + index of the last batch it fired in (0: never)
 
     def add(self, y: np.ndarray) -> float | None:
         """Feed one batch ``(batch, units)`` (outputs or the ``> 0`` mask); returns the dead fraction over the
@@ -67,17 +71,21 @@ class DeadUnitTracker:
         alive = active_units(y)
         n = int(y.shape[0])
         if n >= self.min_examples:  # one batch is enough: nothing to pool
-            self._pool.clear()
+            self._sizes.clear()
             self._seen = 0
+            self._fired = None
             return 1.0 - np.count_nonzero(alive) / alive.size
-        if self._pool and self._pool[0][0].shape != alive.shape:
-            self._pool.clear()
+        if self._fired is None or self._fired.shape != alive.shape:
+            self._sizes.clear()
             self._seen = 0
-        self._pool.append((alive, n))
+            self._fired = np.zeros(alive.shape, dtype=np.int64)
+        self._batches += 1
+        self._fired[alive] = self._batches
+        self._sizes.append(n)
         self._seen += n
-        while self._seen - self._pool[0][1] >= self.min_examples:  # drop batches the pool no longer needs
-            self._seen -= self._pool.popleft()[1]
+        while self._seen - self._sizes[0] >= self.min_examples:  # drop batches the pool no longer needs
+            self._seen -= self._sizes.popleft()
         if self._seen < self.min_examples:
             return None
-        pooled = np.logical_or.reduce([a for a, _ in self._pool])
-        return 1.0 - np.count_nonzero(pooled) / pooled.size
+        first = self._batches - len(self._sizes) + 1  # the oldest batch still in the pool
+        return 1.0 - np.count_nonzero(self._fired >= first) / self._fired.size

@@ -248,6 +248,14 @@ def stability_threshold(lr: float, momentum: float = 0.0, nesterov: bool = False
     return bound / lr
 
 
+def stability_formula(momentum: float = 0.0, nesterov: bool = False) -> str:
+    """The formula of :func:`stability_threshold` in words, for messages and plots: ``2/lr`` without
+    momentum, ``2(1+β)/lr`` with heavy-ball momentum β, ``2(1+β)/(lr(1+2β))`` with Nesterov's."""
+    if not momentum:
+        return "2/lr"
+    return "2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr"
+
+
 # -- one estimate -------------------------------------------------------------------------------------------------
 @dataclass
 class CurvatureEstimate:

@@ -51,11 +51,6 @@ def bias_means(params: Arrays, units: Sequence[Unit]) -> np.ndarray:
     return np.array([float(np.mean(params[u.bias])) if u.bias is not None else np.nan for u in units])
 
 
-def global_norm(arrays: Arrays) -> float:
-    """L2 norm of every array together."""
-    return math.sqrt(sum(sq_norm(a) for a in arrays.values()))
-
-
 def update_ratios(updates: Arrays, weight_norms: np.ndarray, units: Sequence[Unit]) -> np.ndarray:
     """``||ΔW|| / ||W||`` per unit (weights only), shape ``(n_units,)``; NaN where ``||W|| = 0``."""
     upd = layer_norms(updates, units, weights_only=True)

@@ -15,7 +15,7 @@ from typing import Any
 from gradmon.findings import HealthReport
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
 
 COLOURS = {"healthy": ("#e6f4ea", "#1e7d32"), "warning": ("#fff4e0", "#a05a00"), "error": ("#fde8e4", "#b3261e")}
 SEVERITY_COLOURS = {"info": "#0072B2", "warning": "#a05a00", "error": "#b3261e"}
@@ -93,9 +93,8 @@ def _group(findings: list) -> list[list]:
 def _finding(group: list) -> str:
     f = group[0]  # the worst (findings arrive sorted worst first)
     colour = SEVERITY_COLOURS.get(f.severity, "#555")
-    places = [where(g) for g in group]
-    if len(group) == 1 and places[0] != f.layer:  # a span of layers (vanishing) or the whole model
-        located = " (model-wide)" if places[0] == "model" else f" in {escape(places[0])}"
+    if len(group) == 1:  # its layer, a span of layers (vanishing) or the whole model
+        located = where_phrase(f, code=lambda name: f"<code>{escape(name)}</code>", text=escape)
     else:
         located = f" in {', '.join(f'<code>{escape(g.layer)}</code>' for g in group if g.layer)}"
     first, last = min(g.first_step for g in group), max(g.last_step for g in group)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from gradmon.findings import HealthReport
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where_phrase
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
 NOT_APPLICABLE = "–"
@@ -94,9 +94,7 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
     if report.findings:
         out += ["## Findings", ""]
         for f in report.worst("info"):
-            place = where(f)
-            located = f" in {md_code(place)}" if place == f.layer else \
-                (" (model-wide)" if place == "model" else f" in {md_text(place)}")
+            located = where_phrase(f, code=md_code, text=md_text)
             out.append(f"### {f.severity.upper()}: {md_code(f.code)}{located} (steps {f.first_step}–{f.last_step})")
             out += ["", md_text(f.message), ""]
             if f.evidence:

@@ -120,13 +120,15 @@ def nonfinite_steps(history) -> np.ndarray:
     return bad
 
 
-def gradient_cells(history) -> np.ndarray:
+def gradient_cells(history, steps_bad: np.ndarray | None = None) -> np.ndarray:
     """What each heatmap cell is, shape ``(steps, layers)``: 0 a positive finite norm (drawn by value),
     :data:`CELL_ZERO` a norm of exactly 0 (no gradient reaches the layer: dead units, say),
     :data:`CELL_NONFINITE` an infinite norm, or a NaN one at a :func:`nonfinite_steps` step,
-    :data:`CELL_MISSING` any other NaN norm (not measured for that layer)."""
+    :data:`CELL_MISSING` any other NaN norm (not measured for that layer).  ``steps_bad`` is
+    :func:`nonfinite_steps` of ``history`` when the caller has it already."""
     norms = np.asarray(history.layer("grad_norm"), dtype=float)
-    steps_bad = nonfinite_steps(history)
+    if steps_bad is None:
+        steps_bad = nonfinite_steps(history)
     cells = np.zeros(norms.shape, dtype=np.int8)
     cells[norms == 0] = CELL_ZERO
     cells[np.isinf(norms)] = CELL_NONFINITE
@@ -147,9 +149,9 @@ def step_edges(steps: np.ndarray) -> np.ndarray:
     return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
 
 
-@_plain_text
 def heatmap_figure(history):
-    """The figure of :func:`grad_heatmap` (returned open, so tests can inspect its axes)."""
+    """The figure of :func:`grad_heatmap` (returned open, so tests can inspect its axes; build it inside
+    :func:`_plain_text`, as :func:`grad_heatmap` does, to draw it for a report)."""
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -160,7 +162,8 @@ def heatmap_figure(history):
     steps = np.asarray(history.steps, dtype=float)
     edges = step_edges(steps)
     data = normalised_log_grad(history)
-    cells = gradient_cells(history)
+    bad = nonfinite_steps(history)
+    cells = gradient_cells(history, bad)
     heat_height = min(max(0.32 * n + 0.6, 1.9), 7.0)
     fig = plt.figure(figsize=(10.5, heat_height + 1.9))
     grid = fig.add_gridspec(2, 2, height_ratios=[1.35, heat_height], width_ratios=[60, 1], hspace=0.08,
@@ -184,7 +187,6 @@ def heatmap_figure(history):
         strip.text(0.5, 0.5, "global norm not recorded", transform=strip.transAxes, ha="center", va="center",
                    color="#666666", fontsize=9)
         strip.set_yticks([])
-    bad = nonfinite_steps(history)
     if bad.any():
         strip.plot(steps[bad], np.full(bad.sum(), 0.92), "x", color=CELL_STYLE[CELL_NONFINITE][0], ms=8, mew=2,
                    transform=strip.get_xaxis_transform(), label="not finite")
@@ -332,14 +334,14 @@ def loss_curve(report, history=None) -> bytes | None:
 # -- curvature ------------------------------------------------------------------------------------------------
 def _train_settings(report) -> tuple[str | None, float, bool]:
     """The optimizer's name, its momentum β (0 without momentum) and whether it is Nesterov's, from the
-    run's spec (``sgd`` takes ``train.momentum`` too; ``momentum`` defaults to 0.9)."""
+    run's ``train`` section: the resolved spec's ``train.momentum`` (None: no momentum; the spec fills in
+    0.9 for the ``momentum`` optimizer), or, for a loop without a spec (PyTorch, hand-written), the
+    optimizer's hyperparameters that :func:`gradmon.monitor.spec_from_run` puts there.  Only ``sgd`` and
+    ``momentum`` have a momentum that enters the stability bound."""
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
     optimizer = train.get("optimizer")
-    raw = train.get("momentum")
-    momentum = 0.0
-    if optimizer in ("sgd", "momentum"):
-        momentum = _number(raw) if raw is not None else (0.9 if optimizer == "momentum" else 0.0)
-    momentum = momentum if math.isfinite(momentum) else 0.0
+    momentum = _number(train.get("momentum")) if optimizer in ("sgd", "momentum") else 0.0
+    momentum = momentum if math.isfinite(momentum) else 0.0  # None (null) reads as NaN
     return (str(optimizer) if optimizer is not None else None), momentum, bool(train.get("nesterov")) and momentum > 0
 
 
@@ -367,9 +369,12 @@ def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def threshold_label(report, thresholds: np.ndarray) -> str:
     """The legend of the threshold line: its formula (``2/lr``, ``2(1+β)/lr`` with momentum β, or
-    ``2(1+β)/(lr(1+2β))`` with Nesterov's) and value."""
+    ``2(1+β)/(lr(1+2β))`` with Nesterov's: :func:`gradmon.quantities.curvature.stability_formula`) and
+    value."""
+    from gradmon.quantities.curvature import stability_formula
+
     _, momentum, nesterov = _train_settings(report)
-    formula = ("2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr") if momentum else "2/lr"
+    formula = stability_formula(momentum, nesterov)
     finite = thresholds[np.isfinite(thresholds)]
     value = f" = {finite[0]:.3g}" if finite.size and np.allclose(finite, finite[0]) else " (follows the lr)"
     beta = f", β = {momentum:g}" if momentum else ""

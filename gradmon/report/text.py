@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from gradmon.findings import SEVERITIES, Finding, HealthReport
 
@@ -28,10 +28,11 @@ def patch_to_cli(patch: Mapping[str, Any]) -> str:
     return " ".join(f"--set {k}={cli_value(v)}" for k, v in patch.items())
 
 
-def where(finding: Finding) -> str:
-    """Where a finding applies, in words: its layer, ``model`` for a model-wide finding, and for vanishing
-    gradients the layers its evidence shows more than a decade below the largest one (input side up to the
-    onset layer) with the weakest one named, e.g. ``dense0–dense18 (weakest: dense2)``."""
+def location(finding: Finding) -> tuple[str, str]:
+    """Where a finding applies, as ``(kind, text)``: ``("layer", name)`` for one layer, ``("model",
+    "model")`` for a model-wide finding, and ``("span", text)`` for vanishing gradients: the layers its
+    evidence shows more than a decade below the largest one (input side up to the onset layer) with the
+    weakest one named, e.g. ``dense0–dense18 (weakest: dense2)``."""
     ev = finding.evidence or {}
     rms, onset = ev.get("log10_grad_rms"), ev.get("onset_layer")
     if isinstance(rms, Mapping) and onset in rms:
@@ -39,8 +40,25 @@ def where(finding: Finding) -> str:
         span = names[0] if names.index(onset) == 0 else f"{names[0]}–{onset}"
         values = {k: v for k, v in rms.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         weakest = f" (weakest: {min(values, key=values.get)})" if values else ""
-        return f"{span}{weakest}"
-    return finding.layer or "model"
+        text = f"{span}{weakest}"
+        return ("layer" if text == finding.layer else "span"), text
+    return ("layer", finding.layer) if finding.layer else ("model", "model")
+
+
+def where(finding: Finding) -> str:
+    """Where a finding applies, in words (the text of :func:`location`): its layer, ``model``, or a span of
+    layers for vanishing gradients."""
+    return location(finding)[1]
+
+
+def where_phrase(finding: Finding, code: Callable[[str], str], text: Callable[[str], str]) -> str:
+    """The heading's "where" for one finding: `` in <layer>`` (the name through ``code``), `` (model-wide)``,
+    or `` in <span>`` (through ``text``).  ``code`` and ``text`` escape for the output format (HTML,
+    Markdown)."""
+    kind, place = location(finding)
+    if kind == "model":
+        return " (model-wide)"
+    return f" in {code(place) if kind == 'layer' else text(place)}"
 
 
 #: columns of the doctor's table, in the console, the HTML and the Markdown report
@@ -48,34 +66,62 @@ DOCTOR_COLUMNS = ("rank", "fix", "loss", "Δ loss", "acc", "Δ acc", "verdict", 
 
 
 def _number(value: Any) -> float | None:
-    """A number from a doctor document, where non-finite ones are the strings "inf"/"-inf"/"nan"."""
+    """A number from a doctor document: ``null`` (a missing or non-finite number) is None; documents
+    written before null was used spell non-finite numbers as the strings "inf"/"-inf"/"nan"."""
     if isinstance(value, str):
         return {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(value)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def format_loss(value: Any) -> str:
-    """A doctor loss for people: ``diverged`` for an infinite one, 4 significant digits otherwise."""
+def loss_change(trial: float, base: float) -> float | None:
+    """The doctor's Δ loss: the relative change of the loss against the baseline, ``(trial - base) / base``.
+    A diverged run's loss is ``inf``: ``-inf`` when only the baseline diverged, ``+inf`` when only the
+    trial did, ``0`` when both did.  None when it is not defined (a baseline loss of 0, a NaN)."""
+    if math.isinf(trial) and math.isinf(base):
+        return 0.0
+    if math.isinf(base) or math.isinf(trial):
+        return -math.inf if math.isinf(base) else math.inf
+    if math.isnan(trial) or math.isnan(base) or not base > 0:
+        return None
+    return (trial - base) / base
+
+
+def _diverged(entry: Mapping[str, Any]) -> bool:
+    """Whether a baseline or trial of a doctor document diverged: its ``diverged`` flag (its loss is then
+    null), or an infinite loss (documents written before null was used, which said "inf")."""
+    x = _number(entry.get("final_loss"))
+    return bool(entry.get("diverged")) or (x is not None and math.isinf(x))
+
+
+def format_loss(value: Any, diverged: bool = False) -> str:
+    """A doctor loss for people: ``diverged`` for a diverged run (its loss is null, or ``inf`` in memory and
+    in older documents), 4 significant digits otherwise, ``-`` when there is none."""
     x = _number(value)
-    return "-" if x is None else ("diverged" if math.isinf(x) else f"{x:.4g}")
+    if diverged or (x is not None and math.isinf(x)):
+        return "diverged"
+    return "-" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
-def _delta_loss(trial: Any, base: Any) -> str:
-    """Relative change of the loss against the baseline (absolute when the baseline is 0)."""
-    t, b = _number(trial), _number(base)
-    if t is None or b is None:
-        return "-"
-    if math.isinf(t) and math.isinf(b):
-        return "±0"
-    if math.isinf(b) or math.isinf(t):
-        return "-∞" if math.isinf(b) else "+∞"
-    return f"{(t - b) / b:+.0%}" if b > 0 else f"{t - b:+.3g}"
+def _delta_loss(trial: Mapping[str, Any], base: Mapping[str, Any], relative: bool) -> str:
+    """The Δ loss cell: the trial's ``delta_loss`` (:func:`loss_change`) as a percentage; ``±0``, ``-∞`` or
+    ``+∞`` when the trial, the baseline or both diverged (their ``delta_loss`` is then null or 0).  Documents
+    whose ``delta_loss`` is not ``relative`` (written before it was) get it from the two losses."""
+    t_div, b_div = _diverged(trial), _diverged(base)
+    if t_div or b_div:
+        return "±0" if t_div and b_div else ("+∞" if t_div else "-∞")
+    if relative:
+        change = _number(trial.get("delta_loss"))
+    else:
+        t, b = _number(trial.get("final_loss")), _number(base.get("final_loss"))
+        change = None if t is None or b is None else loss_change(t, b)
+    return "-" if change is None or not math.isfinite(change) else f"{change:+.0%}"
 
 
 def doctor_rows(doc: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """The rows of the doctor's table (columns :data:`DOCTOR_COLUMNS`) from a ``gradmon.doctor/1``
     document: the baseline first, then the trials in rank order."""
     base = doc.get("baseline", {})
+    relative = (doc.get("deltas") or {}).get("loss") == "relative"
 
     def acc(x: Any) -> str:
         value = _number(x)
@@ -85,11 +131,11 @@ def doctor_rows(doc: Mapping[str, Any]) -> list[tuple[str, ...]]:
         value = _number(x)
         return "-" if value is None else f"{value * 100:+.1f}"
 
-    rows = [("base", "baseline (no patch)", format_loss(base.get("final_loss")), "", acc(base.get("accuracy")), "", "",
-             "", ", ".join(base.get("findings", [])) or "-")]
+    rows = [("base", "baseline (no patch)", format_loss(base.get("final_loss"), _diverged(base)), "",
+             acc(base.get("accuracy")), "", "", "", ", ".join(base.get("findings", [])) or "-")]
     for t in doc.get("trials", []):
         rows.append((str(t.get("rank", "")), str(t.get("label") or "+".join(t.get("suggestions", []))),
-                     format_loss(t.get("final_loss")), _delta_loss(t.get("final_loss"), base.get("final_loss")),
+                     format_loss(t.get("final_loss"), _diverged(t)), _delta_loss(t, base, relative),
                      acc(t.get("accuracy")), dacc(t.get("delta_accuracy")), str(t.get("verdict", "")),
                      ", ".join(t.get("closed", [])) or "-", ", ".join(t.get("findings", [])) or "-"))
     return rows

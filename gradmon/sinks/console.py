@@ -24,8 +24,8 @@ class ConsoleSink:
         self.stream = stream
         self.enabled = enabled
 
-    def _write(self, line: str) -> None:
-        if not self.enabled:
+    def _write(self, line: str, force: bool = False) -> None:
+        if not (self.enabled or force):
             return
         from tqdm import tqdm
 
@@ -34,9 +34,7 @@ class ConsoleSink:
     def failure(self, line: str) -> None:
         """A part of the monitor failed (an output, the curvature measurement): printed even when quiet,
         because it means something the user asked for will be missing."""
-        from tqdm import tqdm
-
-        tqdm.write(line, file=self.stream or sys.stderr)
+        self._write(line, force=True)
 
     def finding(self, f: Finding) -> None:
         """Warnings and errors as they open (information stays in the report and TensorBoard)."""

@@ -149,7 +149,9 @@ class TensorBoardSink:
     def flush(self) -> None:
         """Hand buffered events to the operating system, so a reader (and a crashed run) sees them; the
         fsync to disk, which costs milliseconds, is left to :meth:`close`."""
-        self._guard("events", self._events._py_recordio_writer._writer.flush)
+        # the buffered file under tensorboardX's writer; its own flush (with fsync) where that is not reachable
+        recorder = getattr(self._events, "_py_recordio_writer", None)
+        self._guard("events", getattr(getattr(recorder, "_writer", None), "flush", self._events.flush))
 
     def close(self) -> None:
         """Flush and close the event file (idempotent)."""
