@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
                   "overhead_paired_iqr": overhead["paired_iqr"], "overhead_best_vs_best": overhead["best_vs_best"]}
     for k, v in out.items():
         lo, hi = v["overhead_paired_iqr"]
-        print(f"{k:<22} {v['ms_per_step_best']:7.3f} ms/step (best)   overhead {100 * v['overhead_paired_median']:+5.1f}% "
+        print(f"{k:<22} {v['ms_per_step_best']:7.3f} ms/step (best)   "
+              f"overhead {100 * v['overhead_paired_median']:+5.1f}% "
               f"(median of {args.repeats} paired repeats; quartiles {100 * lo:+.1f}%..{100 * hi:+.1f}%; "
               f"best vs best {100 * v['overhead_best_vs_best']:+.1f}%)")
     print("target: monitor overhead <= 5%")

@@ -109,7 +109,8 @@ class CrossEntropy(Loss):
 
     def check_targets(self, y, n_outputs):
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"cross_entropy needs integer class labels of shape (n,), got {y.dtype} of shape {y.shape}")
+            raise ValueError(f"cross_entropy needs integer class labels of shape (n,), got {y.dtype} of shape "
+                             f"{y.shape}")
         if y.size and (y.min() < 0 or y.max() >= n_outputs):
             raise ValueError(f"cross_entropy: labels must be in [0, {n_outputs - 1}] for a model with "
                              f"{n_outputs} outputs, got range [{y.min()}, {y.max()}]")

@@ -8,8 +8,9 @@ Every key is validated at the boundary; a bad spec raises :class:`SpecError` wit
 A key that would have no effect is an error, not silently ignored: ``train.momentum`` and
 ``train.nesterov`` apply to the ``sgd`` and ``momentum`` optimizers only (``momentum`` defaults to 0.9 for
 ``momentum``, 0 for ``sgd``); ``data.n_classes`` to spirals, blobs and classification files.  Setting
-``train.optimizer`` (in a spec file, ``--set`` or a patch) resets ``train.momentum``/``train.nesterov`` unless they are set
-alongside; setting ``data.name`` clears ``data.path`` and the other way round (and resets ``data.task``).
+``train.optimizer`` (in a spec file, ``--set`` or a patch) resets ``train.momentum``/``train.nesterov``
+unless they are set alongside; setting ``data.name`` clears ``data.path`` and the other way round (and
+resets ``data.task``).
 ``data.task`` (``auto``, ``classification``, ``regression``) says what a file's targets are; ``auto``
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to

@@ -3,8 +3,9 @@
 A :class:`History` keeps one row per recorded step: model-wide scalars (``loss``, ``grad_norm``,
 ``clip_coef``, ``lr``) and per-layer quantities (``grad_norm``, ``weight_norm``, ``update_ratio``,
 ``saturation``, ``dead_fraction``, ``act_mean``, ``act_std``, ``bias_mean``) for each monitored layer.
-Memory is bounded by ``capacity`` rows: when the buffers fill up, every other row is dropped and only every second record is
-kept from then on (the stride doubles), so a run of any length is summarised at evenly spaced steps.
+Memory is bounded by ``capacity`` rows: when the buffers fill up, every other row is dropped and only every
+second record is kept from then on (the stride doubles), so a run of any length is summarised at evenly
+spaced steps.
 
 Rows are float64; a value that does not apply (saturation of a ReLU layer, say) is NaN.
 """

@@ -41,9 +41,9 @@ class JudgeContext:
     loss so far.  ``new_records`` counts the records since the previous judgment (a detector looking for
     short events scans them all).  ``sizes`` is the number of weights per unit; ``curvature`` the curvature
     measurements so far (dicts).  ``open`` maps the ``(code, layer)`` of findings open before this judgment
-    to their severity, and ``observations`` holds what earlier detectors observed in it, so a detector can defer to a finding that
-    already explains what it sees.  ``suggested_clip_norm`` is a gradient norm typical of the calm part of
-    the run (NaN before there is one).
+    to their severity, and ``observations`` holds what earlier detectors observed in it, so a detector can
+    defer to a finding that already explains what it sees.  ``suggested_clip_norm`` is a gradient norm
+    typical of the calm part of the run (NaN before there is one).
     """
 
     step: int

@@ -118,8 +118,8 @@ class ExplodingGradients(Detector):
         open_after = None
         peak = float(np.max(fresh)) if fresh.size else float(ok[-1])
         # far above the early level, and either orders of magnitude above the window's median (sudden) or with
-        # the loss above where it started: gradients grown from a tiny initialisation, whose batches differ tenfold once the
-        # loss is near zero, are learning, not exploding
+        # the loss above where it started: gradients grown from a tiny initialisation, whose batches differ
+        # tenfold once the loss is near zero, are learning, not exploding
         sudden = peak > self.blowup_factor * window_median
         if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early and (sudden or above_start):
             at = int(ctx.window.steps[np.flatnonzero(norms == peak)[-1]])
