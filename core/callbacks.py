@@ -22,12 +22,13 @@ these events; ``gradmon`` never needs to know which loop it watches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
-#: Names a callback may return from ``requests(step)``.
+#: Names a callback may return from ``requests(step)``: ``activations`` (with ``alive`` for rectifiers),
+#: ``curvature`` (an ``objective``), ``grad_norms`` (``grad_sq_norms`` and ``grad_norm``).
 REQUESTS = frozenset({"activations", "curvature", "grad_norms"})
 
 Arrays = Mapping[str, np.ndarray]
@@ -114,18 +115,29 @@ class StepState:
     """One training step as seen by callbacks.
 
     Shapes: ``params[k]`` and ``grads[k]`` have the parameter's shape; ``activations[name]`` is a layer's
-    output of shape ``(batch, units)``; ``preactivations[name]`` is the input of activation layer
-    ``name``.  ``grads`` are the raw gradients of the loss (L2 term included) before clipping.
-    ``update[k]`` is the change applied to ``params[k]`` (only in ``on_step_end``).  ``clip_coef`` is the
-    factor the global norm clipping multiplied the gradient by (1.0 when no clipping happened).
-    ``objective`` re-evaluates this batch (same dropout masks and batch statistics).  With the
-    ``grad_norms`` request, ``extras["grad_sq_norms"][key]`` is the squared L2 norm of ``grads[key]``,
-    computed as the gradient was written (the loop may omit it); ``extras["grad_norm"]`` is the global
-    norm of ``grads`` (float64-exact, ``inf``/``nan`` only when a gradient value is).  ``masks[name]`` is
-    the boolean ``output > 0`` of rectifier layer ``name`` kept from the forward pass (with activations).
+    output of shape ``(batch, units)`` (``(batch, channels, *spatial)`` for convolutions in other loops);
+    ``preactivations[name]`` is the input of activation layer ``name``.  ``grads`` are the raw gradients of
+    the loss (L2 term included) before clipping.  ``update[k]`` is the change applied to ``params[k]`` (only
+    in ``on_step_end``).  ``clip_coef`` is the factor the global norm clipping multiplied the gradient by
+    (1.0 when no clipping happened).  ``objective`` re-evaluates this batch (same dropout masks and batch
+    statistics).
+
+    Arrays are numpy arrays in core's loop; other loops may hand out any array of the Python array API
+    (PyTorch tensors on their own device): a callback computes on them with their own namespace.
+
+    Typed measurements a loop may provide because it has them for free (None: the callback computes them):
+
+    - ``loss_known``: False when the loop learns the step's loss only later (``loss`` is then NaN).
+    - ``grad_sq_norms``: ``(len(grads),)`` float64, the squared L2 norm of each gradient in ``grads``' key
+      order, computed as the gradient was written, before clipping.
+    - ``grad_norm``: the global norm of ``grads`` (float64-exact; ``inf``/``nan`` only when a gradient
+      value is).
+    - ``alive``: for each rectifier activation layer (ReLU), a boolean ``(units,)``: the unit was positive
+      for at least one example of the batch (kept from the forward pass, with activations).
+    - ``lrs``: the learning rate of each parameter key where parameter groups differ (None: ``lr`` for all).
 
     Lifetime: every array is a read-only view of the loop's own storage, valid only during the hook call.
-    ``activations``, ``preactivations`` and ``masks`` are buffers the next step overwrites (the hot path
+    ``activations``, ``preactivations`` and ``alive`` are buffers the next step overwrites (the hot path
     reuses them); ``params``, ``grads`` and ``update`` change in place at every step.  A callback that keeps
     anything past the hook copies it (``arr.copy()``).
     """
@@ -140,10 +152,13 @@ class StepState:
     activations: Arrays | None = None
     preactivations: Arrays | None = None
     objective: Objective | None = None
-    masks: Arrays | None = None
+    alive: Arrays | None = None
     update: Arrays | None = None
     clip_coef: float = 1.0
-    extras: dict[str, Any] = field(default_factory=dict)
+    loss_known: bool = True
+    grad_sq_norms: Any = None
+    grad_norm: float | None = None
+    lrs: Mapping[str, float] | None = None
 
     def grad_fn(self, params: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients of this batch at ``params`` (see ARCHITECTURE.md)."""
