@@ -281,7 +281,7 @@ TORCH_HINTS: dict[str, str] = {
 }
 
 
-def advise(finding: Finding, ctx: Context) -> list[Suggestion]:
+def advise(finding: Finding, ctx: Context, thresholds=None) -> list[Suggestion]:
     """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique.
 
     For loops that are not core's (``ctx.framework != "core"``) the spec patch means nothing: it is dropped

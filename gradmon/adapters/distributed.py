@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gradmon.history import LAYER_QUANTITIES, SCALARS, History
+from gradmon.sinks.tensorboard import TensorBoardSink
 
 #: history series that differ between ranks (everything else is computed from DDP-averaged gradients)
 RANK_SCALARS = ("loss",)
@@ -126,38 +127,48 @@ def merge_findings(base: Mapping[str, Any], reports: Sequence[Mapping[str, Any]]
     return merged
 
 
-class RankAverageTensorBoard:
+class RankAverageTensorBoard(TensorBoardSink):
     """Rank 0's TensorBoard sink under ``torch.distributed``: the rank-dependent scalars (tags starting
-    with :data:`RANK_TAG_PREFIXES`) are held back while training and written by :meth:`write_rank_average`
-    at the end, as the mean over ranks, at the steps they would have had.  Live alerts (rank 0's own
-    judgment) carry ``[seen by rank 0 of N]``.  Everything else goes straight to the wrapped sink."""
+    with :data:`RANK_TAG_PREFIXES`) are held back while training and written at :meth:`close`, from the
+    rank-averaged history, at the steps they would have had.  Live alerts (rank 0's own judgment) carry
+    ``[seen by rank 0 of N]``; findings only other ranks raised are alerted at the end."""
 
-    def __init__(self, sink: Any, world: int) -> None:
-        self.sink = sink
+    def __init__(self, logdir: Any, world: int, **options: Any) -> None:
+        super().__init__(logdir, **options)
         self.world = int(world)
         self.held_steps: list[int] = []   # steps whose rank-dependent scalars were held back
         self.alerted: set[tuple[str, Any]] = set()
-
-    def __getattr__(self, name: str) -> Any:  # begin, histogram, text, hparams, flush, close, failed...
-        return getattr(self.sink, name)
+        self._averaging = False
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        kept = {k: v for k, v in values.items() if not k.startswith(RANK_TAG_PREFIXES)}
-        if len(kept) < len(values):
-            self.held_steps.append(int(step))
-        if kept:
-            self.sink.scalars(step, kept)
+        if not self._averaging:
+            kept = {k: v for k, v in values.items() if not k.startswith(RANK_TAG_PREFIXES)}
+            if len(kept) < len(values):
+                self.held_steps.append(int(step))
+            values = kept
+        if values:
+            super().scalars(step, values)
 
-    def alert(self, step: int, code: str, severity: str, layer: str | None, message: str) -> None:
-        self.alerted.add((code, layer))
-        self.sink.alert(step, code, severity, layer, f"{message} [seen by rank 0 of {self.world}]")
+    def finding(self, finding: Any) -> None:
+        self.alerted.add((finding.code, finding.layer))
+        self.alert(finding.first_step, finding.code, finding.severity, finding.layer,
+                   f"{finding.message} [seen by rank 0 of {self.world}]")
 
-    def write_rank_average(self, history: History, findings: Sequence[Mapping[str, Any]]) -> None:
-        """The held-back scalars from the merged ``history``, and alerts for the merged findings that rank 0
-        did not raise itself."""
+    def close(self, report: Any = None, history: History | None = None, written: Sequence[Any] = ()) -> None:
+        """The held-back scalars from the merged ``history``, alerts for the merged findings that rank 0 did
+        not raise itself, then the report text, hyperparameters and the end of the event file."""
+        if history is not None:
+            self._write_rank_average(history)
+        for f in (report.findings if report is not None else []):
+            if (f.code, f.layer) not in self.alerted:
+                self.alert(f.first_step, f.code, f.severity, f.layer, f.message)
+        super().close(report, history, written)
+
+    def _write_rank_average(self, history: History) -> None:
         rows = {int(s): i for i, s in enumerate(history.steps)}
         loss = history.scalar("loss")
         per_layer = {q: history.layer(q) for q in RANK_TB_QUANTITIES}
+        self._averaging = True
         for step in sorted(set(self.held_steps)):
             i = rows.get(step)
             if i is None:  # thinned out of a long history
@@ -168,22 +179,19 @@ class RankAverageTensorBoard:
                     v = float(arr[i, j])
                     if math.isfinite(v):
                         values[f"{q}/{name}"] = v
-            self.sink.scalars(step, values)
-        for f in findings:
-            if (f["code"], f.get("layer")) not in self.alerted:
-                self.sink.alert(int(f["first_step"]), f["code"], f["severity"], f.get("layer"), f["message"])
+            self.scalars(step, values)
+        self._averaging = False
 
 
 def merge_ranks(monitor: Any) -> None:
     """At the end of a data-parallel run (collective: every rank calls it, after judging): rank 0 gathers
-    every rank's report and history, replaces its history with the rank-averaged one, sets
-    ``monitor.merged`` (the report it will write: its layer table and loss series from that history, the
-    findings of every rank) and completes its TensorBoard events."""
+    every rank's report and history and hands the monitor the rank-averaged history and a report holding
+    every rank's findings (:meth:`gradmon.monitor.Monitor.adopt_merged`), which its sinks and report files
+    then show."""
     report = monitor.report().to_dict()
     gathered = gather_objects({"report": report, "history": history_arrays(monitor.history)})
     if gathered is None:  # not rank 0
         return
-    monitor.history = merge_histories([g["history"] for g in gathered], monitor.history)
-    monitor.merged = merge_findings(monitor.report().to_dict(), [g["report"] for g in gathered])
-    if isinstance(monitor.tb, RankAverageTensorBoard):
-        monitor.tb.write_rank_average(monitor.history, monitor.merged["findings"])
+    monitor.adopt_merged(merge_histories([g["history"] for g in gathered], monitor.history))
+    # rank 0's report from the averaged history (layer table, loss series), with every rank's findings
+    monitor.adopt_merged(monitor.history, merge_findings(monitor.report().to_dict(), [g["report"] for g in gathered]))

@@ -71,7 +71,7 @@ import numpy as np
 
 from core.callbacks import LayerInfo, RunInfo, StepState
 from gradmon.monitor import Monitor, spec_from_run
-from gradmon.quantities.gradients import sq_norm
+from gradmon.quantities.xp import norms
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -95,26 +95,6 @@ LOSS_NAMES: dict[Any, str] = {
     torch.nn.functional.binary_cross_entropy_with_logits: "binary_cross_entropy",
     nn.BCEWithLogitsLoss: "binary_cross_entropy",
 }
-
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A read-only numpy array of ``t``'s values: a zero-copy view for CPU float tensors (it follows
-    in-place changes of ``t``), a float32/float64 CPU copy otherwise."""
-    if t.is_cpu and t.dtype in _NUMPY_DTYPES:
-        a = (t.detach() if t.requires_grad else t).numpy()  # a fresh ndarray object on t's memory
-    else:
-        a = t.detach().to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32).numpy()
-    a.flags.writeable = False
-    return a
-
-
-def _sq_norm(a: np.ndarray) -> float:
-    """Squared L2 norm as a float (inf/nan propagate; call inside ``np.errstate``); half precision is
-    summed in float32."""
-    return sq_norm(a.astype(np.float32) if a.dtype == np.float16 else a)
-
 
 # -- layout ------------------------------------------------------------------------------------------------
 def display_names(model: nn.Module) -> dict[str, str]:
@@ -308,10 +288,17 @@ class Watcher:
         self.loss_fn = loss_fn
         self.probe = tuple(probe) if probe is not None else None
         self.rank, self.world = _dist_rank()
-        self._console = bool(monitor_options.get("console", True))
         if self.rank != 0:  # only rank 0 writes
             logdir = None
             monitor_options["console"] = False
+        elif self.world > 1 and logdir is not None and monitor_options.get("tensorboard", True):
+            # rank 0's TensorBoard shows the rank average of what differs between ranks (loss, activations)
+            from gradmon.adapters.distributed import RankAverageTensorBoard
+
+            monitor_options["tensorboard"] = False
+            sink = RankAverageTensorBoard(logdir, self.world,
+                                          scalar_every=int(monitor_options.get("tensorboard_every", 10)))
+            monitor_options["sinks"] = [*monitor_options.get("sinks", ()), sink]
         self.monitor = Monitor(logdir=logdir, **monitor_options)
         self.hook_seconds = 0.0  # wall time spent inside the watcher's hooks and methods
         self._named = [(n, p) for n, p in model.named_parameters()]
@@ -334,15 +321,16 @@ class Watcher:
         self._loss_backwards = 0                          # backward passes done when it was logged
         self._backwards = 0                               # backward passes done so far
         self._batch = 0
-        # gradients read at the end of backward
-        self._bw: dict[str, tuple[torch.Tensor, int, np.ndarray, float]] = {}
+        # gradients read at the end of backward: (the .grad tensors and their version counters, their norms
+        # as one vector on their device)
+        self._bw: tuple[list[tuple[str, torch.Tensor, int]], Any] | None = None
         self._queued = False
         self._hook_error: str | None = None
-        # weights: cached read-only views (they follow in-place updates) and update buffers
+        # weights: detached aliases (they follow in-place updates), zero gradients and update buffers
         self._param_ptrs: tuple[int, ...] = ()
-        self._param_views: dict[str, np.ndarray] = {}
-        self._zeros: dict[str, np.ndarray] = {}
-        self._before: dict[str, np.ndarray] = {}
+        self._param_views: dict[str, torch.Tensor] = {}
+        self._zeros: dict[str, torch.Tensor] = {}
+        self._before: dict[str, torch.Tensor] = {}
         self._snapshot = False
         # forward passes: trace, activation captures, last inputs
         self._paused = False
@@ -408,19 +396,13 @@ class Watcher:
             if any(i.kind == "dense" for i in infos):
                 self.run = self._run_info(infos)
         self.monitor.on_train_begin(self.run)
-        if self.world > 1 and self.rank == 0 and self.monitor.tb is not None:
-            from gradmon.adapters.distributed import RankAverageTensorBoard
-
-            self.monitor.tb = RankAverageTensorBoard(self.monitor.tb, self.world)
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
             self._note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and "
                        "watcher.log_loss(loss, target=y) to measure it on the last batch, or "
                        "watch(..., probe=(x, y), loss_fn=...) for a fixed probe batch", console=True)
 
     def _note(self, text: str, console: bool = False) -> None:
-        self.monitor.add_note(text)
-        if console and self._console and self.rank == 0:
-            print(f"[gradmon] {text}", file=sys.stderr)
+        self.monitor.add_note(text, console=console)
 
     # -- hooks ----------------------------------------------------------------------------------------
     def _trace_hook(self, qual: str):
@@ -482,26 +464,22 @@ class Watcher:
         _ENGINE.queue_callback(self._backward_done)
 
     def _backward_done(self) -> None:
-        """End of a ``backward()``: read every ``p.grad`` (averaged over ranks under DDP, not yet clipped).
-        With gradient accumulation ``p.grad`` holds the sum so far, so the last read before the step is
-        the accumulated gradient."""
+        """End of a ``backward()``: the norm of every ``p.grad`` (averaged over ranks under DDP, not yet
+        clipped), computed where the gradients live.  With gradient accumulation ``p.grad`` holds the sum so
+        far, so the last reading before the step is the accumulated gradient."""
         self._queued = False
         self._backwards += 1
         t0 = time.perf_counter()
-        # self._bw[name] = (tensor, version counter, read-only numpy view, squared norm): an in-place change
-        # of the tensor (clipping, unscaling) bumps its version counter, so the step can tell whether it
-        # changed since.  Under a GradScaler the squared norms are those of the unscaled gradients.
+        # an in-place change of a gradient (clipping, unscaling) bumps its version counter, so the step can
+        # tell whether it changed since.  Under a GradScaler the norms are those of the unscaled gradients.
         try:
-            records = self._bw
-            scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
-            with np.errstate(over="ignore", invalid="ignore"):
-                for name, p in self._named:
-                    g = p.grad
-                    if g is not None:
-                        view = _numpy(g)
-                        records[name] = (g, g._version, view, _sq_norm(view) / scale ** 2)
+            read = [(name, p.grad, p.grad._version) for name, p in self._named if p.grad is not None]
+            values = norms([g for _, g, _ in read])
+            if self.scaler is not None and self.scaler.is_enabled() and read:
+                values = values / self.scaler.get_scale()
+            self._bw = (read, values)
         except Exception as exc:  # a monitor must never break training: fall back to reading at step time
-            self._bw = {}
+            self._bw = None
             if self._hook_error is None:
                 self._hook_error = f"{type(exc).__name__}: {exc}"
                 print(f"[gradmon] reading gradients during backward failed ({self._hook_error}); gradients are "
@@ -519,55 +497,46 @@ class Watcher:
             self._paused = before
 
     # -- steps ----------------------------------------------------------------------------------------
-    def _params(self) -> dict[str, np.ndarray]:
-        """Read-only numpy views of the parameters, cached while their storage stays the same (in-place
-        updates keep it; ``model.to(...)`` or ``.double()`` replace it, and the views are rebuilt)."""
+    def _params(self) -> dict[str, torch.Tensor]:
+        """Detached aliases of the parameters, cached while their storage stays the same (in-place updates
+        keep it; ``model.to(...)`` or ``.double()`` replace it, and the aliases are rebuilt)."""
         ptrs = tuple(p.data_ptr() for _, p in self._named)
         if ptrs != self._param_ptrs:
-            self._param_views = {n: _numpy(p) for n, p in self._named}
-            # views of CPU tensors follow in-place updates; copies of other devices are taken every time
-            self._param_ptrs = ptrs if all(p.device.type == "cpu" for _, p in self._named) else ()
+            self._param_views = {n: p.detach() for n, p in self._named}
+            self._param_ptrs = ptrs
         return self._param_views
 
-    def _gradients(self) -> tuple[dict[str, np.ndarray], dict[str, float], float, float]:
-        """The gradients as they are now (read-only views), the squared norms read at the end of the last
-        backward (pre-clip; read now where no backward was seen), their sum, and the clip coefficient
-        ``‖g now‖ / ‖g after backward‖``."""
-        grads: dict[str, np.ndarray] = {}
-        sq: dict[str, float] = {}
-        records, self._bw = self._bw, {}
+    def _gradients(self) -> tuple[dict[str, torch.Tensor], Any, Any]:
+        """The gradients as they are now (zeros where a parameter has none), the norm of each as read at
+        the end of the last backward (pre-clip; read now where no backward was seen), as one vector on the
+        gradients' device, and the clip coefficient ``‖g now‖ / ‖g after backward‖`` (1.0 when no gradient
+        changed in between, which the version counters tell without reading them)."""
+        grads: dict[str, torch.Tensor] = {}
+        current: dict[str, torch.Tensor | None] = {}
+        for name, p in self._named:
+            g = current[name] = p.grad
+            if g is None:
+                g = self._zeros.get(name)
+                if g is None or g.shape != p.shape or g.device != p.device:
+                    g = self._zeros[name] = torch.zeros_like(p, memory_format=torch.contiguous_format).detach()
+            grads[name] = g
+        bw, self._bw = self._bw, None
         self._queued = False  # (a backward that raised never ran its end-of-backward callback)
-        changed = False
-        now_total = 0.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            for name, p in self._named:
-                g = p.grad
-                rec = records.get(name)
-                if rec is not None and g is rec[0] and g._version == rec[1]:
-                    grads[name] = rec[2]
-                    sq[name] = now = rec[3]
-                else:
-                    if g is None:
-                        view = self._zeros.get(name)
-                        if view is None:
-                            view = self._zeros[name] = np.zeros(tuple(p.shape), dtype=np.float32)
-                            view.flags.writeable = False
-                        now = 0.0
-                    else:
-                        view = _numpy(g)
-                        now = _sq_norm(view)
-                    grads[name] = view
-                    if rec is not None:
-                        changed = True
-                        sq[name] = rec[3]
-                    else:
-                        sq[name] = now
-                now_total += now
-            pre_total = sum(sq.values())
-        clip_coef = 1.0
-        if changed and pre_total > 0 and math.isfinite(pre_total):
-            clip_coef = math.sqrt(now_total / pre_total)
-        return grads, sq, pre_total, clip_coef
+        now = norms(list(grads.values()))
+        if bw is None:
+            return grads, now * now, 1.0
+        read, values = bw
+        position = {name: i for i, name in enumerate(grads)}
+        pre = now.clone()
+        index = torch.tensor([position[name] for name, _, _ in read], device=now.device)
+        pre[index] = values.to(now.dtype)
+        changed = any(current.get(name) is not g or g._version != version for name, g, version in read)
+        clip_coef: Any = 1.0
+        if changed:
+            total_pre = torch.sqrt(torch.sum(pre * pre))
+            clip_coef = torch.where(torch.isfinite(total_pre) & (total_pre > 0),
+                                    torch.sqrt(torch.sum(now * now)) / total_pre, torch.ones_like(total_pre))
+        return grads, pre * pre, clip_coef
 
     def _begin_step(self, lr: float) -> None:
         """Measure one step: after ``backward()``, before the update."""
@@ -575,29 +544,26 @@ class Watcher:
         self._finish()  # the previous step, if its loss never came
         step = self._step
         self._step += 1
-        grads, sq, sq_total, clip_coef = self._gradients()
+        grads, sq, clip_coef = self._gradients()
         params = self._params()
-        acts = None
-        if self._capture and self._acts:
-            acts = {n: _numpy(a) for n, a in self._acts.items()}
+        acts = dict(self._acts) if self._capture and self._acts else None
         # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
         # would otherwise be this one's, and every loss after it one step late)
         loss_known = self._loss is not None and self._loss_backwards == self._backwards
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
                           batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
-                          clip_coef=clip_coef, objective=self._last_batch_objective(step))
-        state.extras["loss_missing"] = not loss_known
-        state.extras["grad_sq_norms"] = sq
-        state.extras["grad_norm"] = math.sqrt(sq_total)
+                          clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
+                          grad_sq_norms=sq)
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
         if self._snapshot:
-            for u in self.monitor.units:
-                buf = self._before.get(u.weight)
-                if buf is None or buf.shape != params[u.weight].shape:
-                    buf = self._before[u.weight] = np.empty_like(params[u.weight])
-                np.copyto(buf, params[u.weight])
+            with torch.no_grad():
+                for key in (k for u in self.monitor.units for k in u.weights):
+                    buf = self._before.get(key)
+                    if buf is None or buf.shape != params[key].shape or buf.device != params[key].device:
+                        buf = self._before[key] = torch.empty_like(params[key])
+                    buf.copy_(params[key])
         self.monitor.on_after_backward(state)
         self._pending, self._settled = state, False
 
@@ -608,12 +574,10 @@ class Watcher:
             return
         if self._snapshot:
             after = self._params()
-            update = {}
-            for key, buf in self._before.items():
-                np.subtract(after[key], buf, out=buf)  # buffers are reused: nothing keeps them past the step
-                update[key] = view = buf.view()
-                view.flags.writeable = False
-            state.update = update
+            with torch.no_grad():
+                for key, buf in self._before.items():
+                    torch.sub(after[key], buf, out=buf)  # buffers are reused: nothing keeps them past the step
+            state.update = dict(self._before)
         self._snapshot = False
         self._settled = True
 
@@ -626,7 +590,7 @@ class Watcher:
     def _optimizer_post_step(self) -> None:
         t0 = time.perf_counter()
         self._settle()
-        if self._pending is not None and not self._pending.extras["loss_missing"]:
+        if self._pending is not None and self._pending.loss_known:
             self._finish()
         self._arm()
         self.hook_seconds += time.perf_counter() - t0
@@ -660,9 +624,9 @@ class Watcher:
             args, kwargs = self._inputs
             self._last_batch = (args, kwargs, target)
         state = self._pending
-        if state is not None and state.extras["loss_missing"]:
+        if state is not None and not state.loss_known:
             state.loss = value
-            state.extras["loss_missing"] = False
+            state.loss_known = True
             self.monitor.log_loss(value)
             if self._settled:
                 self._finish()

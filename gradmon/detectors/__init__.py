@@ -27,7 +27,7 @@ DETECTORS: dict[str, type[Detector]] = {
 }
 
 
-def default_detectors(names: list[str] | None = None) -> list[Detector]:
+def default_detectors(names: list[str] | None = None, thresholds=None) -> list[Detector]:
     """One detector per name (all by default), always in :data:`DETECTORS` order: a detector that defers to
     a finding another one explains (an update ratio to dead units, a plateau to vanishing gradients) runs
     after it.  ValueError listing the valid names for an unknown one."""

@@ -1,61 +1,77 @@
-"""Activation quantities: saturation, dead units, moments.
+"""Activation quantities: saturation, dead units, scale.
 
-``y`` is an activation layer's output of shape ``(batch, units)``.
+Written once over the array API (:mod:`gradmon.quantities.xp`): ``y`` is an activation's output, a numpy
+array in core or a tensor on its device in PyTorch, of shape ``(batch, units)``, ``(batch, channels,
+*spatial)`` for convolutions or ``(batch, ..., features)`` for sequences.  Statistics come back as 0-d
+arrays (or short vectors) on ``y``'s device; the recorder moves them to the host in one transfer.
 
 - Saturation: the fraction of entries pinned near an asymptote, where the derivative has fallen below
-  about 2% of its maximum: ``|tanh| > 0.99``; ``sigmoid < 0.01`` or ``> 0.99``.
-- Dead units: ReLU units whose output is zero for every example seen (a batch, or a sliding pool of the
-  latest small batches, :class:`DeadUnitTracker`).
+  about 2% of its maximum (``margin``): ``|tanh| > 1 - m``; ``sigmoid < m`` or ``> 1 - m``; at or beyond
+  the clip points of the hard variants.
+- Dead units: rectifier units (channels) whose output is zero for every example (and every position) seen
+  (a batch, or a sliding pool of the latest small batches, :class:`DeadUnitTracker`).
+- Scale: mean and standard deviation of the outputs (a signal that collapses through depth shrinks).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
+from typing import Any
 
-import numpy as np
-
-#: distance from the asymptote below which a unit counts as saturated
-SATURATION_MARGIN = 0.01
-
-
-def saturation_fraction(y: np.ndarray, activation: str) -> float:
-    """Fraction of entries of ``y`` within ``SATURATION_MARGIN`` of an asymptote (NaN for other kinds)."""
-    if y.size == 0:
-        return float("nan")
-    if activation == "tanh":
-        return float(np.count_nonzero(np.abs(y) > 1.0 - SATURATION_MARGIN)) / y.size
-    if activation == "sigmoid":
-        return float(np.count_nonzero(np.abs(y - 0.5) > 0.5 - SATURATION_MARGIN)) / y.size
-    return float("nan")
+from gradmon.quantities.xp import Array, namespace
+from gradmon.vocabulary import SATURATING
 
 
-def active_units(y: np.ndarray) -> np.ndarray:
-    """Boolean ``(units,)``: True where a unit is positive for at least one example of the batch.
+def saturation_fraction(y: Array, activation: str, margin: float = 0.01) -> Array | None:
+    """Fraction of entries of ``y`` within ``margin`` of an asymptote, a 0-d float array; None for an
+    activation that does not saturate (or an empty ``y``)."""
+    if activation not in SATURATING or y.ndim == 0 or y.shape[0] == 0:
+        return None
+    xp = namespace(y)
+    if activation in ("tanh", "softsign"):
+        pinned = xp.abs(y) > 1.0 - margin
+    elif activation == "sigmoid":
+        pinned = xp.abs(y - 0.5) > 0.5 - margin
+    elif activation == "hardtanh":
+        pinned = xp.abs(y) >= 1.0
+    else:  # hardsigmoid: flat at 0 and 1
+        pinned = (y <= 0.0) | (y >= 1.0)
+    return xp.mean(xp.astype(pinned, xp.float32))
 
-    ``y`` may be the outputs or, cheaper, the boolean ``y > 0`` mask kept from the forward pass."""
-    return (y if y.dtype == np.bool_ else y > 0).any(axis=0)
+
+def alive_units(y: Array, channel_axis: int = -1) -> Array:
+    """Boolean ``(units,)``: True where a unit (channel) is positive for at least one example and position.
+
+    ``y`` may be the outputs or, cheaper, a boolean ``y > 0`` mask kept from the forward pass; the units lie
+    along ``channel_axis`` (``-1`` for dense and sequence outputs, ``1`` for NCHW convolutions)."""
+    xp = namespace(y)
+    positive = y if y.dtype == xp.bool else y > 0
+    axis = channel_axis % positive.ndim
+    others = tuple(a for a in range(positive.ndim) if a != axis)
+    return xp.any(positive, axis=others) if others else positive
 
 
-def moments(y: np.ndarray, max_rows: int = 16) -> tuple[float, float]:
+def moments(y: Array, max_rows: int = 16) -> tuple[Array, Array]:
     """Mean and standard deviation over the entries of ``y`` (its first ``max_rows`` examples: a batch's
-    rows are already a random sample, so this bounds the cost without biasing the estimate)."""
-    if y.size == 0:
-        return float("nan"), float("nan")
-    sample = y[:max_rows].reshape(-1)
-    mean = float(np.add.reduce(sample, dtype=np.float64)) / sample.size
-    centred = sample - np.asarray(mean, dtype=sample.dtype)
-    return mean, math.sqrt(float(np.dot(centred, centred)) / sample.size)
+    rows are already a random sample, so this bounds the cost without biasing the estimate), as 0-d float
+    arrays."""
+    xp = namespace(y)
+    sample = xp.reshape(y[:max_rows], (-1,))
+    if sample.dtype not in (xp.float32, xp.float64):
+        sample = xp.astype(sample, xp.float32)
+    mean = xp.mean(sample)
+    centred = sample - mean
+    return mean, xp.sqrt(xp.mean(centred * centred))
 
 
 class DeadUnitTracker:
     """The fraction of units that did not fire over the last ``min_examples`` examples or more.
 
-    With mini-batches of ``min_examples`` or more this is the per-batch dead fraction.  Smaller batches are
+    With batches of ``min_examples`` or more this is the per-batch dead fraction.  Smaller batches are
     pooled over a sliding window of the latest batches (a unit merely off for one input of stochastic
     gradient descent does not count as dead), so there is a value at every step once enough examples were
-    seen.  The pool costs O(units) per batch: each unit keeps the number of the last batch it fired in, and
-    a unit is dead when that batch has left the pool.
+    seen.  The pool lives where the activations do and costs O(units) per batch: each unit keeps the number
+    of the last batch it fired in, and a unit is dead when that batch has left the pool.
     """
 
     def __init__(self, min_examples: int = 64) -> None:
@@ -63,29 +79,42 @@ class DeadUnitTracker:
         self._sizes: deque[int] = deque()   # examples in each batch of the pool, oldest first
         self._seen = 0                      # examples in the pool
         self._batches = 0                   # batches fed so far
-        self._fired: np.ndarray | None = None  # per unit: 1 + index of the last batch it fired in (0: never)
+        self._fired: Any = None             # per unit: 1 + index of the last batch it fired in (0: never)
 
-    def add(self, y: np.ndarray) -> float | None:
-        """Feed one batch ``(batch, units)`` (outputs or the ``> 0`` mask); returns the dead fraction over the
-        pool, or None until ``min_examples`` examples were seen."""
-        alive = active_units(y)
-        n = int(y.shape[0])
+    def add(self, alive: Array, n: int) -> Array | None:
+        """Feed one batch's ``alive`` vector (:func:`alive_units`) over ``n`` examples; returns the dead
+        fraction over the pool (a 0-d array), or None until ``min_examples`` examples were seen."""
+        xp = namespace(alive)
+        size = int(alive.shape[0])
+        if size == 0:
+            return None
         if n >= self.min_examples:  # one batch is enough: nothing to pool
             self._sizes.clear()
             self._seen = 0
             self._fired = None
-            return 1.0 - np.count_nonzero(alive) / alive.size
-        if self._fired is None or self._fired.shape != alive.shape:
+            return 1.0 - xp.sum(xp.astype(alive, xp.float32)) / size
+        if self._fired is None or tuple(self._fired.shape) != tuple(alive.shape):
             self._sizes.clear()
             self._seen = 0
-            self._fired = np.zeros(alive.shape, dtype=np.int64)
+            self._fired = xp.zeros(alive.shape, dtype=xp.int64, device=_device(alive))
         self._batches += 1
-        self._fired[alive] = self._batches
-        self._sizes.append(n)
-        self._seen += n
+        self._fired = xp.where(alive, self._batches, self._fired)
+        self._sizes.append(int(n))
+        self._seen += int(n)
         while self._seen - self._sizes[0] >= self.min_examples:  # drop batches the pool no longer needs
             self._seen -= self._sizes.popleft()
         if self._seen < self.min_examples:
             return None
         first = self._batches - len(self._sizes) + 1  # the oldest batch still in the pool
-        return 1.0 - np.count_nonzero(self._fired >= first) / self._fired.size
+        return 1.0 - xp.sum(xp.astype(self._fired >= first, xp.float32)) / size
+
+
+def _device(x: Array) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def examples_in(y: Array) -> int:
+    """Examples in a batch of outputs (its leading dimension; 1 for a scalar)."""
+    return int(y.shape[0]) if getattr(y, "ndim", 0) else 1

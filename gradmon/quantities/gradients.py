@@ -1,67 +1,72 @@
-"""Per-layer parameter quantities: gradient norm, weight norm, update-to-weight ratio, mean bias.
+"""Per-unit parameter quantities: gradient norm, weight norm, update-to-weight ratio, mean bias.
 
-All norms are L2 norms over a layer's weight and bias together, computed with dot products on flat views
-(no temporaries).  Inputs are dicts of arrays keyed like ``model.parameters()``.
+Written once over the array API (:mod:`gradmon.quantities.xp`): the reductions run where the arrays live
+(numpy in core, a tensor's device in PyTorch) and return one value per tensor or per unit, which the
+recorder brings to the host in a single small transfer.  Norms are L2 norms; a unit's norm combines its
+tensors' (``sqrt(Σ ||t||²)``), computed on the host from the per-tensor norms.
+
+Inputs are dicts of arrays keyed like the loop's parameters (``model.parameters()`` in core,
+``model.named_parameters()`` in PyTorch).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.clipping import sq_norm_unguarded
 from gradmon.layout import Unit
+from gradmon.quantities.xp import Array, all_finite, namespace, norms
 
-Arrays = Mapping[str, np.ndarray]
-
-
-#: Squared L2 norm as a Python float (inf/nan propagate): one dot product in the array's dtype, recounted in
-#: float64 when float32 overflows on finite values.  Shared with core; call inside ``np.errstate(over="ignore",
-#: invalid="ignore")`` (the monitor does, once per step).
-sq_norm = sq_norm_unguarded
+Arrays = Mapping[str, Array]
 
 
-def all_finite(a: np.ndarray) -> bool:
-    """Whether every entry of ``a`` is finite: a fast dot product, checked entry by entry only when it
-    overflows."""
-    return math.isfinite(sq_norm(a)) or bool(np.isfinite(a).all())
+def tensor_norms(arrays: Arrays, keys: Sequence[str]) -> Array:
+    """The L2 norm of ``arrays[k]`` for each key, shape ``(len(keys),)``, on the arrays' device."""
+    return norms([arrays[k] for k in keys])
 
 
-def layer_sq_norms(arrays: Arrays, units: Sequence[Unit], weights_only: bool = False) -> np.ndarray:
-    """Squared L2 norm per unit, shape ``(n_units,)``: over weight and bias, or the weight alone."""
-    out = np.empty(len(units))
-    for j, u in enumerate(units):
-        total = sq_norm(arrays[u.weight])
-        if not weights_only and u.bias is not None:
-            total += sq_norm(arrays[u.bias])
-        out[j] = total
+def groups(units: Sequence[Unit], keys: Sequence[str], weights_only: bool = False) -> list[list[int]]:
+    """For each unit, the positions in ``keys`` of its parameters (or of its weights alone)."""
+    where = {k: i for i, k in enumerate(keys)}
+    return [[where[k] for k in (u.weights if weights_only else u.params) if k in where] for u in units]
+
+
+def combine(norms_host: np.ndarray, parts: Sequence[Sequence[int]]) -> np.ndarray:
+    """Host: the norm of each group of tensors from their norms, ``sqrt(Σ n_i²)``, shape ``(len(parts),)``
+    (NaN for an empty group; Inf/NaN propagate)."""
+    sq = np.square(np.asarray(norms_host, dtype=np.float64))
+    out = np.full(len(parts), np.nan)
+    for j, idx in enumerate(parts):
+        if idx:
+            out[j] = float(np.sqrt(sq[idx].sum())) if len(idx) > 1 else float(np.sqrt(sq[idx[0]]))
     return out
 
 
-def layer_norms(arrays: Arrays, units: Sequence[Unit], weights_only: bool = False) -> np.ndarray:
-    """L2 norm per unit, shape ``(n_units,)``: over weight and bias, or the weight alone."""
-    return np.sqrt(layer_sq_norms(arrays, units, weights_only))
+def bias_means(params: Arrays, units: Sequence[Unit]) -> list[tuple[int, Array]]:
+    """``(unit index, mean bias)`` for the units with a bias (a strongly negative one switches rectifiers
+    off); each mean a 0-d array on the bias' device."""
+    out = []
+    for u in units:
+        if u.bias is not None and u.bias in params:
+            b = params[u.bias]
+            xp = namespace(b)
+            out.append((u.index, xp.mean(xp.astype(b, xp.float32) if b.dtype not in (xp.float32, xp.float64)
+                                         else b)))
+    return out
 
 
-def bias_means(params: Arrays, units: Sequence[Unit]) -> np.ndarray:
-    """Mean bias per unit, shape ``(n_units,)`` (NaN for a layer without bias): a strongly negative one
-    switches ReLU units off."""
-    return np.array([float(np.mean(params[u.bias])) if u.bias is not None else np.nan for u in units])
-
-
-def update_ratios(updates: Arrays, weight_norms: np.ndarray, units: Sequence[Unit]) -> np.ndarray:
-    """``||ΔW|| / ||W||`` per unit (weights only), shape ``(n_units,)``; NaN where ``||W|| = 0``."""
-    upd = layer_norms(updates, units, weights_only=True)
+def update_ratios(update_norms: np.ndarray, weight_norms: np.ndarray) -> np.ndarray:
+    """Host: ``||ΔW|| / ||W||`` per unit, shape ``(n_units,)``; NaN where ``||W|| = 0`` or unknown."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(weight_norms > 0, upd / weight_norms, np.nan)
+        return np.where(weight_norms > 0, update_norms / weight_norms, np.nan)
 
 
 def first_nonfinite(arrays: Arrays, units: Sequence[Unit], backward: bool = False) -> str | None:
     """Name of the first unit whose arrays hold NaN or Inf, else None: in forward order (input to output),
-    or with ``backward`` in the order the backward pass writes gradients (output to input)."""
+    or with ``backward`` in the order the backward pass writes gradients (output to input).  Host checks:
+    only called once a step is already known to be non-finite."""
     for u in (reversed(units) if backward else units):
-        if not all(all_finite(arrays[key]) for key in u.params):
+        if not all(all_finite(arrays[key]) for key in u.params if key in arrays):
             return u.name
     return None

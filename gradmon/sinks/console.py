@@ -1,24 +1,29 @@
-"""Console sink: findings as they open, and a closing summary, written through tqdm so progress bars
-stay intact."""
+"""Console sink: warnings and errors as they open, with their first fix, and a closing summary, written
+through tqdm so progress bars stay intact."""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from pathlib import Path
+from typing import Sequence, TextIO
 
 from gradmon.findings import Finding, HealthReport
+from gradmon.history import History
 from gradmon.report.text import patch_to_cli
-
-_LABEL = {"info": "info", "warning": "WARNING", "error": "ERROR"}
+from gradmon.sinks.base import Sink
+from gradmon.vocabulary import SEVERITY_LABELS, counts_phrase, severity_counts
 
 
 def format_finding(f: Finding) -> str:
     where = f" in {f.layer}" if f.layer else ""
-    return f"[gradmon] {_LABEL[f.severity]} {f.code}{where} at step {f.first_step}: {f.message}"
+    return f"[gradmon] {SEVERITY_LABELS[f.severity]} {f.code}{where} at step {f.first_step}: {f.message}"
 
 
-class ConsoleSink:
-    """Writes one line per opened finding (and its first fix) to ``stream`` (stderr by default)."""
+class ConsoleSink(Sink):
+    """Writes one line per opened warning or error (and its first fix) to ``stream`` (stderr by default);
+    :meth:`failure` lines are written even when the sink is disabled."""
+
+    name = "console"
 
     def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.stream = stream
@@ -36,6 +41,10 @@ class ConsoleSink:
         because it means something the user asked for will be missing."""
         self._write(line, force=True)
 
+    def note(self, line: str) -> None:
+        """Something the user should know once (what was not measured and how to turn it on)."""
+        self._write(f"[gradmon] {line}")
+
     def finding(self, f: Finding) -> None:
         """Warnings and errors as they open (information stays in the report and TensorBoard)."""
         if f.severity == "info":
@@ -45,9 +54,8 @@ class ConsoleSink:
             s = f.suggestions[0]
             self._write(f"          fix: {s.text}" + (f"  ({patch_to_cli(s.patch)})" if s.patch else ""))
 
-    def summary(self, report: HealthReport, where: str | None = None) -> None:
-        counts = {sev: sum(1 for f in report.findings if f.severity == sev) for sev in ("error", "warning", "info")}
-        parts = [f"{n} {sev}{'s' if n != 1 else ''}" for sev, n in counts.items() if n]
-        line = f"[gradmon] {report.status.upper()} after {report.steps} steps" + (
-            f" ({', '.join(parts)})" if parts else "") + (f"; report: {where}" if where else "")
-        self._write(line)
+    def close(self, report: HealthReport, history: History | None, written: Sequence[Path]) -> None:
+        html = next((str(p) for p in written if Path(p).name == "report.html"), None)
+        parts = counts_phrase(severity_counts(f.severity for f in report.findings))
+        self._write(f"[gradmon] {report.status.upper()} after {report.steps} steps" + (f" ({parts})" if parts else "")
+                    + (f"; report: {html}" if html else ""))

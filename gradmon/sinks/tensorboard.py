@@ -17,6 +17,7 @@ error surfaces where it happens, and buffered events cost a copy in memory, not 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -24,20 +25,33 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gradmon.report.markdown import md_code, md_text
+from core.callbacks import RunInfo
+from gradmon.findings import Finding, HealthReport
+from gradmon.history import History, Record
+from gradmon.layout import Unit
+from gradmon.report.markdown import md_code, md_text, render_markdown
+from gradmon.sinks.base import Sink
+from gradmon.vocabulary import SEVERITIES
 
-_SEVERITY = {"info": "INFO", "warning": "WARNING", "error": "ERROR"}
+#: tags of the per-layer quantities written to TensorBoard
+QUANTITIES = ("log10_grad_norm", "grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
 
 
-class TensorBoardSink:
+class TensorBoardSink(Sink):
     """Writes scalars, histograms, texts, alerts and hparams into ``logdir`` (one TensorBoard run).
+
+    ``scalar_every``: records between scalar writes (records holding the slow quantities, such as update
+    ratios, are always written, so those reach TensorBoard whatever the two cadences).
 
     >>> sink = TensorBoardSink("runs/exp1")              # doctest: +SKIP
     >>> sink.begin(["dense0", "dense2"], ["grad_norm"])  # doctest: +SKIP
     >>> sink.scalars(0, {"grad_norm/dense0": 0.5})       # doctest: +SKIP
     """
 
-    def __init__(self, logdir: str | os.PathLike, *, flush_every: int = 50) -> None:
+    name = "tensorboard"
+    wants_histograms = True
+
+    def __init__(self, logdir: str | os.PathLike, *, flush_every: int = 50, scalar_every: int = 10) -> None:
         try:
             from tensorboardX.event_file_writer import EventsWriter
         except ImportError:
@@ -50,8 +64,10 @@ class TensorBoardSink:
             raise OSError(f"cannot write TensorBoard events to {str(self._logdir)!r} ({exc.strerror or exc}); "
                           f"choose another --logdir") from None
         self.flush_every = max(1, int(flush_every))
+        self.scalar_every = max(1, int(scalar_every))
         self.failed: str | None = None
         self._calls = 0
+        self._records = 0
         self._closed = False
 
     def _write(self, summary: Any, step: int = 0) -> None:
@@ -105,17 +121,9 @@ class TensorBoardSink:
         if self._calls % self.flush_every == 0:
             self.flush()
 
-    def histogram(self, step: int, tag: str, values: np.ndarray, max_values: int = 4096, bins: int = 64) -> None:
-        """A histogram of the finite values in ``bins`` equal-width buckets; large arrays are represented by an
-        evenly strided sample of ``max_values`` (the shape of a distribution of 200k gradients needs far
-        fewer points)."""
-        data = np.asarray(values).ravel()
-        if data.size > max_values:
-            data = data[:: data.size // max_values]
-        data = data.astype(np.float64)
-        data = data[np.isfinite(data)]
-        if data.size:
-            self._guard(f"histogram {tag}", lambda: self._write(histogram_summary(tag, data, bins), step))
+    def histogram(self, step: int, tag: str, histogram: Mapping[str, Any]) -> None:
+        """A histogram computed where the values live (:func:`gradmon.quantities.xp.histogram`)."""
+        self._guard(f"histogram {tag}", lambda: self._write(histogram_summary(tag, histogram), step))
 
     def text(self, step: int, tag: str, markdown: str) -> None:
         from tensorboardX.summary import text
@@ -125,7 +133,8 @@ class TensorBoardSink:
     def alert(self, step: int, code: str, severity: str, layer: str | None, message: str) -> None:
         """One finding as a Markdown line under the ``alerts`` tag; names and the message are escaped."""
         where = f" in {md_code(layer)}" if layer else ""
-        line = (f"**{_SEVERITY.get(severity, md_text(severity.upper()))}** {md_code(code)}{where} at step {step}: "
+        label = severity.upper() if severity in SEVERITIES else md_text(severity.upper())
+        line = (f"**{label}** {md_code(code)}{where} at step {step}: "
                 f"{md_text(message)}")
         self.text(step, "alerts", line)
         self.flush()
@@ -146,6 +155,53 @@ class TensorBoardSink:
                 self._write(scalar(k, v))
         self._guard("hparams", write)
 
+    # -- the Sink protocol -----------------------------------------------------------------------------------
+    def start(self, run: RunInfo, units: Sequence[Unit]) -> None:
+        self.begin([u.name for u in units], QUANTITIES)
+
+    def record(self, record: Record, units: Sequence[Unit], slow: bool) -> None:
+        """Scalars of every ``scalar_every``-th record, and of every record holding the slow quantities."""
+        self._records += 1
+        if not (slow or self._records % self.scalar_every == 1 % self.scalar_every):
+            return
+        values = {"loss/train": record.scalar("loss"), "grad_norm/global": record.scalar("grad_norm"),
+                  "clip_coef": record.scalar("clip_coef"), "lr": record.scalar("lr")}
+        with np.errstate(divide="ignore", invalid="ignore"):  # orders of magnitude read better on a log scale
+            derived = {"log10_grad_norm": np.log10(record.layer("grad_norm"))}
+        for q in QUANTITIES:
+            arr = derived[q] if q in derived else record.layer(q)
+            for u in units:
+                v = float(arr[u.index])
+                if math.isfinite(v):
+                    values[f"{q}/{u.name}"] = v
+        self.scalars(record.step, values)
+
+    def curvature(self, entry: Mapping[str, Any]) -> None:
+        values = {"curvature/lambda_max": entry.get("lambda_max"), "curvature/trace": entry.get("trace"),
+                  "curvature/hvps": entry.get("hvps"), "curvature/stability_threshold": entry.get("threshold")}
+        self.scalars(int(entry["step"]), {k: float(v) for k, v in values.items() if v is not None})
+
+    def finding(self, finding: Finding) -> None:
+        self.alert(finding.first_step, finding.code, finding.severity, finding.layer, finding.message)
+
+    def epoch(self, step: int, logs: Mapping[str, float]) -> None:
+        tags = (("loss", "loss/train_epoch"), ("val_loss", "loss/val"), ("accuracy", "accuracy/train"),
+                ("val_accuracy", "accuracy/val"))
+        self.scalars(step, {tag: float(logs[key]) for key, tag in tags if key in logs})
+
+    def close(self, report: HealthReport | None = None, history: History | None = None,
+              written: Sequence[Path] = ()) -> None:
+        """The final report as text and the run's hyperparameters and outcome (HPARAMS), then the event file
+        is flushed and closed (idempotent)."""
+        if report is not None and not self._closed:
+            self._guard("the report text", lambda: self.text(report.steps, "report", render_markdown(report)))
+            metrics = {"gradmon/findings": float(len(report.findings)),
+                       "gradmon/errors": float(sum(f.severity == "error" for f in report.findings))}
+            if report.loss:
+                metrics["gradmon/final_loss"] = float(report.loss[-1]["train"])
+            self.hparams(hparams_of(report.spec), metrics)
+        self._close_file()
+
     def flush(self) -> None:
         """Hand buffered events to the operating system, so a reader (and a crashed run) sees them; the
         fsync to disk, which costs milliseconds, is left to :meth:`close`."""
@@ -153,7 +209,7 @@ class TensorBoardSink:
         recorder = getattr(self._events, "_py_recordio_writer", None)
         self._guard("events", getattr(getattr(recorder, "_writer", None), "flush", self._events.flush))
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         """Flush and close the event file (idempotent)."""
         if self._closed:
             return
@@ -164,17 +220,24 @@ class TensorBoardSink:
         self._closed = True
 
 
-def histogram_summary(tag: str, data: np.ndarray, bins: int) -> Any:
-    """A TensorBoard histogram of finite float64 ``data``: equal-width buckets counted with ``bincount``
-    (``np.histogram`` costs several times more on a few thousand values).  TensorBoard stores right bucket
-    edges, so a leading empty bucket ending at the minimum carries the left edge."""
+def histogram_summary(tag: str, h: Mapping[str, Any]) -> Any:
+    """A TensorBoard histogram from a computed one (``min``, ``max``, ``num``, ``sum``, ``sum_squares``,
+    ``edges``, ``counts``).  TensorBoard stores right bucket edges, so a leading empty bucket ending at the
+    minimum carries the left edge."""
     from tensorboardX.summary import histogram_raw
 
-    lo, hi = float(data.min()), float(data.max())
-    width = (hi - lo) / bins if hi > lo else 1.0
-    index = np.minimum(((data - lo) / width).astype(np.int64), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    edges = lo + width * np.arange(bins + 1)
-    return histogram_raw(tag, min=lo, max=hi, num=int(data.size), sum=float(data.sum()),
-                         sum_squares=float(np.dot(data, data)), bucket_limits=edges.tolist(),
-                         bucket_counts=[0, *counts.tolist()])
+    return histogram_raw(tag, min=h["min"], max=h["max"], num=int(h["num"]), sum=h["sum"],
+                         sum_squares=h["sum_squares"], bucket_limits=[float(e) for e in h["edges"]],
+                         bucket_counts=[0, *(int(c) for c in h["counts"])])
+
+
+def hparams_of(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat scalar hyperparameters of a spec for TensorBoard's HPARAMS plugin."""
+    out: dict[str, Any] = {}
+    for section in ("model", "train", "data"):
+        for key, value in dict(spec.get(section, {})).items():
+            if isinstance(value, (bool, int, float, str)):
+                out[f"{section}.{key}"] = value
+            elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+                out[f"{section}.{key}"] = str(list(value))
+    return out

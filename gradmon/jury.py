@@ -1,0 +1,209 @@
+"""The jury: judging the recorded window into findings, with their fixes.
+
+It keeps what judging needs to know about the run beyond the window (the initial loss, the lowest loss
+level so far, the early gradient norm), builds a :class:`~gradmon.detectors.JudgeContext`, runs the
+detectors in registry order, feeds their observations to a :class:`~gradmon.detectors.FindingTracker`
+(hysteresis) and attaches advice to the findings it opens.  Non-finite values are judged at the step they
+appear (no window): :meth:`Jury.nonfinite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from core.callbacks import RunInfo
+from gradmon.advice import Context as AdviceContext
+from gradmon.advice import advise
+from gradmon.detectors import Detector, FindingTracker, JudgeContext, Observation
+from gradmon.detectors.base import block_medians, latest_lr, median
+from gradmon.findings import Finding
+from gradmon.history import Window
+from gradmon.layout import Unit
+from gradmon.thresholds import Thresholds
+from gradmon.vocabulary import sig
+
+
+class Jury:
+    """Judges a run's window into findings.
+
+    ``detectors`` run in the order given (a detector that defers to a finding another explains runs after
+    it); ``thresholds`` holds the judging numbers (:class:`gradmon.thresholds.JudgingThresholds`) and the
+    advice's; ``judge_every`` records between full judgments (None: about twenty per run, at most every 50
+    records; adaptive for loops of unknown length); ``on_open(finding)`` is called once per finding, with
+    its suggestions attached, when it opens.
+    """
+
+    def __init__(self, detectors: Sequence[Detector], thresholds: Thresholds, *, judge_every: int | None = None,
+                 on_open: Callable[[Finding], None] | None = None) -> None:
+        self.detectors = list(detectors)
+        self.thresholds = thresholds
+        self.t = thresholds.judging
+        self.judge_every = judge_every
+        self.on_open = on_open
+        self.run: RunInfo | None = None
+        self.units: list[Unit] = []
+        self.window: Window | None = None
+        self.tracker = self._tracker()
+        self._advice: AdviceContext | None = None
+        self._reset_run_state()
+
+    def _tracker(self) -> FindingTracker:
+        tracker = FindingTracker(open_after=self.t.open_after, close_after=self.t.close_after, on_open=self._opened)
+        tracker.short_run = self.t.short_run
+        return tracker
+
+    def _reset_run_state(self) -> None:
+        self._first_losses: list[float] = []
+        self._first_norms: list[float] = []
+        self._best_loss = math.inf
+        self._batch = 0
+        self._window_size = 200
+        self._judged_at = 0         # records at the last full judgment
+        self._every = 1
+        self.nonfinite_step: int | None = None
+
+    def begin(self, run: RunInfo, units: Sequence[Unit], window: Window, *, measure_every: int) -> None:
+        """Start judging a run over the recorder's ``window`` (state from an earlier run is dropped)."""
+        self.run, self.units, self.window = run, list(units), window
+        self.tracker = self._tracker()
+        self._reset_run_state()
+        self._window_size = window.size
+        self._advice = AdviceContext.from_run(run, self.units)
+        total = max(1, run.total_steps)
+        t = self.t
+        # unknown length (other loops): 0 means adaptive, see due()
+        self._every = self.judge_every or (int(min(t.judge_every_max, max(1, total // (t.judgments_per_run
+                                                                                         * measure_every))))
+                                           if run.total_steps > 0 else 0)
+
+    # -- what the window does not hold ---------------------------------------------------------------------
+    def observe(self, loss: float, grad_norm: float, batch: int) -> None:
+        """A committed record's loss and global gradient norm (the start of the run is kept)."""
+        if not self._batch:
+            self._batch = max(1, int(batch))
+        self.observe_loss(loss)
+        if len(self._first_norms) < self.t.first_norms and math.isfinite(grad_norm):
+            self._first_norms.append(grad_norm)
+
+    def observe_loss(self, loss: float) -> None:
+        if len(self._first_losses) < self._initial_records() and math.isfinite(loss):
+            self._first_losses.append(loss)
+
+    def _initial_records(self) -> int:
+        """Records whose losses make the initial loss: at least ``initial_examples`` examples (the first
+        record from mini-batches of that size or more)."""
+        return math.ceil(self.t.initial_examples / max(1, self._batch))
+
+    def smoothing(self) -> int:
+        """Records a loss level is smoothed over: about ``smooth_examples`` examples, at least
+        ``min_smooth_records``, at most a fraction of the window (single-example losses are noise;
+        full-batch losses are not)."""
+        t = self.t
+        return int(min(max(t.min_smooth_records, math.ceil(t.smooth_examples / max(1, self._batch))),
+                       max(t.min_smooth_records, int(self._window_size * t.max_smooth_fraction))))
+
+    def initial_grad_norm(self) -> float:
+        """The global gradient norm at the start; the first one bounds it, so a run that blows up within its
+        first steps does not set its own baseline."""
+        if not self._first_norms:
+            return math.nan
+        return min(median(self._first_norms), self._first_norms[0])
+
+    def typical_grad_norm(self) -> float:
+        """A gradient norm typical of the calm part of the run, where clipping should start: the norm at the
+        start, unless it is orders of magnitude below the median of the calmer half of the window (a tiny
+        initialisation), in which case that median (NaN before any)."""
+        early = self.initial_grad_norm()
+        calm = math.nan
+        if self.window is not None and len(self.window):
+            norms = self.window.scalar("grad_norm")
+            norms = np.sort(norms[np.isfinite(norms)])
+            calm = median(norms[: max(1, norms.size // 2)])
+        if math.isfinite(early) and early > 0 and not early < self.t.tiny_init_ratio * calm:
+            return early
+        return calm
+
+    # -- judging -------------------------------------------------------------------------------------------
+    def due(self, records: int) -> bool:
+        """Every ``judge_every`` records; for loops of unknown length, every fifth of the records so far
+        (within the adaptive bounds), so short runs are judged often enough and long ones cheaply."""
+        t = self.t
+        every = self._every or max(t.adaptive_min, min(t.judge_every_max, records // t.adaptive_fraction))
+        return records % every == 0
+
+    def context(self, curvature: Sequence[dict], sizes: np.ndarray, steps: int, records: int) -> JudgeContext:
+        """What the detectors read: the window, the run's start and best loss, ``sizes`` (parameters per unit,
+        for gradient RMS per weight), the ``curvature`` measurements and the findings open so far."""
+        window, k = self.window, self.smoothing()
+        new = max(1, records - self._judged_at)
+        loss = window.scalar("loss", last=new + k - 1)
+        ok = loss[np.isfinite(loss)]
+        # the lowest loss level so far: medians of consecutive blocks of k records up to the newest one
+        levels = block_medians(ok, k)
+        if levels.size:
+            self._best_loss = min(self._best_loss, float(levels.min()))
+        first = self._first_losses[: self._initial_records()]
+        initial = median(first) if first else math.nan
+        sizes = sizes if len(sizes) else np.ones(len(self.units))
+        return JudgeContext(step=steps, window=window, units=self.units, run=self.run, initial_loss=initial,
+                            best_loss=min(self._best_loss, initial) if math.isfinite(initial) else self._best_loss,
+                            initial_grad_norm=self.initial_grad_norm(), sizes=sizes, curvature=curvature,
+                            smooth=k, new_records=new, open=self.tracker.open_severities(),
+                            suggested_clip_norm=self.typical_grad_norm())
+
+    def judge(self, curvature: Sequence[dict], sizes: np.ndarray, *, steps: int, records: int, final: bool = False,
+              codes: Sequence[str] | None = None, step: int | None = None) -> None:
+        """Run the detectors (only those emitting ``codes`` when given) on the window and update the findings
+        at ``step`` (default: the last step so far)."""
+        if self.window is None:
+            return
+        window = self.window
+        ctx = self.context(curvature, sizes, steps, records)
+        judged: list[str] = []
+        for det in self.detectors:
+            if codes is not None and not set(det.codes) & set(codes):
+                continue
+            if len(window) < det.min_records:
+                continue
+            judged.extend(det.codes)
+            ctx.observations.extend(det.judge(ctx))
+        if codes is None:
+            self._judged_at = records
+        at = step if step is not None else max(steps - 1, 0)
+        self.tracker.update(at, ctx.observations, judged, final=final, full=codes is None)
+
+    def nonfinite(self, step: int, message: str, evidence: dict[str, Any], layer: str | None) -> None:
+        """NaN/Inf appeared at ``step``: an error finding at once (reported once, where it first appeared),
+        with the gradient norm clipping should start at."""
+        if self.nonfinite_step is not None:
+            return
+        self.nonfinite_step = step
+        clip = self.typical_grad_norm()
+        if math.isfinite(clip):
+            evidence = {**evidence, "suggested_clip_norm": sig(clip, 2)}
+        obs = Observation("nonfinite_values", layer, "error", message, evidence, open_after=1)
+        self.tracker.update(step, [obs], ["nonfinite_values"], full=False)
+
+    # -- findings ------------------------------------------------------------------------------------------
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding opened so far, by first step (then code), with its current suggestions."""
+        return sorted(self.tracker.findings, key=lambda f: (f.first_step, f.code))
+
+    def suggest(self, finding: Finding) -> None:
+        """Attach the advice for ``finding``, judged with the learning rate in force now (schedules)."""
+        if self._advice is None:
+            return
+        ctx = self._advice
+        if self.window is not None:
+            ctx = dataclasses.replace(ctx, lr=latest_lr(self.window, ctx.lr))
+        finding.suggestions = advise(finding, ctx, self.thresholds.advice)
+
+    def _opened(self, finding: Finding) -> None:
+        self.suggest(finding)
+        if self.on_open is not None:
+            self.on_open(finding)
