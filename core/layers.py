@@ -35,6 +35,8 @@ class Context:
     with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics, and only at
     :meth:`commit_stats`: until then the batch statistics wait in ``pending_stats`` (the trainer commits
     them only for a step it applies, so a skipped non-finite step leaves the running statistics untouched).
+    ``alive``, when a dict, receives from each ReLU/LeakyReLU layer a boolean ``(units,)`` array, True where
+    the unit was positive for at least one example of the batch (a buffer like the others); None: not kept.
     """
 
     def __init__(self, training: bool = True, rng: np.random.Generator | None = None,
@@ -46,6 +48,7 @@ class Context:
         self.dropout = dropout
         self.reuse = reuse
         self.update_stats = update_stats
+        self.alive: dict[str, np.ndarray] | None = None
         #: ``(layer, batch mean, unbiased batch variance)`` waiting for :meth:`commit_stats`
         self.pending_stats: list[tuple[Any, np.ndarray, np.ndarray]] = []
         self.cache: dict[str, dict[str, Any]] = {}

@@ -231,7 +231,8 @@ def test_training_hot_path_matches_torch_autograd(act, loss, batchnorm, l2, requ
                                  {k: v.copy() for k, v in state.grads.items()},
                                  state.objective.x.copy(), state.objective.y.copy(),
                                  {k: m.copy() for k, m in trainer._ctx.masks.items()},
-                                 state.loss, dict(state.extras.get("grad_sq_norms") or {})))
+                                 state.loss, None if state.grad_sq_norms is None else
+                                 dict(zip(state.grads, state.grad_sq_norms.tolist()))))
 
     trainer = core.Trainer(net, loss=loss, optimizer=core.SGD(0.05, momentum=0.9), batch_size=16, l2=l2,
                            callbacks=[Capture()], progress=False)
@@ -244,9 +245,9 @@ def test_training_hot_path_matches_torch_autograd(act, loss, batchnorm, l2, requ
         assert value == pytest.approx(t_loss.item(), rel=1e-12)
         for k in P:
             np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=k)
-        for k, s in sq.items():
+        for k, s in (sq or {}).items():
             assert s == pytest.approx(float((P[k].grad ** 2).sum()), rel=1e-10)
-        assert (not sq) == (not request_norms or l2 > 0)
+        assert (sq is not None) == request_norms
 
 
 def test_l2_penalty_and_its_gradient_match_the_formula():
