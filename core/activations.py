@@ -2,7 +2,8 @@
 
 A subclass overrides ``_f`` (forward, keeping what it needs in the cache), ``_df`` (the derivative f'(x)
 from the cache) and ``_d2f`` (the second derivative, for the R-operator).  ReLU keeps its boolean mask
-from the forward pass, so its backward is one multiplication.
+from the forward pass, so its backward is one multiplication.  ReLU and LeakyReLU also note which units
+were positive for some example (``ctx.alive``, when the context asks), while the mask is in cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ import numpy as np
 
 from core import checks
 from core.layers import Context, Layer, Params
+
+
+def _note_alive(name: str, mask: np.ndarray, ctx: Context) -> None:
+    """When ``ctx.alive`` is a dict: ``ctx.alive[name]`` = ``mask.any(axis=0)``, a boolean ``(units,)``
+    buffer (True where the unit was positive for at least one example of the batch)."""
+    if ctx.alive is not None:
+        alive = ctx.buffer(name, "alive", mask.shape[1:], np.dtype(bool))
+        np.logical_or.reduce(mask, axis=0, out=alive)  # mask.any(axis=0) without np.any's dispatch overhead
+        ctx.alive[name] = alive
 
 
 class Activation(Layer):
@@ -104,6 +114,7 @@ class ReLU(Activation):
     def _f(self, x, c, ctx):
         mask = ctx.buffer(self.name, "mask", x.shape, np.dtype(bool))
         np.greater(x, 0, out=mask)
+        _note_alive(self.name, mask, ctx)
         y = ctx.buffer(self.name, "y", x.shape, x.dtype)
         np.maximum(x, 0, out=y)
         c["mask"] = mask
@@ -129,8 +140,8 @@ class LeakyReLU(Activation):
 
     def _f(self, x, c, ctx):
         mask = x > 0
+        _note_alive(self.name, mask, ctx)
         slope = np.where(mask, 1.0, self.alpha).astype(x.dtype)
-        c["mask"] = mask
         c["slope"] = slope
         y = x * slope
         c["y"] = y

@@ -132,8 +132,11 @@ class StepState:
       order, computed as the gradient was written, before clipping.
     - ``grad_norm``: the global norm of ``grads`` (float64-exact; ``inf``/``nan`` only when a gradient
       value is).
-    - ``alive``: for each rectifier activation layer (ReLU), a boolean ``(units,)``: the unit was positive
-      for at least one example of the batch (kept from the forward pass, with activations).
+    - ``alive``: for each rectifier activation layer (ReLU, LeakyReLU), a boolean ``(units,)``: the unit was
+      positive for at least one example of the batch (kept from the forward pass, with activations).
+
+    Core's Trainer gives ``grad_sq_norms`` and ``grad_norm`` with the ``grad_norms`` request (and at every
+    step when it clips by norm: it computes them anyway), ``alive`` with ``activations``, never ``lrs``.
     - ``lrs``: the learning rate of each parameter key where parameter groups differ (None: ``lr`` for all).
 
     Lifetime: every array is a read-only view of the loop's own storage, valid only during the hook call.

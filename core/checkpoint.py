@@ -1,18 +1,20 @@
 """Checkpoints: model parameters, BatchNorm statistics, optimizer state and the trainer's position and
-random generators, in one ``.npz`` written atomically (temp file, fsync, rename; the file gets the usual
-permissions of a new file) and read with ``allow_pickle=False``.  Loading into a trainer built the same way
-resumes training exactly: the rest of the run is bitwise identical to a run that was never interrupted.
+random generators, in one ``.npz`` written atomically (:func:`core.files.atomic_write`: temp file, fsync,
+rename; the file gets the usual permissions of a new file) and read with ``allow_pickle=False``.  Loading
+into a trainer built the same way resumes training exactly: the rest of the run is bitwise identical to a
+run that was never interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.files import atomic_write
 
 FORMAT = "core.checkpoint/1"
 
@@ -20,7 +22,6 @@ FORMAT = "core.checkpoint/1"
 def save_checkpoint(path: str | os.PathLike, trainer: Any) -> Path:
     """Write ``trainer``'s model, optimizer and progress to ``path`` (an ``.npz``), atomically."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     for k, v in trainer.model.state_dict().items():
         arrays[f"model/{k}"] = v
@@ -31,36 +32,7 @@ def save_checkpoint(path: str | os.PathLike, trainer: Any) -> Path:
             "shuffle_rng": trainer.rng.bit_generator.state,
             "dropout_rng": trainer.model.dropout_rng.bit_generator.state}
     arrays["meta"] = np.array(json.dumps(meta))
-    # a fresh temp name opened with mode 0o666, so the umask decides the permissions as for any new file
-    # (mkstemp would make it 0600 and the rename would keep that)
-    tmp = p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(p.parent)
-    return p
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort: some systems cannot open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(p, lambda fh: np.savez(fh, **arrays))
 
 
 def load_checkpoint(path: str | os.PathLike, trainer: Any) -> dict[str, Any]:

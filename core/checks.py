@@ -16,9 +16,12 @@ lr must be a positive number (finite), got inf
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.losses import Loss
 
 
 class CheckError(ValueError):
@@ -106,3 +109,44 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise CheckError(name, value, "true or false")
     return bool(value)
+
+
+def xy(X: Any, y: Any, n_inputs: int, loss: Loss, n_outputs: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``X`` of shape ``(n, n_inputs)`` (real, finite) and targets ``y`` with one entry per row that
+    ``loss`` accepts for ``n_outputs`` outputs, as arrays (float class labels become int64).  ``what`` names
+    the data in the message (``training``, ``validation``...).  Raises ValueError (not a CheckError: the
+    message is about arrays, not one argument)."""
+    if X is None or y is None:
+        raise ValueError(f"{what} {'X' if X is None else 'y'} is missing: pass inputs X of shape (n, features) and "
+                         f"targets y with one entry per row of X")
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if y.ndim == 0:
+        raise ValueError(f"{what} y must have one entry per row of X, got a scalar {y!r}")
+    if X.ndim != 2:
+        raise ValueError(f"{what} X must be 2-D (samples, features), got shape {X.shape}")
+    if len(X) == 0:
+        raise ValueError(f"{what} data is empty")
+    if X.shape[1] != n_inputs:
+        raise ValueError(f"{what} X has {X.shape[1]} features but the model expects {n_inputs}")
+    if len(y) != len(X):
+        raise ValueError(f"{what} X has {len(X)} rows but y has {len(y)}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{what} X holds complex numbers (dtype {X.dtype}); features must be real: pass "
+                         f"np.hstack([X.real, X.imag]) or np.abs(X)")
+    if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
+        raise ValueError(f"{what} X contains NaN, Inf or non-numbers")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.issubdtype(y.dtype, np.complexfloating):
+        raise ValueError(f"{what} y must hold numbers (class labels or real targets), got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise ValueError(f"{what} y contains NaN or Inf")
+    if loss.name in ("cross_entropy", "binary_cross_entropy"):
+        if np.issubdtype(y.dtype, np.floating):
+            if not np.all(y == np.round(y)):
+                raise ValueError(f"{what} y must hold integer class labels for {loss.name}")
+            y = y.astype(np.int64)
+    try:
+        loss.check_targets(y, n_outputs)
+    except ValueError as exc:
+        raise ValueError(f"{what} y: {exc}") from None
+    return X, y

@@ -35,6 +35,8 @@ class Context:
     with ``update_stats=True`` (the trainer's own pass) moves BatchNorm running statistics, and only at
     :meth:`commit_stats`: until then the batch statistics wait in ``pending_stats`` (the trainer commits
     them only for a step it applies, so a skipped non-finite step leaves the running statistics untouched).
+    ``alive``, when a dict, receives from each ReLU/LeakyReLU layer a boolean ``(units,)`` array, True where
+    the unit was positive for at least one example of the batch (a buffer like the others); None: not kept.
     """
 
     def __init__(self, training: bool = True, rng: np.random.Generator | None = None,
@@ -46,6 +48,7 @@ class Context:
         self.dropout = dropout
         self.reuse = reuse
         self.update_stats = update_stats
+        self.alive: dict[str, np.ndarray] | None = None
         #: ``(layer, batch mean, unbiased batch variance)`` waiting for :meth:`commit_stats`
         self.pending_stats: list[tuple[Any, np.ndarray, np.ndarray]] = []
         self.cache: dict[str, dict[str, Any]] = {}
@@ -85,12 +88,9 @@ class Layer:
         self.name = name
         self.units: int | None = None
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """``{"weight": shape, ...}`` of the parameters this layer owns (empty for most layers)."""
-        return {}
-
     def init_params(self, rng: np.random.Generator) -> Params:
-        """Fresh float64 parameter values."""
+        """Fresh float64 parameter values keyed by parameter name (``{"weight": W, "bias": b}``; empty for
+        layers without parameters)."""
         return {}
 
     def forward(self, x: np.ndarray, p: Params, ctx: Context) -> np.ndarray:
@@ -137,9 +137,6 @@ class Dense(Layer):
         self.bias_init = checks.number("Dense bias_init", bias_init)
         self.std = checks.optional_positive("Dense std", std)
         self.limit = checks.optional_positive("Dense limit", limit)
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"weight": (self.in_features, self.out_features), "bias": (self.out_features,)}
 
     def init_params(self, rng: np.random.Generator) -> Params:
         fn = get_initializer(self.init)
@@ -213,9 +210,6 @@ class BatchNorm(Layer):
         self.eps = checks.positive("BatchNorm eps", eps)
         self.running_mean = np.zeros(self.num_features)
         self.running_var = np.ones(self.num_features)
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"gamma": (self.num_features,), "beta": (self.num_features,)}
 
     def init_params(self, rng: np.random.Generator) -> Params:
         return {"gamma": np.ones(self.num_features), "beta": np.zeros(self.num_features)}

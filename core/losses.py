@@ -134,3 +134,13 @@ def get_loss(name: str) -> Loss:
         return LOSSES[name]()
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}") from None
+
+
+def as_loss(loss: str | Loss) -> Loss:
+    """``loss`` itself when it is a :class:`Loss`, else the loss of that registry name (a TypeError or
+    ValueError that lists the names otherwise)."""
+    if isinstance(loss, str):
+        return get_loss(loss)
+    if isinstance(loss, Loss):
+        return loss
+    raise TypeError(f"loss must be a name ({', '.join(LOSSES)}) or a core.losses.Loss, got {loss!r}")

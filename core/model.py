@@ -63,6 +63,10 @@ class Sequential:
         for key, value in values.items():
             self._layout.append((key, offset, offset + value.size, value.shape))
             offset += value.size
+        # (parameter name, position in parameters()) of each layer, for the squared norms of backward()
+        self._slots: dict[str, list[tuple[str, int]]] = {layer.name: [] for layer in self.layers}
+        for i, (layer, pname) in enumerate(self._owner.values()):
+            self._slots[layer.name].append((pname, i))
         self.size = offset
         self._flat = np.empty(self.size, dtype=self.dtype)
         self._params = self.views(self._flat)
@@ -180,16 +184,21 @@ class Sequential:
 
     def backward(self, g: np.ndarray, ctx: Context, params: Mapping[str, np.ndarray] | None = None,
                  grads: dict[str, np.ndarray] | None = None,
-                 sq_norms: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+                 sq_norms: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Parameter gradients keyed like ``parameters()``, given ``g = dL/d(output)``.
 
-        ``sq_norms``, when given, receives each gradient's squared L2 norm, computed right after the layer
-        wrote it (while it is still in cache: reading it again later costs a trip to memory); it is ``inf``
-        or ``nan`` only when the gradient holds a non-finite value.  Call it then under
+        ``grads``: arrays of a previous call to write into (the trainer's storage), else new arrays.
+        ``sq_norms``, when given, is a float64 array of shape ``(len(parameters()),)`` that receives each
+        gradient's squared L2 norm in ``parameters()`` order, computed right after the layer wrote it
+        (while it is still in cache: reading it again later costs a trip to memory); an entry is ``inf``
+        or ``nan`` only when that gradient holds a non-finite value.  Call it then under
         ``np.errstate(over="ignore", invalid="ignore")``, as ``Trainer.fit`` does: a float32 norm that
         overflows is redone in float64 (see :func:`core.clipping.sq_norm_unguarded`), and without the
         errstate numpy warns about the overflow first.
         """
+        if sq_norms is not None and sq_norms.shape != (len(self._owner),):
+            raise ValueError(f"sq_norms must be an array of shape ({len(self._owner)},), one entry per "
+                             f"parameter, got shape {sq_norms.shape}")
         per_layer = self._split(self._params if params is None else params)
         layer_grads: dict[str, Params] = {}
         if grads is not None:  # reuse the arrays of a previous call
@@ -200,8 +209,8 @@ class Sequential:
             lg = layer_grads.setdefault(layer.name, {})
             g = layer.backward(g, p, ctx, lg)
             if sq_norms is not None:
-                for pname, arr in lg.items():
-                    sq_norms[f"{layer.name}.{pname}"] = sq_norm_unguarded(arr)
+                for pname, i in self._slots[layer.name]:
+                    sq_norms[i] = sq_norm_unguarded(lg[pname])
         if grads is None:
             return {key: layer_grads[layer.name][pname] for key, (layer, pname) in self._owner.items()}
         for key, (layer, pname) in self._owner.items():

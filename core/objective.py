@@ -15,6 +15,7 @@ from core.activations import LeakyReLU, ReLU
 from core.layers import Context
 from core.losses import Loss
 from core.model import Sequential
+from core.regularization import add_l2_gradient, l2_penalty, weight_keys
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -59,14 +60,13 @@ class BatchObjective:
         source = self.model.parameters() if params is None else params
         return {k: np.asarray(v, dtype=np.float64) for k, v in source.items()}
 
-    def _weights(self, params: Arrays) -> list[str]:
-        return [k for k in params if k.endswith(".weight")]
-
     def value(self, params: Arrays | None = None) -> float:
         p = self._params(params)
         z = self.model.forward(self.x, ctx=self._context(), params=p)
         value, _ = self.loss(z, self.y)
-        return value + self.l2 * sum(float(np.sum(p[k] ** 2)) for k in self._weights(p))
+        if self.l2:
+            value += l2_penalty(p, self.l2, weight_keys(p))
+        return value
 
     def grad(self, params: Arrays | None = None) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients (float64) at ``params`` (current parameters when None)."""
@@ -77,9 +77,9 @@ class BatchObjective:
         value, g = self.loss(z, self.y)
         grads = self.model.backward(g, ctx, params=p)
         if self.l2:
-            for k in self._weights(p):
-                value += self.l2 * float(np.sum(p[k] ** 2))
-                grads[k] = grads[k] + 2.0 * self.l2 * p[k]
+            weights = weight_keys(p)
+            value += l2_penalty(p, self.l2, weights)
+            add_l2_gradient(grads, p, self.l2, weights)
         return value, grads
 
     def hvp(self, vec: Arrays, params: Arrays | None = None) -> dict[str, np.ndarray]:
@@ -88,9 +88,8 @@ class BatchObjective:
         p = self._params(params)
         v = {k: np.asarray(vec[k], dtype=np.float64) for k in p}
         _, _, hv = self.model.hvp(self.loss, self.x, self.y, p, v, self._context())
-        if self.l2:
-            for k in self._weights(p):
-                hv[k] = hv[k] + 2.0 * self.l2 * v[k]
+        if self.l2:  # the penalty's Hessian is 2·l2·I on the weights
+            add_l2_gradient(hv, v, self.l2, weight_keys(p))
         return hv
 
     def kinks(self, params: Arrays | None = None) -> np.ndarray:

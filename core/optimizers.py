@@ -203,3 +203,19 @@ def get_optimizer(name: str, **kwargs: Any) -> Optimizer:
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}") from None
     return factory(**kwargs)
+
+
+def as_optimizer(optimizer: Optimizer | str | None) -> Optimizer:
+    """``optimizer`` itself when it is an :class:`Optimizer`; a registry name gives that optimizer with its
+    default settings; None gives ``SGD(0.01)``.  Anything else (a class, a number) is a TypeError that says
+    what to pass."""
+    if optimizer is None:
+        return SGD(0.01)
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        return get_optimizer(optimizer)
+    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an instance such as core.{optimizer.__name__}(lr=...), not the class")
+    raise TypeError(f"optimizer must be a core.Optimizer such as core.Adam(lr=1e-3), or a name "
+                    f"({', '.join(OPTIMIZERS)}), got {optimizer!r}")

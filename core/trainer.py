@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -22,11 +23,12 @@ from core.callbacks import CallbackList, RunInfo, StepState, readonly
 from core.checkpoint import save_checkpoint
 from core.clipping import clip_by_global_norm, clip_by_value, sq_norm_unguarded
 from core.layers import Context
-from core.losses import LOSSES, Loss, get_loss
+from core.losses import Loss, as_loss
 from core.model import Sequential
 from core.objective import BatchObjective
-from core.optimizers import OPTIMIZERS, SGD, Optimizer, get_optimizer
+from core.optimizers import SGD, Optimizer, as_optimizer
 from core.progress import progress_bar, write_line
+from core.regularization import add_l2_gradient, l2_penalty, weight_keys
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -41,62 +43,42 @@ class TrainingHistory(dict):
     and an epoch whose every step was skipped records NaN."""
 
 
-def _loss(loss: Any) -> Loss:
-    if isinstance(loss, str):
-        return get_loss(loss)
-    if isinstance(loss, Loss):
-        return loss
-    raise TypeError(f"loss must be a name ({', '.join(LOSSES)}) or a core.losses.Loss, got {loss!r}")
+@dataclass
+class _Fit:
+    """One call of :meth:`Trainer.fit`: its checked data, batches, history and the callbacks' needs."""
+
+    epochs: int
+    X: np.ndarray
+    y: np.ndarray
+    validation: tuple[np.ndarray, np.ndarray] | None
+    bounds: list[tuple[int, int]]  # (start, stop) of each batch of an epoch
+    run: RunInfo
+    history: TrainingHistory
+    classify: bool
+    per_step: bool  # a callback watches steps: a StepState is built for each
+    asks: bool  # a callback overrides requests()
+    may_stop: bool  # a callback overrides should_stop()
+    bar: Any = None  # the tqdm bar, or None
+    state: StepState | None = None  # the last step's, for on_exception
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
-def _optimizer(optimizer: Any) -> Optimizer:
-    if optimizer is None:
-        return SGD(0.01)
-    if isinstance(optimizer, Optimizer):
-        return optimizer
-    if isinstance(optimizer, str):  # a registry name, with that optimizer's default settings
-        return get_optimizer(optimizer)
-    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be an instance such as core.{optimizer.__name__}(lr=...), not the class")
-    raise TypeError(f"optimizer must be a core.Optimizer such as core.Adam(lr=1e-3), or a name "
-                    f"({', '.join(OPTIMIZERS)}), got {optimizer!r}")
+@dataclass
+class _Tally:
+    """Loss and correct predictions summed over the steps applied in one epoch (skipped steps are not)."""
 
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
 
-def _check_xy(X: Any, y: Any, n_inputs: int, loss: Loss, n_outputs: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    if X is None or y is None:
-        raise ValueError(f"{what} {'X' if X is None else 'y'} is missing: pass inputs X of shape (n, features) and "
-                         f"targets y with one entry per row of X")
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if y.ndim == 0:
-        raise ValueError(f"{what} y must have one entry per row of X, got a scalar {y!r}")
-    if X.ndim != 2:
-        raise ValueError(f"{what} X must be 2-D (samples, features), got shape {X.shape}")
-    if len(X) == 0:
-        raise ValueError(f"{what} data is empty")
-    if X.shape[1] != n_inputs:
-        raise ValueError(f"{what} X has {X.shape[1]} features but the model expects {n_inputs}")
-    if len(y) != len(X):
-        raise ValueError(f"{what} X has {len(X)} rows but y has {len(y)}")
-    if np.issubdtype(X.dtype, np.complexfloating):
-        raise ValueError(f"{what} X holds complex numbers (dtype {X.dtype}); features must be real: pass "
-                         f"np.hstack([X.real, X.imag]) or np.abs(X)")
-    if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
-        raise ValueError(f"{what} X contains NaN, Inf or non-numbers")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.issubdtype(y.dtype, np.complexfloating):
-        raise ValueError(f"{what} y must hold numbers (class labels or real targets), got dtype {y.dtype}")
-    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-        raise ValueError(f"{what} y contains NaN or Inf")
-    if loss.name in ("cross_entropy", "binary_cross_entropy"):
-        if np.issubdtype(y.dtype, np.floating):
-            if not np.all(y == np.round(y)):
-                raise ValueError(f"{what} y must hold integer class labels for {loss.name}")
-            y = y.astype(np.int64)
-    try:
-        loss.check_targets(y, n_outputs)
-    except ValueError as exc:
-        raise ValueError(f"{what} y: {exc}") from None
-    return X, y
+    def add(self, value: float, batch: int, correct: int) -> None:
+        self.loss_sum += value * batch
+        self.correct += correct
+        self.seen += batch
 
 
 class Trainer:
@@ -123,8 +105,8 @@ class Trainer:
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a core.Sequential, got {type(model).__name__}")
         self.model = model
-        self.loss = _loss(loss)
-        self.optimizer = _optimizer(optimizer)
+        self.loss = as_loss(loss)
+        self.optimizer = as_optimizer(optimizer)
         batch_size = None if batch_size is None else checks.positive_int("batch_size", batch_size)
         if batch_size == 1 and model.has_batchnorm:
             raise ValueError("batch_size=1 cannot train a model with BatchNorm (the statistics of one example "
@@ -149,56 +131,69 @@ class Trainer:
         # gradients live in one vector, like the parameters: one pass for norms, clipping and updates
         self._gflat = np.zeros(model.size, dtype=model.dtype)
         self._grads = model.views(self._gflat)
+        # squared norm of each gradient, in parameters() order, written by the backward pass when asked
+        self._sq = np.zeros(len(model.parameters()), dtype=np.float64)
+        self._ro_sq = readonly({"sq": self._sq})["sq"]
+        self._alive: dict[str, np.ndarray] = {}  # rectifier units that fired, filled by the forward pass
         self._zero_update: np.ndarray | None = None
         self._ro_params = self._ro_grads = self._ro_updates = None
         self._ro_views: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._weights = [k for k in model.parameters() if k.endswith(".weight")]
+        self._weights = weight_keys(model.parameters())  # the keys the L2 penalty covers
+        self._weight_slots = [(i, k) for i, k in enumerate(model.parameters()) if k in self._weights]
 
     # -- one evaluation ------------------------------------------------------------------------------
     def _forward_backward(self, xb: np.ndarray, yb: np.ndarray, record: dict | None,
-                          sq_norms: dict | None = None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
-        # runs inside fit's np.errstate: the squared norms of a huge float32 gradient overflow quietly
+                          norms: bool) -> tuple[float, np.ndarray]:
+        """Loss (L2 term included) and network output ``(batch, n_outputs)`` of one training batch; the
+        gradient goes to the trainer's storage (``self._grads``).  ``record`` receives every layer's output
+        and ``self._alive`` the rectifier units that fired (when ``record`` is given); with ``norms`` the
+        squared norm of each gradient goes to ``self._sq``.  Runs inside fit's ``np.errstate``: the squared
+        norms of a huge float32 gradient overflow quietly and are redone in float64."""
         ctx = self._ctx
-        ctx.masks = {}
+        ctx.masks = {}  # a fresh dict: new dropout masks, and the last step's objective keeps the old ones
         ctx.pending_stats.clear()
+        ctx.alive = self._alive if record is not None else None
+        sq = self._sq if norms else None
         z = self.model.forward(xb, ctx=ctx, record=record)
         value, g = self.loss(z, yb)
-        grads = self.model.backward(g, ctx, grads=self._grads, sq_norms=None if self.l2 else sq_norms)
+        self.model.backward(g, ctx, grads=self._grads, sq_norms=sq)
         if self.l2:
             params = self.model.parameters()
-            for k in self._weights:
-                w = params[k]
-                value += self.l2 * sq_norm_unguarded(w)  # exact for huge finite weights too
-                grads[k] += (2.0 * self.l2) * w
-        return value, z, grads
+            value += l2_penalty(params, self.l2, self._weights)  # exact for huge finite weights too
+            add_l2_gradient(self._grads, params, self.l2, self._weights)
+            if sq is not None:  # the weights' gradients changed: the squared norms of their final values
+                for i, key in self._weight_slots:
+                    sq[i] = sq_norm_unguarded(self._grads[key])
+        return value, z
 
-    def _grad_norm(self, sq_norms: Mapping[str, float] | None) -> float:
-        """Global L2 norm of this step's gradient: from the per-parameter squared norms the backward pass
-        computed when callbacks asked for them, else one dot product over the flat gradient (float32, redone
-        in float64 on overflow).  ``inf``/``nan`` exactly when a gradient value is."""
-        if sq_norms is not None:
-            return math.sqrt(sum(sq_norms.values()))
+    def _grad_norm(self, norms: bool) -> float:
+        """Global L2 norm of this step's gradient: from the squared norms the backward pass wrote to
+        ``self._sq`` (with ``norms``), else one dot product over the flat gradient (float32, redone in float64
+        on overflow).  ``inf``/``nan`` exactly when a gradient value is.  Clipping always takes the first
+        way, so the norm it divides by does not depend on what a callback requested."""
+        if norms:
+            return math.sqrt(float(self._sq.sum()))
         return math.sqrt(sq_norm_unguarded(self._gflat))
 
     def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Loss (L2 term included) and gradients keyed like ``model.parameters()``, in training mode, at
         the current parameters; nothing is updated (BatchNorm running statistics included).  Dropout masks
         come from a copy of the training generator, so calling this changes nothing later in training."""
-        X, y = _check_xy(X, y, self.model.n_inputs, self.loss, self.model.n_outputs, "loss_and_grad")
+        X, y = checks.xy(X, y, self.model.n_inputs, self.loss, self.model.n_outputs, "loss_and_grad")
         ctx = Context(training=True, rng=copy.deepcopy(self.model.dropout_rng))
         z = self.model.forward(X.astype(self.model.dtype, copy=False), ctx=ctx)
         value, g = self.loss(z, y)
-        grads = self.model.backward(g, ctx)
+        grads = self.model.backward(g, ctx)  # new arrays: the L2 term can be added in place
         if self.l2:
             params = self.model.parameters()
-            for k in self._weights:
-                value += self.l2 * float(np.sum(params[k].astype(np.float64) ** 2))
-                grads[k] = grads[k] + 2.0 * self.l2 * params[k]
-        return value, {k: v.copy() for k, v in grads.items()}
+            with np.errstate(over="ignore"):  # a float32 sum of squares that overflows is redone in float64
+                value += l2_penalty(params, self.l2, self._weights)
+            add_l2_gradient(grads, params, self.l2, self._weights)
+        return value, grads
 
     def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Loss and (for classification) accuracy in eval mode."""
-        X, y = _check_xy(X, y, self.model.n_inputs, self.loss, self.model.n_outputs, "evaluate")
+        X, y = checks.xy(X, y, self.model.n_inputs, self.loss, self.model.n_outputs, "evaluate")
         z = self.model.predict(X.astype(self.model.dtype, copy=False))
         value, _ = self.loss(z, y)
         out = {"loss": value}
@@ -266,133 +261,155 @@ class Trainer:
         ``history["checkpoint_error"]``.  An exception or Ctrl-C anywhere from ``on_train_begin`` to
         ``on_train_end`` reaches the callbacks' ``on_exception`` before it propagates.
         """
+        fit = self._prepare(X, y, epochs, validation)
+        history = fit.history
+        try:
+            self.callbacks.on_train_begin(fit.run)
+            # overflow to Inf/NaN is a training outcome (reported, and stopped on), not a numpy warning
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                for epoch in range(fit.epochs):
+                    self._run_epoch(fit, epoch)
+                    if checkpoint is not None:
+                        self._checkpoint(checkpoint, history)
+                    if history["stopped"]:
+                        break
+            fit.close_bar()
+            self.callbacks.on_train_end({"history": dict(history), "steps": self.step, "stopped": history["stopped"]})
+        except BaseException as exc:
+            fit.close_bar()
+            self.callbacks.on_exception(exc, fit.state)
+            raise
+        return history
+
+    def _prepare(self, X: Any, y: Any, epochs: Any, validation: Any) -> _Fit:
+        """Check the arguments of :meth:`fit` (one clear error each) and set up what its epochs share."""
         epochs = checks.positive_int("epochs", epochs)
         model, loss = self.model, self.loss
-        X, y = _check_xy(X, y, model.n_inputs, loss, model.n_outputs, "training")
+        X, y = checks.xy(X, y, model.n_inputs, loss, model.n_outputs, "training")
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 got = f"a {type(validation).__name__} of {len(validation)}" if isinstance(validation, (tuple, list)) \
                     else type(validation).__name__
                 raise ValueError(f"validation must be a pair (X_val, y_val), got {got}")
-            Xv, yv = _check_xy(validation[0], validation[1], model.n_inputs, loss, model.n_outputs, "validation")
+            validation = checks.xy(validation[0], validation[1], model.n_inputs, loss, model.n_outputs, "validation")
         X = np.ascontiguousarray(X, dtype=model.dtype)
         if np.issubdtype(y.dtype, np.floating):
             y = y.astype(model.dtype)
-        n = len(X)
-        bounds = self.batch_bounds(n)
+        bounds = self.batch_bounds(len(X))
         run = self.run_info(X, y, epochs, bounds)
-        cbs = self.callbacks
-        # hooks nobody overrides cost nothing per step: no StepState unless a callback watches steps
-        per_step = cbs.wants("on_after_backward") or cbs.wants("on_step_end")
-        asks = cbs.wants("requests")
-        may_stop = cbs.wants("should_stop")
-        history = TrainingHistory(loss=[], steps=0, stopped=None, skipped=0, checkpoint_error=None)
         classify = loss.name != "mse"
+        history = TrainingHistory(loss=[], steps=0, stopped=None, skipped=0, checkpoint_error=None)
         if classify:
             history["accuracy"] = []
         if validation is not None:
             history["val_loss"] = []
             if classify:
                 history["val_accuracy"] = []
-        params, pflat = model.parameters(), model.flat()
         # read-only views of persistent storage are made once (the arrays behind them change in place)
-        self._ro_params, self._ro_grads, self._ro_updates = readonly(params), readonly(self._grads), None
-        bar = progress_bar(run.total_steps, self.progress, "training", "step")
-        state: StepState | None = None
-        try:
-            cbs.on_train_begin(run)
-            # overflow to Inf/NaN is a training outcome (reported, and stopped on), not a numpy warning
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                for epoch in range(epochs):
-                    order = self.rng.permutation(n) if self.shuffle and len(bounds) > 1 else np.arange(n)
-                    loss_sum, correct, seen = 0.0, 0, 0  # over the applied steps
-                    first_step = self.step
-                    for start, stop in bounds:
-                        idx = order[start:stop]
-                        xb, yb = X[idx], y[idx]
-                        wanted = cbs.requests(self.step) if asks else _NOTHING
-                        record = {} if "activations" in wanted else None
-                        sq_norms = {} if "grad_norms" in wanted and not self.l2 else None
-                        value, z, grads = self._forward_backward(xb, yb, record, sq_norms)
-                        # checked before any update: a non-finite step is never applied
-                        norm = self._grad_norm(sq_norms)
-                        finite = math.isfinite(value) and math.isfinite(norm)
-                        if per_step:
-                            state = self._state(epoch, value, len(idx), params, grads, record, xb, yb)
-                            state.extras["grad_norm"] = norm
-                            if sq_norms is not None:
-                                state.extras["grad_sq_norms"] = sq_norms
-                            cbs.on_after_backward(state)
-                        if not finite and self.stop_on_nonfinite:
-                            what = "loss" if not math.isfinite(value) else "gradient"
-                            history["stopped"] = f"non-finite {what} at step {self.step}"
-                            break
-                        reason = cbs.should_stop() if may_stop else None
-                        if reason:  # before the update: a callback saw something this step must not apply
-                            history["stopped"] = reason
-                            break
-                        info = {"coef": 1.0}
-                        if finite:
-                            self._ctx.commit_stats()
-                            applied = {"all": self._gflat}
-                            if self.clip_norm is not None:
-                                applied, info = clip_by_global_norm(applied, self.clip_norm, norm=norm)
-                            if self.clip_value is not None:
-                                applied, _ = clip_by_value(applied, self.clip_value)
-                            flat_update = self.optimizer.step({"all": pflat}, applied)["all"]
-                            if classify:
-                                correct += int(np.sum(loss.predictions(z) == yb))
-                            loss_sum += value * len(idx)
-                            seen += len(idx)
-                        else:  # stop_on_nonfinite=False: skip the step, as a loss scaler would
-                            flat_update = self._zeros()
-                            history["skipped"] += 1
-                        if per_step:
-                            if self._ro_updates is None or self._ro_updates[0] is not flat_update:
-                                self._ro_updates = (flat_update, readonly(model.views(flat_update)))
-                            state.update = self._ro_updates[1]
-                            state.clip_coef = float(info["coef"])
-                            cbs.on_step_end(state)
-                        self.step += 1
-                        history["steps"] += 1
-                        if bar is not None:
-                            bar.update(1)
-                            if self.step % 20 == 0:
-                                bar.set_postfix(loss=f"{value:.4g}", epoch=epoch, refresh=False)
-                        reason = cbs.should_stop() if may_stop else None
-                        if reason:
-                            history["stopped"] = reason
-                            break
-                    ran = self.step > first_step  # at least one step of this epoch ran (applied or skipped)
-                    if ran:
-                        history["loss"].append(loss_sum / seen if seen else math.nan)
-                        if classify:
-                            history["accuracy"].append(correct / seen if seen else math.nan)
-                    logs = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
-                    if validation is not None and ran:
-                        ev = self.evaluate(Xv, yv)
-                        history["val_loss"].append(ev["loss"])
-                        logs["val_loss"] = ev["loss"]
-                        if classify:
-                            history["val_accuracy"].append(ev["accuracy"])
-                            logs["val_accuracy"] = ev["accuracy"]
-                    cbs.on_epoch_end(epoch, logs)
-                    if not history["stopped"]:
-                        self.epoch += 1
-                    if checkpoint is not None:
-                        self._checkpoint(checkpoint, history)
-                    if history["stopped"]:
-                        break
-            if bar is not None:
-                bar.close()
-                bar = None
-            cbs.on_train_end({"history": dict(history), "steps": self.step, "stopped": history["stopped"]})
-        except BaseException as exc:
-            if bar is not None:
-                bar.close()
-            cbs.on_exception(exc, state)
-            raise
-        return history
+        self._ro_params, self._ro_grads, self._ro_updates = readonly(model.parameters()), readonly(self._grads), None
+        cbs = self.callbacks
+        # hooks nobody overrides cost nothing per step: no StepState unless a callback watches steps
+        return _Fit(epochs=epochs, X=X, y=y, validation=validation, bounds=bounds, run=run, history=history,
+                    classify=classify, per_step=cbs.wants("on_after_backward") or cbs.wants("on_step_end"),
+                    asks=cbs.wants("requests"), may_stop=cbs.wants("should_stop"),
+                    bar=progress_bar(run.total_steps, self.progress, "training", "step"))
+
+    def _run_epoch(self, fit: _Fit, epoch: int) -> None:
+        """One pass over the training data (or its steps up to a stop), then the epoch's logs."""
+        n = len(fit.X)
+        order = self.rng.permutation(n) if self.shuffle and len(fit.bounds) > 1 else np.arange(n)
+        tally = _Tally()
+        first_step = self.step
+        for start, stop in fit.bounds:
+            idx = order[start:stop]
+            if self._step(fit, epoch, fit.X[idx], fit.y[idx], tally):
+                break
+        self._end_epoch(fit, epoch, tally, ran=self.step > first_step)
+
+    def _step(self, fit: _Fit, epoch: int, xb: np.ndarray, yb: np.ndarray, tally: _Tally) -> bool:
+        """One step on the batch ``(xb, yb)``: forward and backward, the checks, the callbacks, the update.
+        Returns True when training stops here (a non-finite step, or a callback's reason)."""
+        cbs, history = self.callbacks, fit.history
+        wanted = cbs.requests(self.step) if fit.asks else _NOTHING
+        record = {} if "activations" in wanted else None
+        # per-parameter squared norms when asked for, and always under norm clipping: the norm that clipping
+        # divides by must not depend on what a callback requested
+        norms = "grad_norms" in wanted or self.clip_norm is not None
+        value, z = self._forward_backward(xb, yb, record, norms)
+        norm = self._grad_norm(norms)  # checked before any update: a non-finite step is never applied
+        finite = math.isfinite(value) and math.isfinite(norm)
+        if fit.per_step:
+            fit.state = self._state(epoch, value, xb, yb, record, norm if norms else None)
+            cbs.on_after_backward(fit.state)
+        if not finite and self.stop_on_nonfinite:
+            what = "loss" if not math.isfinite(value) else "gradient"
+            history["stopped"] = f"non-finite {what} at step {self.step}"
+            return True
+        if self._callback_stops(fit):  # before the update: a callback saw something this step must not apply
+            return True
+        if finite:
+            flat_update, coef = self._apply(norm)
+            tally.add(value, len(yb), int(np.sum(self.loss.predictions(z) == yb)) if fit.classify else 0)
+        else:  # stop_on_nonfinite=False: skip the step, as a loss scaler would
+            flat_update, coef = self._zeros(), 1.0
+            history["skipped"] += 1
+        if fit.per_step:
+            self._step_end(fit.state, flat_update, coef)
+        self.step += 1
+        history["steps"] += 1
+        if fit.bar is not None:
+            fit.bar.update(1)
+            if self.step % 20 == 0:
+                fit.bar.set_postfix(loss=f"{value:.4g}", epoch=epoch, refresh=False)
+        return self._callback_stops(fit)
+
+    def _apply(self, norm: float) -> tuple[np.ndarray, float]:
+        """Commit the batch statistics, clip and update; returns the flat update and the clip coefficient."""
+        self._ctx.commit_stats()
+        applied: Mapping[str, np.ndarray] = {"all": self._gflat}
+        coef = 1.0
+        if self.clip_norm is not None:
+            applied, info = clip_by_global_norm(applied, self.clip_norm, norm=norm)
+            coef = float(info["coef"])
+        if self.clip_value is not None:
+            applied, _ = clip_by_value(applied, self.clip_value)
+        return self.optimizer.step({"all": self.model.flat()}, applied)["all"], coef
+
+    def _step_end(self, state: StepState, flat_update: np.ndarray, coef: float) -> None:
+        """Hand the applied update (read-only views, made once per update buffer) to ``on_step_end``."""
+        if self._ro_updates is None or self._ro_updates[0] is not flat_update:
+            self._ro_updates = (flat_update, readonly(self.model.views(flat_update)))
+        state.update = self._ro_updates[1]
+        state.clip_coef = coef
+        self.callbacks.on_step_end(state)
+
+    def _callback_stops(self, fit: _Fit) -> bool:
+        """True (with the reason in the history) when a callback asks to stop."""
+        reason = self.callbacks.should_stop() if fit.may_stop else None
+        if reason:
+            fit.history["stopped"] = reason
+            return True
+        return False
+
+    def _end_epoch(self, fit: _Fit, epoch: int, tally: _Tally, ran: bool) -> None:
+        """The epoch's averages and validation into the history, then ``on_epoch_end``.  ``ran``: at least
+        one step of this epoch ran (applied or skipped)."""
+        history = fit.history
+        if ran:
+            history["loss"].append(tally.loss_sum / tally.seen if tally.seen else math.nan)
+            if fit.classify:
+                history["accuracy"].append(tally.correct / tally.seen if tally.seen else math.nan)
+        logs = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v}
+        if fit.validation is not None and ran:
+            ev = self.evaluate(*fit.validation)
+            history["val_loss"].append(ev["loss"])
+            logs["val_loss"] = ev["loss"]
+            if fit.classify:
+                history["val_accuracy"].append(ev["accuracy"])
+                logs["val_accuracy"] = ev["accuracy"]
+        self.callbacks.on_epoch_end(epoch, logs)
+        if not history["stopped"]:
+            self.epoch += 1
 
     def _zeros(self) -> np.ndarray:
         """The update of a skipped step: zeros shaped like the flat parameters (allocated once)."""
@@ -411,21 +428,23 @@ class Trainer:
                 write_line(f"core: could not write the checkpoint {os.fspath(path)} ({exc}); "
                            f"training goes on without it")
 
-    def _state(self, epoch: int, value: float, batch: int, params: dict, grads: dict,
-               record: dict | None, xb: np.ndarray, yb: np.ndarray) -> StepState:
-        activations = preacts = masks = None
+    def _state(self, epoch: int, value: float, xb: np.ndarray, yb: np.ndarray, record: dict | None,
+               grad_norm: float | None) -> StepState:
+        """The step as callbacks see it.  ``grad_norm`` is given when the backward pass wrote the squared
+        norms (``self._sq``); ``record`` (the layer outputs) when activations were requested."""
+        activations = preacts = alive = None
         if record is not None:
-            layers, cache = self.model.layers, self._ctx.cache
+            layers = self.model.layers
             activations = self._readonly("activations", record)
             preacts = {l.name: activations[layers[i - 1].name] for i, l in enumerate(layers)
                        if l.activation is not None and i > 0}
-            masks = self._readonly("masks", {l.name: cache[l.name]["mask"] for l in layers
-                                             if l.activation in ("relu", "leaky_relu")})
-        masks_dropout = {k: m.copy() for k, m in self._ctx.masks.items()}
-        objective = BatchObjective(self.model, self.loss, xb, yb, l2=self.l2, masks=masks_dropout)
-        return StepState(step=self.step, epoch=epoch, loss=value, batch_size=batch, params=self._ro_params,
+            alive = self._readonly("alive", self._alive)
+        # a step's dropout masks are new arrays in a new dict (see _forward_backward): kept without a copy
+        objective = BatchObjective(self.model, self.loss, xb, yb, l2=self.l2, masks=self._ctx.masks)
+        return StepState(step=self.step, epoch=epoch, loss=value, batch_size=len(xb), params=self._ro_params,
                          grads=self._ro_grads, lr=self.optimizer.lr, activations=activations,
-                         preactivations=preacts, objective=objective, masks=masks)
+                         preactivations=preacts, objective=objective, alive=alive,
+                         grad_sq_norms=self._ro_sq if grad_norm is not None else None, grad_norm=grad_norm)
 
     def _readonly(self, kind: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Read-only views of ``arrays``.  The hot path's buffers persist across steps, so the view made for

@@ -18,6 +18,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from core.files import atomic_write
+
 SCALARS: tuple[str, ...] = ("loss", "grad_norm", "clip_coef", "lr")
 LAYER_QUANTITIES: tuple[str, ...] = (
     "grad_norm", "weight_norm", "update_ratio", "saturation", "dead_fraction", "act_mean", "act_std", "bias_mean",
@@ -183,7 +185,6 @@ class History(_Buffers):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the series to an ``.npz`` (atomically)."""
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
             "steps": self.steps.copy(),
             "layer_names": np.array(self.layer_names, dtype=str),
@@ -193,10 +194,7 @@ class History(_Buffers):
             arrays[f"scalar/{k}"] = self.scalar(k).copy()
         for k in LAYER_QUANTITIES:
             arrays[f"layer/{k}"] = self.layer(k).copy()
-        tmp = p.with_name(f".{p.name}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, p)
-        return p
+        return atomic_write(p, lambda fh: np.savez_compressed(fh, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "History":

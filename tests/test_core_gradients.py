@@ -231,7 +231,8 @@ def test_training_hot_path_matches_torch_autograd(act, loss, batchnorm, l2, requ
                                  {k: v.copy() for k, v in state.grads.items()},
                                  state.objective.x.copy(), state.objective.y.copy(),
                                  {k: m.copy() for k, m in trainer._ctx.masks.items()},
-                                 state.loss, dict(state.extras.get("grad_sq_norms") or {})))
+                                 state.loss, None if state.grad_sq_norms is None else
+                                 dict(zip(state.grads, state.grad_sq_norms.tolist()))))
 
     trainer = core.Trainer(net, loss=loss, optimizer=core.SGD(0.05, momentum=0.9), batch_size=16, l2=l2,
                            callbacks=[Capture()], progress=False)
@@ -244,6 +245,26 @@ def test_training_hot_path_matches_torch_autograd(act, loss, batchnorm, l2, requ
         assert value == pytest.approx(t_loss.item(), rel=1e-12)
         for k in P:
             np.testing.assert_allclose(grads[k], P[k].grad.numpy(), rtol=1e-10, atol=1e-13, err_msg=k)
-        for k, s in sq.items():
+        for k, s in (sq or {}).items():
             assert s == pytest.approx(float((P[k].grad ** 2).sum()), rel=1e-10)
-        assert (not sq) == (not request_norms or l2 > 0)
+        assert (sq is not None) == request_norms
+
+
+def test_l2_penalty_and_its_gradient_match_the_formula():
+    """The one L2 helper (used by the trainer and the objective): weights only, exact for huge float32 weights."""
+    from core.regularization import add_l2_gradient, l2_penalty, weight_keys
+
+    rng = np.random.default_rng(0)
+    params = {"dense0.weight": rng.normal(size=(3, 4)), "dense0.bias": rng.normal(size=4),
+              "batchnorm1.gamma": rng.normal(size=4), "dense2.weight": rng.normal(size=(4, 2))}
+    weights = weight_keys(params)
+    assert weights == ["dense0.weight", "dense2.weight"]
+    assert l2_penalty(params, 0.01, weights) == pytest.approx(
+        0.01 * (np.sum(params["dense0.weight"] ** 2) + np.sum(params["dense2.weight"] ** 2)), rel=1e-14)
+    grads = {k: np.ones_like(v) for k, v in params.items()}
+    add_l2_gradient(grads, params, 0.01, weights)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, 1 + (0.02 * params[k] if k in weights else 0), rtol=1e-15)
+    huge = {"dense0.weight": np.full((2, 2), 3e19, dtype=np.float32)}  # Σ W² overflows float32, not float64
+    with np.errstate(over="ignore"):
+        assert l2_penalty(huge, 0.5, ["dense0.weight"]) == pytest.approx(0.5 * 4 * 9e38, rel=1e-6)
