@@ -63,7 +63,7 @@ class Jury:
         self._batch = 0
         self._window_size = 200
         self._judged_at = 0         # records at the last full judgment
-        self._every = 1
+        self.cadence = 1           # records between full judgments (0: adaptive, for loops of unknown length)
         self.nonfinite_step: int | None = None
 
     def begin(self, run: RunInfo, units: Sequence[Unit], window: Window, *, measure_every: int) -> None:
@@ -76,7 +76,7 @@ class Jury:
         total = max(1, run.total_steps)
         t = self.t
         # unknown length (other loops): 0 means adaptive, see due()
-        self._every = self.judge_every or (int(min(t.judge_every_max, max(1, total // (t.judgments_per_run
+        self.cadence = self.judge_every or (int(min(t.judge_every_max, max(1, total // (t.judgments_per_run
                                                                                          * measure_every))))
                                            if run.total_steps > 0 else 0)
 
@@ -132,7 +132,7 @@ class Jury:
         """Every ``judge_every`` records; for loops of unknown length, every fifth of the records so far
         (within the adaptive bounds), so short runs are judged often enough and long ones cheaply."""
         t = self.t
-        every = self._every or max(t.adaptive_min, min(t.judge_every_max, records // t.adaptive_fraction))
+        every = self.cadence or max(t.adaptive_min, min(t.judge_every_max, records // t.adaptive_fraction))
         return records % every == 0
 
     def context(self, curvature: Sequence[dict], sizes: np.ndarray, steps: int, records: int) -> JudgeContext:

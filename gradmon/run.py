@@ -116,7 +116,7 @@ class _Stopper:
             self.budget_reached = True
             return f"step budget of {self.max_steps} reached"
         if self.stop_on_error:
-            errors = [f for f in self.monitor.tracker.findings if f.severity == "error"]
+            errors = [f for f in self.monitor.findings if f.severity == "error"]
             if errors:
                 return f"{errors[0].code} ({errors[0].message})"
         return None

@@ -376,11 +376,13 @@ def test_the_stable_lr_comes_from_the_last_usable_measurement_never_nan():
         monitor.on_step_end(core.StepState(step=step, epoch=0, loss=1.0, batch_size=8, params=net.parameters(),
                                            grads=grads, lr=0.1))
     nan = float("nan")
-    monitor.curvature = [{"step": 0, "lambda_max": 50.0, "lr": 0.1, "threshold": 20.0, "loss": nan},
-                         {"step": 2, "lambda_max": nan, "lr": 0.1, "threshold": 20.0, "loss": nan}]
-    (obs,) = SharpnessAboveStability().judge(monitor._context())
+    curvature = [{"step": 0, "lambda_max": 50.0, "lr": 0.1, "threshold": 20.0, "loss": nan},
+                 {"step": 2, "lambda_max": nan, "lr": 0.1, "threshold": 20.0, "loss": nan}]
+    ctx = monitor.jury.context(curvature, monitor.recorder.sizes, steps=3, records=3)
+    (obs,) = SharpnessAboveStability().judge(ctx)
     assert obs.evidence["reference_lambda_max"] == 50.0 and obs.evidence["max_stable_lr"] == pytest.approx(0.04)
     assert "nan" not in obs.message
     finding = gradmon.Finding(obs.code, obs.severity, None, 0, 2, obs.message, obs.evidence)
-    lower = [s for s in advise(finding, monitor._advice_ctx) if s.code == "lower_lr"][0]
+    monitor.jury.suggest(finding)
+    lower = [s for s in finding.suggestions if s.code == "lower_lr"][0]
     assert "λmax = 50" in lower.text and lower.patch["train.lr"] == pytest.approx(0.032)

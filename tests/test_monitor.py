@@ -299,7 +299,7 @@ def test_a_blow_up_between_two_judgments_is_still_reported():
     norms = monitor.history.scalar("grad_norm")
     peak_step = int(monitor.history.steps[np.nanargmax(norms)])
     f = [f for f in report.findings if f.code == "exploding_gradients"]
-    assert f and f[0].evidence["peak_step"] == peak_step < monitor._judge_every
+    assert f and f[0].evidence["peak_step"] == peak_step < monitor.jury.cadence
     assert f[0].evidence["peak_norm"] == pytest.approx(np.nanmax(norms), rel=1e-2)
 
 
@@ -540,14 +540,14 @@ def test_pooled_dead_fraction_matches_a_direct_or_over_the_pool():
     OR of the pool's masks, for random batch sizes and firing rates."""
     from collections import deque
 
-    from gradmon.quantities.activations import DeadUnitTracker
+    from gradmon.quantities.activations import DeadUnitTracker, alive_units
 
     rng = np.random.default_rng(0)
     tracker, pool = DeadUnitTracker(64), deque()
     values = 0
     for _ in range(400):
         mask = rng.random((int(rng.integers(1, 40)), 50)) < rng.uniform(0.001, 0.05)
-        got = tracker.add(mask)
+        got = tracker.add(alive_units(mask), len(mask))
         pool.append(mask)
         while sum(len(p) for p in pool) - len(pool[0]) >= 64:
             pool.popleft()

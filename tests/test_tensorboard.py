@@ -168,12 +168,18 @@ def test_dead_fractions_and_update_ratios_reach_tensorboard(tmp_path):
                 assert value == pytest.approx(h.layer(q)[row, j], rel=1e-6)
 
 
-def test_histogram_buckets_match_numpy_histogram():
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_histogram_buckets_match_numpy_histogram(backend):
+    """Histograms are computed where the values live (numpy, or a tensor's device) and only counts reach
+    the host; the TensorBoard summary of either is numpy's histogram of the same values."""
+    from gradmon.quantities.xp import histogram
     from gradmon.sinks.tensorboard import histogram_summary
 
+    torch = pytest.importorskip("torch") if backend == "torch" else None
     rng = np.random.default_rng(0)
     for data in (rng.normal(size=4096), rng.exponential(size=1000) * 1e-3, np.full(10, 2.5)):
-        h = histogram_summary("g", data, 64).value[0].histo
+        values = torch.from_numpy(data) if torch is not None else data
+        h = histogram_summary("g", histogram(values, bins=64)).value[0].histo
         counts, edges = np.histogram(data, bins=64) if np.ptp(data) > 0 else (np.array([10] + [0] * 63), None)
         assert list(h.bucket) == [0, *counts.tolist()] and h.num == data.size
         if edges is not None:

@@ -92,7 +92,7 @@ class DeadUnitTracker:
             self._sizes.clear()
             self._seen = 0
             self._fired = None
-            return 1.0 - xp.sum(xp.astype(alive, xp.float32)) / size
+            return 1.0 - xp.sum(xp.astype(alive, xp.int64)) / size
         if self._fired is None or tuple(self._fired.shape) != tuple(alive.shape):
             self._sizes.clear()
             self._seen = 0
@@ -106,7 +106,7 @@ class DeadUnitTracker:
         if self._seen < self.min_examples:
             return None
         first = self._batches - len(self._sizes) + 1  # the oldest batch still in the pool
-        return 1.0 - xp.sum(xp.astype(self._fired >= first, xp.float32)) / size
+        return 1.0 - xp.sum(xp.astype(self._fired >= first, xp.int64)) / size
 
 
 def _device(x: Array) -> Any:
