@@ -10,6 +10,7 @@
 
 import sys
 
+from gradmon import report as _report  # noqa: F401  (registers the Markdown and HTML report renderers)
 from gradmon.findings import FINDING_CODES, SUGGESTION_CODES, Finding, HealthReport, Suggestion
 from gradmon.history import History
 from gradmon.monitor import Monitor

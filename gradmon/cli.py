@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gradmon.findings import HealthReport
-    from gradmon.report.text import exit_code, render_check
+    from gradmon.report.check import exit_code, render_check
 
     report = HealthReport.load(_run_dir(args.dir))
     sys.stdout.write(render_check(report, args.format, args.fail_on).rstrip("\n") + "\n")

@@ -1,20 +1,22 @@
 """Findings, suggestions and the health report (JSON schema ``gradmon.report/1``).
 
 These are plain data: detectors create :class:`Finding`, advice attaches :class:`Suggestion`, the monitor
-assembles a :class:`HealthReport`, and the renderers in :mod:`gradmon.report` present it.
+assembles a :class:`HealthReport`, and the renderers in :mod:`gradmon.report` present it.  This module
+never imports the presentation: :meth:`HealthReport.save` writes JSON itself and finds the other formats in
+:data:`RENDERERS`, which :mod:`gradmon.report` fills when it is imported (``import gradmon`` does).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from core.files import atomic_write_text
 from core.tune import json_safe
+from gradmon.vocabulary import STATUSES, severity_rank
 
 SCHEMA = "gradmon.report/1"
 
@@ -38,18 +40,6 @@ SUGGESTION_CODES: tuple[str, ...] = (
     "raise_lr", "adam", "shallower", "l2",
 )
 
-SEVERITIES: tuple[str, ...] = ("info", "warning", "error")
-STATUSES: tuple[str, ...] = ("healthy", "warning", "error")
-
-
-def severity_rank(severity: str) -> int:
-    """0 for info, 1 for warning, 2 for error."""
-    try:
-        return SEVERITIES.index(severity)
-    except ValueError:
-        raise ValueError(f"unknown severity {severity!r}; use one of {', '.join(SEVERITIES)}") from None
-
-
 def _clean(value: Any) -> Any:
     """JSON-safe copy (:func:`core.tune.json_safe`): numpy scalars and arrays to Python, non-finite floats
     (NaN, ±Inf) to ``None``.
@@ -58,27 +48,6 @@ def _clean(value: Any) -> Any:
     finite (the loss of a diverged run) is written as ``null``.
     """
     return json_safe(value)
-
-
-#: How reports written before null was used spelled non-finite numbers.
-_LEGACY_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _revive(value: Any) -> Any:
-    """Inverse of the old encoding: the strings ``"nan"``, ``"inf"``, ``"-inf"`` back to floats (nested)."""
-    if isinstance(value, Mapping):
-        return {k: _revive(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_revive(v) for v in value]
-    if isinstance(value, str):
-        return _LEGACY_NONFINITE.get(value, value)
-    return value
-
-
-def _revive_entries(entries: Any, keep: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """A list of numeric records (layers, curvature, loss) with legacy non-finite strings revived; the
-    string fields named in ``keep`` (a layer's name, its activation) are left as they are."""
-    return [{k: (v if k in keep else _revive(v)) for k, v in dict(e).items()} for e in entries or []]
 
 
 @dataclass
@@ -135,7 +104,7 @@ class Finding:
     def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
         return cls(code=d["code"], severity=d["severity"], layer=d.get("layer"),
                    first_step=int(d["first_step"]), last_step=int(d["last_step"]),
-                   message=d.get("message", ""), evidence=_revive(dict(d.get("evidence") or {})),
+                   message=d.get("message", ""), evidence=dict(d.get("evidence") or {}),
                    suggestions=[Suggestion.from_dict(s) for s in d.get("suggestions") or []])
 
 
@@ -156,8 +125,7 @@ class HealthReport:
     doctor's trials.
 
     In memory a value that does not apply is NaN; ``to_dict()`` writes it (and any other non-finite
-    number) as ``null``.  :meth:`from_dict` reads both ``null`` and the strings ``"nan"``/``"inf"`` that
-    reports written by earlier versions contain.
+    number) as ``null``, which :meth:`from_dict` reads back as ``None``.
     """
 
     spec: dict[str, Any]
@@ -220,8 +188,8 @@ class HealthReport:
                 raise ValueError(f"finding {i}: {exc}") from None
         return cls(spec=dict(d.get("spec") or {}), steps=int(d.get("steps", 0)),
                    findings=findings,
-                   layers=_revive_entries(d.get("layers"), keep=("name", "activation")),
-                   curvature=_revive_entries(d.get("curvature")), loss=_revive_entries(d.get("loss")),
+                   layers=_entries(d.get("layers"), "layers"), curvature=_entries(d.get("curvature"), "curvature"),
+                   loss=_entries(d.get("loss"), "loss"),
                    ended=d.get("ended", "completed"),
                    extra=dict(d.get("extra") or {}))
 
@@ -246,22 +214,30 @@ class HealthReport:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def save(self, path: str | os.PathLike, history: Any = None) -> Path:
-        """Write the report; the format follows the suffix: ``.json``, ``.md`` or ``.html``.
+        """Write the report; the format follows the suffix (:data:`RENDERERS`: ``.json``, ``.md``, ``.html``).
 
         ``history`` (a :class:`gradmon.history.History`) adds the per-step plots to HTML and Markdown.
         The file is written atomically (temp file + rename), so a reader never sees half a report.
         """
         p = Path(path)
-        suffix = p.suffix.lower()
-        if suffix == ".json":
-            text = self.to_json()
-        elif suffix in (".md", ".markdown"):
-            from gradmon.report.markdown import render_markdown
-            text = render_markdown(self, history)
-        elif suffix in (".html", ".htm"):
-            from gradmon.report.html import render_html
-            text = render_html(self, history)
-        else:
-            raise ValueError(f"cannot tell the report format from {p.name!r}: use a .html, .md or .json suffix")
-        atomic_write_text(p, text)
+        render = RENDERERS.get(p.suffix.lower())
+        if render is None:
+            raise ValueError(f"cannot tell the report format from {p.name!r}: use a "
+                             f"{', '.join(sorted(RENDERERS))} suffix")
+        atomic_write_text(p, render(self, history))
         return p
+
+
+def _entries(entries: Any, key: str) -> list[dict[str, Any]]:
+    """A report's list of records (``layers``, ``curvature``, ``loss``): each must be an object."""
+    out = []
+    for i, e in enumerate(entries or []):
+        if not isinstance(e, Mapping):
+            raise ValueError(f"report field {key!r}: entry {i} must be an object, got {type(e).__name__}")
+        out.append(dict(e))
+    return out
+
+
+#: Report formats by file suffix: ``render(report, history) -> text``.  JSON is built in; the presentation
+#: layer (:mod:`gradmon.report`) adds Markdown and HTML when it is imported.
+RENDERERS: dict[str, Callable[[HealthReport, Any], str]] = {".json": lambda report, history: report.to_json()}

@@ -118,7 +118,7 @@ def test_run_names_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer failed")
 
-    monkeypatch.setattr("gradmon.report.html.render_html", broken)
+    monkeypatch.setitem(__import__("gradmon.findings").findings.RENDERERS, ".html", broken)
     assert (logdir / "report.html").exists()  # stale from the first run
     assert main(["run", str(spec), "--logdir", str(logdir), "-q"]) == 0
     out = capsys.readouterr().out
