@@ -35,6 +35,7 @@ from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.sinks.console import ConsoleSink
+from gradmon.thresholds import Thresholds
 
 #: tags of the per-layer quantities written to TensorBoard
 TB_QUANTITIES = ("log10_grad_norm", "grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
@@ -73,6 +74,9 @@ class Monitor(Callback):
     console: print findings as they open.
     stop_on_nonfinite: ask the loop to stop, before the update, when NaN/Inf appears (False keeps going).
     detectors: names of detectors to run (all by default).
+    thresholds: every number the judging uses (:class:`gradmon.thresholds.Thresholds`, or a mapping of
+        overrides like ``{"vanishing_gradients": {"min_drop": 3.0}}``); ``open_after``/``close_after``
+        override its ``judging`` ones.
     """
 
     def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1, curvature_every: int = 50,
@@ -80,8 +84,11 @@ class Monitor(Callback):
                  histogram_every: int | None = None, judge_every: int | None = None, window: int = 200,
                  capacity: int = 2048, console: bool = True, detectors: Sequence[str] | None = None,
                  curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int = 4,
-                 seed: int = 0, open_after: int = 3, close_after: int = 5, weight_every: int = 10,
-                 stop_on_nonfinite: bool = True) -> None:
+                 seed: int = 0, open_after: int | None = None, close_after: int | None = None, weight_every: int = 10,
+                 stop_on_nonfinite: bool = True, thresholds: Thresholds | Mapping[str, Any] | None = None) -> None:
+        self.thresholds = Thresholds.coerce(thresholds)  # a bad table, field or value: ValueError naming it
+        open_after = self.thresholds.judging.open_after if open_after is None else open_after
+        close_after = self.thresholds.judging.close_after if close_after is None else close_after
         for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
                                  ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
@@ -115,7 +122,8 @@ class Monitor(Callback):
         self._measure: Schedule = every_schedule(self.every)
         self._curv_schedule: Schedule = every_schedule(self.curvature_every)
         self.weight_every = int(weight_every)
-        self.detectors: list[Detector] = default_detectors(list(detectors) if detectors is not None else None)
+        self.detectors: list[Detector] = default_detectors(list(detectors) if detectors is not None else None,
+                                                             self.thresholds)
         self.console = ConsoleSink(enabled=console)
         self.open_after, self.close_after = open_after, close_after
         self.use_tensorboard = tensorboard and self.logdir is not None
@@ -124,7 +132,7 @@ class Monitor(Callback):
     def _reset(self) -> None:
         """Per-run state (a monitor reused for a second ``fit`` starts afresh)."""
         self.tracker = FindingTracker(open_after=self.open_after, close_after=self.close_after,
-                                      on_open=self._opened)
+                                      on_open=self._opened, short_run=self.thresholds.judging.short_run)
         self.tb: Any = None
         self.sink_errors: list[str] = []
         self.notes: list[str] = []   # what was not measured and why (report.extra["notes"]), see add_note
@@ -174,12 +182,14 @@ class Monitor(Callback):
         self.window = Window(names, size=self.window_size)
         self._record = Record(len(names))
         self._unit_params = [u.params for u in self.units]
-        self._dead = {u.name: actq.DeadUnitTracker() for u in self.units if u.activation == "relu"}
+        self._dead = {u.name: actq.DeadUnitTracker(self.thresholds.judging.dead_unit_examples)
+                      for u in self.units if u.activation == "relu"}
         self._advice_ctx = AdviceContext.from_run(run, self.units)
         total = max(1, run.total_steps)
         # unknown length (other loops): adaptive, see _due_judgment
-        self._judge_every = self.judge_every or (int(min(50, max(1, total // (20 * self.every))))
-                                                 if run.total_steps > 0 else 0)
+        j = self.thresholds.judging
+        per_run = max(1, total // (j.judgments_per_run * self.every))
+        self._judge_every = self.judge_every or (int(min(j.max_judge_every, per_run)) if run.total_steps > 0 else 0)
         hist_every = self.histogram_every if self.histogram_every is not None else (
             max(1, total // 20) if run.total_steps > 0 else 100)
         self._hist_schedule = every_schedule(int(hist_every)) if self.use_tensorboard else every_schedule(0)
@@ -234,7 +244,7 @@ class Monitor(Callback):
             self._batch = int(state.batch_size or self.run.batch_size or 1)
         self._pending = rec
         self._keep_first_loss(loss)
-        if len(self._first_norms) < 5 and math.isfinite(gnorm):
+        if len(self._first_norms) < self.thresholds.judging.initial_grad_norms and math.isfinite(gnorm):
             self._first_norms.append(gnorm)
 
     def _keep_first_loss(self, loss: float) -> None:
@@ -244,12 +254,14 @@ class Monitor(Callback):
     def _initial_records(self) -> int:
         """Records whose losses make the initial loss: at least 32 examples (the first record from
         mini-batches of 32 or more)."""
-        return math.ceil(32 / max(1, self._batch))
+        return math.ceil(self.thresholds.judging.initial_examples / max(1, self._batch))
 
     def _smoothing(self) -> int:
         """Records a loss level is smoothed over: about 256 examples, at least 5 records, at most a quarter
         of the window (single-example losses are noise; full-batch losses are not)."""
-        return int(min(max(5, math.ceil(256 / max(1, self._batch))), max(5, self.window_size // 4)))
+        j = self.thresholds.judging
+        return int(min(max(j.min_smoothing_records, math.ceil(j.smoothing_examples / max(1, self._batch))),
+                       max(j.min_smoothing_records, int(self.window_size * j.max_smoothing_fraction))))
 
     def log_loss(self, value: float) -> None:
         """The loss of the step measured last, for loops that learn it only after ``on_after_backward``
@@ -359,7 +371,9 @@ class Monitor(Callback):
     def _due_judgment(self) -> bool:
         """Every ``judge_every`` records; for loops of unknown length, every fifth of the records so far
         (at least 10, at most 50), so short runs are judged often enough and long ones cheaply."""
-        every = self._judge_every or max(10, min(50, self._records // 5))
+        j = self.thresholds.judging
+        every = self._judge_every or max(j.min_adaptive_judge_every,
+                                         min(j.max_judge_every, int(self._records * j.adaptive_judge_fraction)))
         return self._records % every == 0
 
     def _measure_curvature(self, state: StepState) -> None:
@@ -486,7 +500,7 @@ class Monitor(Callback):
             norms = self.window.scalar("grad_norm")
             norms = np.sort(norms[np.isfinite(norms)])
             calm = median(norms[: max(1, norms.size // 2)])
-        if math.isfinite(early) and early > 0 and not early < 0.01 * calm:
+        if math.isfinite(early) and early > 0 and not early < self.thresholds.judging.tiny_init_ratio * calm:
             return early
         return calm
 
@@ -508,7 +522,8 @@ class Monitor(Callback):
                             best_loss=min(self._best_loss, initial) if math.isfinite(initial) else self._best_loss,
                             initial_grad_norm=self._initial_grad_norm(), sizes=sizes, curvature=self.curvature,
                             smooth=k, new_records=new, open=self.tracker.open_severities(),
-                            suggested_clip_norm=self._typical_grad_norm())
+                            suggested_clip_norm=self._typical_grad_norm(),
+                            median_records=self.thresholds.judging.median_records)
 
     def _judge(self, final: bool = False, codes: Sequence[str] | None = None, step: int | None = None) -> None:
         if self.window is None:
@@ -540,7 +555,7 @@ class Monitor(Callback):
         ctx = self._advice_ctx
         if self.window is not None:
             ctx = dataclasses.replace(ctx, lr=latest_lr(self.window, ctx.lr))
-        finding.suggestions = advise(finding, ctx)
+        finding.suggestions = advise(finding, ctx, self.thresholds.advice)
 
     # -- sinks ------------------------------------------------------------------------------------------
     def _start_tensorboard(self, names: list[str]) -> None:
