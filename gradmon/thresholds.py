@@ -370,6 +370,13 @@ class Thresholds:
         """``{table name: table}`` in declaration order (detectors in registry order, then judging, advice)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def describe(self) -> Iterator[tuple[str, str, Number, str]]:
+        """``(table, field, value, meaning)`` for every threshold, tables in declaration order; the values
+        of ``Thresholds()`` are the defaults."""
+        for name, table in self.tables().items():
+            for f in dataclasses.fields(table):
+                yield name, f.name, getattr(table, f.name), f.metadata["doc"]
+
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Mapping[str, Number]]) -> "Thresholds":
         """The defaults with ``{table: {field: value}}`` changed, e.g. ``{"vanishing_gradients": {"min_drop":
@@ -421,13 +428,6 @@ REGENERATE = """python -c "from gradmon.thresholds import markdown_table; print(
 > docs/thresholds.md"""
 
 
-def describe() -> Iterator[tuple[str, str, Number, str]]:
-    """``(table, field, default, meaning)`` for every threshold, tables in :class:`Thresholds` order."""
-    for name, table in Thresholds().tables().items():
-        for f in dataclasses.fields(table):
-            yield name, f.name, getattr(table, f.name), f.metadata["doc"]
-
-
 def markdown_table() -> str:
     """The text of ``docs/thresholds.md``: every table and field with its default, range and meaning."""
     tables = Thresholds().tables()
@@ -454,7 +454,7 @@ def markdown_table() -> str:
         "names it.",
     ]
     current = None
-    for name, key, default, doc in describe():
+    for name, key, default, doc in Thresholds().describe():
         if name != current:
             current = name
             summary = " ".join((type(tables[name]).__doc__ or "").split())

@@ -19,7 +19,7 @@ import gradmon
 from core.spec import SpecError, apply_patch, load_spec
 from gradmon.advice import Context as AdviceContext
 from gradmon.advice import advise
-from gradmon.detectors import DETECTORS, JudgeContext, default_detectors
+from gradmon.detectors import DETECTORS, JudgeContext, Observation, default_detectors
 from gradmon.detectors.activations import DeadUnits, SaturatedActivations
 from gradmon.detectors.gradients import ExplodingGradients, VanishingGradients
 from gradmon.detectors.loss import LossDivergence, LossPlateau
@@ -30,7 +30,7 @@ from gradmon.history import Window
 from gradmon.layout import units_from_run
 from gradmon.thresholds import (AdviceThresholds, DeadUnitThresholds, DivergenceThresholds, ExplodingThresholds,
                                 PlateauThresholds, SaturationThresholds, SharpnessThresholds, Thresholds,
-                                UpdateRatioThresholds, VanishingThresholds, REGENERATE, describe, markdown_table)
+                                UpdateRatioThresholds, VanishingThresholds, REGENERATE, markdown_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,26 +87,33 @@ def test_one_table_per_detector_in_registry_order_then_judging_and_advice():
 
 
 def test_every_field_is_documented_with_a_meaning():
-    rows = list(describe())
+    rows = list(Thresholds().describe())
     assert len(rows) == sum(len(v) for v in OLD_VALUES.values())
     for table, key, default, doc in rows:
         assert default == OLD_VALUES[table][key] and len(doc) > 15, (table, key)
+    changed = {(t, k): v for t, k, v, _ in Thresholds.from_overrides({"advice": {"digits": 3}}).describe()}
+    assert changed["advice", "digits"] == 3 and changed["advice", "l2"] == 1e-4
 
 
 # -- overrides change verdicts, in the expected direction -------------------------------------------------------
+def _run(hidden: tuple[int, ...] = (8, 8, 8), activation: str = "tanh", optimizer: str = "sgd") -> core.RunInfo:
+    """What a loop tells its callbacks before the first step, for an MLP of ``hidden`` widths."""
+    layers, width = [], 2
+    for h in hidden:
+        layers += [core.Dense(width, h), core.get_activation(activation)]
+        width = h
+    net = core.Sequential([*layers, core.Dense(width, 1)], seed=0)
+    return core.RunInfo(layers=net.layer_infos(), loss="mse", optimizer=optimizer, hyperparams={"lr": 0.1},
+                        batch_size=32, batch_mode="mini-batch", n_train=256, epochs=1, steps_per_epoch=8)
+
+
 def _context(layers: dict[str, list[float]], loss: float | list[float] = 1.0, grad_norm: float | list[float] = 1.0,
              n: int = 60, activation: str = "tanh", hidden: tuple[int, ...] = (8, 8, 8), optimizer: str = "sgd",
              curvature: list | tuple = ()) -> JudgeContext:
     """A judge context over ``n`` hand-written records: the per-layer ``layers`` values at every record, the
     scalars ``loss`` and global ``grad_norm`` (one value, or one per record); unit layer sizes, so per-layer
     gradient norms are RMS values; the first loss and norm are the initial ones."""
-    infos, width = [], 2
-    for h in hidden:
-        infos += [core.Dense(width, h), core.get_activation(activation)]
-        width = h
-    net = core.Sequential([*infos, core.Dense(width, 1)], seed=0)
-    run = core.RunInfo(layers=net.layer_infos(), loss="mse", optimizer=optimizer, hyperparams={"lr": 0.1},
-                       batch_size=32, batch_mode="mini-batch", n_train=256, epochs=1, steps_per_epoch=8)
+    run = _run(hidden, activation, optimizer)
     units = units_from_run(run)
     losses = np.broadcast_to(np.asarray(loss, dtype=float), (n,))
     norms = np.broadcast_to(np.asarray(grad_norm, dtype=float), (n,))
@@ -227,6 +234,13 @@ def test_the_monitor_takes_a_mapping_and_passes_every_table_on():
     assert monitor.detectors[0].t is monitor.thresholds.vanishing_gradients
     assert monitor.tracker.open_after == 2 and monitor.tracker.close_after == 5 and monitor.tracker.short_run == 4
     assert gradmon.Monitor(console=False, open_after=4, thresholds={"judging": {"open_after": 2}}).open_after == 4
+    # the advice attached to a finding uses the advice table
+    monitor = gradmon.Monitor(console=False, thresholds={"advice": {"adam_lr": 3e-4}})
+    monitor.on_train_begin(_run())
+    obs = Observation("loss_oscillation", None, "warning", "swings", {}, open_after=1)
+    monitor.tracker.update(5, [obs], ["loss_oscillation"])
+    (finding,) = monitor.report().findings
+    assert {s.code: s.patch for s in finding.suggestions}["adam"] == {"train.optimizer": "adam", "train.lr": 3e-4}
     with pytest.raises(ValueError, match="unknown table 'vanishing'"):
         gradmon.Monitor(console=False, thresholds={"vanishing": {"min_drop": 3}})
 
@@ -343,7 +357,7 @@ def test_docs_list_the_current_table():
     text = (ROOT / "docs" / "thresholds.md").read_text(encoding="utf-8")
     assert text == markdown_table(), f"docs/thresholds.md is out of date; regenerate it with: {REGENERATE}"
     assert "[monitor.thresholds.vanishing_gradients]" in text and "--set monitor.thresholds." in text
-    assert all(f"| `{key}` | `{default!r}` |" in text for _, key, default, _ in describe())
+    assert all(f"| `{key}` | `{default!r}` |" in text for _, key, default, _ in Thresholds().describe())
 
 
 #: numbers a detector body may still spell: arithmetic (0, 1, 2 in 2*q, 10 as the log base, 0.5 for an
