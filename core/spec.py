@@ -16,6 +16,12 @@ follows an explicit ``train.loss`` (mse: regression), else reads whole-number ta
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
 that file's directory (on the command line, to the working directory).  Sizes are checked against
 :data:`MEMORY_LIMIT` before anything is allocated.
+
+``monitor.thresholds`` overrides the monitor's judging numbers: a table of tables of numbers, set whole
+(``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
+(``--set monitor.thresholds.vanishing_gradients.min_drop=3``).  core checks only that shape and that the
+values are finite numbers; the table and field names are gradmon's (``gradmon.thresholds``), checked when
+its monitor is built.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import numbers
 import os
 import tomllib
 from dataclasses import dataclass
@@ -45,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
     "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
               "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
-    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024},
+    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}},
 }
 SECTIONS = ("data", "model", "train", "monitor")
 #: the largest estimated memory a spec may need (data, parameters with gradients and optimizer state,
@@ -127,6 +134,23 @@ def _batch(key: str, v: Any) -> int | str:
     return v
 
 
+def _thresholds(key: str, v: Any) -> dict[str, dict[str, int | float]]:
+    """``{table: {name: number}}`` (a copy; integers stay integers: some thresholds are counts)."""
+    if not isinstance(v, Mapping):
+        raise SpecError(f"{key}: expected a table of threshold tables like "
+                        f"{{vanishing_gradients = {{min_drop = 3.0}}}}, got {v!r}")
+    out: dict[str, dict[str, int | float]] = {}
+    for table, values in v.items():
+        if not isinstance(values, Mapping):
+            raise SpecError(f"{key}.{table}: expected a table of numbers like {{min_drop = 3.0}}, got {values!r}")
+        clean: dict[str, int | float] = {}
+        for name, x in values.items():
+            number = _number(f"{key}.{table}.{name}", x)
+            clean[str(name)] = int(x) if isinstance(x, numbers.Integral) else number
+        out[str(table)] = clean
+    return out
+
+
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, v: None if v is None else check(key, v)
 
@@ -175,7 +199,7 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
               "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
               "clip_value": _nonneg, "l2": _nonneg},
     "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
-                "curvature_samples": lambda k, v: _int(k, v, 1)},
+                "curvature_samples": lambda k, v: _int(k, v, 1), "thresholds": _thresholds},
 }
 
 
@@ -245,9 +269,24 @@ def _set(spec: dict[str, Any], key: str, value: Any) -> None:
     if len(parts) == 1 and parts[0] in CHECKS[""]:
         spec[parts[0]] = value
         return
+    if len(parts) in (3, 4) and parts[:2] == ["monitor", "thresholds"] and all(parts[2:]):
+        _set_threshold(spec, parts[2:], value)
+        return
     if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in CHECKS[parts[0]]:
         raise _unknown(key)
     spec[parts[0]][parts[1]] = value
+
+
+def _set_threshold(spec: dict[str, Any], names: list[str], value: Any) -> None:
+    """``monitor.thresholds.<table> = value`` (one table) or ``monitor.thresholds.<table>.<name> = value``
+    (one number), keeping the others; the tables are copied, never changed in place."""
+    current = spec["monitor"].get("thresholds")
+    tables: dict[str, Any] = _thresholds("monitor.thresholds", {} if current is None else current)
+    if len(names) == 1:
+        tables[names[0]] = value
+    else:
+        tables[names[0]] = {**tables.get(names[0], {}), names[1]: value}
+    spec["monitor"]["thresholds"] = tables
 
 
 def _set_keys(spec: dict[str, Any], items: Mapping[str, Any]) -> None:

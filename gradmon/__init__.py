@@ -14,8 +14,10 @@ from gradmon import report as _report  # noqa: F401  (registers the Markdown and
 from gradmon.findings import FINDING_CODES, SUGGESTION_CODES, Finding, HealthReport, Suggestion
 from gradmon.history import History
 from gradmon.monitor import Monitor
+from gradmon.thresholds import Thresholds
 
-__all__ = ["FINDING_CODES", "SUGGESTION_CODES", "Finding", "HealthReport", "History", "Monitor", "Suggestion"]
+__all__ = ["FINDING_CODES", "SUGGESTION_CODES", "Finding", "HealthReport", "History", "Monitor", "Suggestion",
+           "Thresholds"]
 __version__ = "0.1.0"
 
 

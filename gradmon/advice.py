@@ -3,7 +3,8 @@
 Each rule is ``(finding code, condition on the context, suggestion builder)``; :func:`advise` returns the
 suggestions of every rule that applies, in table order (most direct fix first), without duplicates.  A
 suggestion's ``patch`` is a set of spec keys; applying it to the run's spec gives the run that tests the
-fix (``gradmon doctor`` does exactly that).
+fix (``gradmon doctor`` does exactly that).  The numbers a suggestion proposes (the Adam learning rate, the
+L2 decay, the factor a learning rate is lowered by...) are in :class:`~gradmon.thresholds.AdviceThresholds`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from core.activations import SATURATING
 from gradmon.findings import Finding, Suggestion
+from gradmon.thresholds import AdviceThresholds
+from gradmon.vocabulary import HE_INITS, RECTIFIERS, RELU_FAMILY, SATURATING, STABILITY_BOUND_OPTIMIZERS, \
+    XAVIER_INITS, sig
 
 
 @dataclass(frozen=True)
@@ -53,29 +56,28 @@ class Context:
                    l2=float(train.get("l2", run.l2)), framework=getattr(run, "framework", "core"))
 
 
-def _round(x: float) -> float:
-    """Two significant digits: patches carry readable numbers."""
-    return float(f"{x:.2g}")
+def _text(x: float) -> str:
+    """A number as people write it in a sentence: ``0.5``, ``64``, and small ones as ``1e-3``."""
+    if 0 < abs(x) < 0.01:
+        mantissa, exponent = f"{x:.12e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:g}"
 
 
-def _lr_patch(ctx: Context, factor: float) -> dict[str, Any]:
-    return {"train.lr": _round(ctx.lr * factor)}
-
-
-# -- suggestion builders ------------------------------------------------------------------------------------
-def relu(ctx: Context, f: Finding) -> Suggestion:
+# -- suggestion builders: (context, finding, thresholds) -> suggestion -----------------------------------------
+def relu(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     return Suggestion("relu", f"Use ReLU with He initialization: its derivative is 1 for active units, so the "
                               f"gradient keeps its size through depth ({ctx.activation} shrinks it).",
                       {"model.activation": "relu", "model.init": "he_normal"})
 
 
-def leaky_relu(ctx: Context, f: Finding) -> Suggestion:
+def leaky_relu(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     return Suggestion("leaky_relu", "Use LeakyReLU: a small negative slope keeps a gradient flowing through "
                                     "units that would otherwise die.",
                       {"model.activation": "leaky_relu", "model.init": "he_normal"})
 
 
-def he_init(ctx: Context, f: Finding) -> Suggestion:
+def he_init(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     patch: dict[str, Any] = {"model.init": "he_normal"}
     text = "Initialise with He (variance 2/fan_in), which keeps the signal's scale through ReLU layers"
     if ctx.bias_init < 0:
@@ -84,145 +86,148 @@ def he_init(ctx: Context, f: Finding) -> Suggestion:
     return Suggestion("he_init", text + ".", patch)
 
 
-def xavier_init(ctx: Context, f: Finding) -> Suggestion:
+def xavier_init(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     return Suggestion("xavier_init", "Initialise with Xavier (variance 2/(fan_in+fan_out)) so pre-activations "
                                      "stay in the responsive range of tanh/sigmoid.",
                       {"model.init": "xavier_normal"})
 
 
-def batchnorm(ctx: Context, f: Finding) -> Suggestion:
+def batchnorm(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     return Suggestion("batchnorm", "Add batch normalization after each hidden layer: it re-centres and "
                                    "re-scales pre-activations at every step, whatever the depth.",
                       {"model.batchnorm": True})
 
 
-def gradient_clipping(ctx: Context, f: Finding) -> Suggestion:
+def gradient_clipping(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     value = f.evidence.get("suggested_clip_norm")
     if not isinstance(value, (int, float)) or not value > 0:
-        value = 1.0
-    value = _round(float(value))
+        value = t.default_clip_norm
+    value = sig(float(value), t.digits)
     return Suggestion("gradient_clipping", f"Clip the global gradient norm at {value:g}, the typical norm "
                                            f"observed before the spikes, so one bad batch cannot throw the "
                                            f"weights away.", {"train.clip_norm": value})
 
 
-def lower_lr(ctx: Context, f: Finding) -> Suggestion:
+def lower_lr(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
     suggested = f.evidence.get("suggested_lr")
     if isinstance(suggested, (int, float)) and 0 < suggested < ctx.lr and "max_stable_lr" in f.evidence:
-        lr = _round(float(suggested))
+        lr = sig(float(suggested), t.digits)
         lam = f.evidence.get("reference_lambda_max", f.evidence.get("lambda_max"))
         why = (f"below the largest stable one, {f.evidence['max_stable_lr']:.2g}, set by the curvature "
                f"(λmax = {lam:.3g})")
     else:
-        lr = _round(ctx.lr / 10)
-        why = "a tenth of the current one"
+        lr = sig(ctx.lr / t.lower_lr_factor, t.digits)
+        why = "a tenth of the current one" if t.lower_lr_factor == 10 else \
+            f"the current one divided by {t.lower_lr_factor:g}"
     return Suggestion("lower_lr", f"Lower the learning rate from {ctx.lr:g} to {lr:g}, {why}.", {"train.lr": lr})
 
 
-def raise_lr(ctx: Context, f: Finding) -> Suggestion:
-    lr = _round(ctx.lr * 10)
+def raise_lr(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
+    lr = sig(ctx.lr * t.raise_lr_factor, t.digits)
     return Suggestion("raise_lr", f"Raise the learning rate from {ctx.lr:g} to {lr:g}: updates are too small to "
                                   f"make progress.", {"train.lr": lr})
 
 
-def adam(ctx: Context, f: Finding) -> Suggestion:
-    return Suggestion("adam", "Switch to Adam (lr 1e-3): per-parameter step sizes adapt to the gradient's scale "
-                              "in each layer.", {"train.optimizer": "adam", "train.lr": 0.001})
+def adam(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
+    return Suggestion("adam", f"Switch to Adam (lr {_text(t.adam_lr)}): per-parameter step sizes adapt to the "
+                              f"gradient's scale in each layer.", {"train.optimizer": "adam", "train.lr": t.adam_lr})
 
 
-def shallower(ctx: Context, f: Finding) -> Suggestion:
-    keep = max(2, ctx.depth // 2)
-    hidden = list(ctx.hidden[:keep]) if ctx.hidden else [64] * keep
+def shallower(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
+    keep = max(t.shallower_min_layers, int(ctx.depth * t.shallower_fraction))
+    hidden = list(ctx.hidden[:keep]) if ctx.hidden else [t.default_width] * keep
     return Suggestion("shallower", f"Use {keep} hidden layers instead of {ctx.depth}: fewer layers for the "
                                    f"gradient to shrink through.", {"model.hidden": hidden})
 
 
-def l2(ctx: Context, f: Finding) -> Suggestion:
-    return Suggestion("l2", "Add L2 weight decay (1e-4) so weights cannot grow without bound.", {"train.l2": 1e-4})
+def l2(ctx: Context, f: Finding, t: AdviceThresholds) -> Suggestion:
+    return Suggestion("l2", f"Add L2 weight decay ({_text(t.l2)}) so weights cannot grow without bound.",
+                      {"train.l2": t.l2})
 
 
-# -- conditions ---------------------------------------------------------------------------------------------
-def saturating(ctx: Context, f: Finding) -> bool:
+# -- conditions: (context, finding, thresholds) -> bool -----------------------------------------------------
+def saturating(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return ctx.activation in SATURATING
 
 
-def rectified(ctx: Context, f: Finding) -> bool:
-    return ctx.activation in ("relu", "leaky_relu", "elu")
+def rectified(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return ctx.activation in RELU_FAMILY
 
 
-def not_he(ctx: Context, f: Finding) -> bool:
-    return rectified(ctx, f) and ctx.init not in ("he_normal", "he_uniform")
+def not_he(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return rectified(ctx, f, t) and ctx.init not in HE_INITS
 
 
-def not_xavier(ctx: Context, f: Finding) -> bool:
-    return saturating(ctx, f) and ctx.init not in ("xavier_normal", "xavier_uniform", "lecun_normal")
+def not_xavier(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return saturating(ctx, f, t) and ctx.init not in XAVIER_INITS
 
 
-def no_batchnorm(ctx: Context, f: Finding) -> bool:
+def no_batchnorm(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return not ctx.batchnorm
 
 
-def deep(ctx: Context, f: Finding) -> bool:
-    return ctx.depth > 4
+def deep(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return ctx.depth > t.deep_layers
 
 
-def not_clipping(ctx: Context, f: Finding) -> bool:
+def not_clipping(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return not ctx.clip_norm
 
 
-def plain_sgd(ctx: Context, f: Finding) -> bool:
-    return ctx.optimizer in ("sgd", "momentum")
+def plain_sgd(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return ctx.optimizer in STABILITY_BOUND_OPTIMIZERS
 
 
-def dead_relu(ctx: Context, f: Finding) -> bool:
-    return ctx.activation == "relu"
+def dead_relu(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return ctx.activation in RECTIFIERS
 
 
-def negative_bias(ctx: Context, f: Finding) -> bool:
+def negative_bias(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return ctx.bias_init < 0
 
 
-def too_large(ctx: Context, f: Finding) -> bool:
+def too_large(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return f.evidence.get("direction") == "too_large"
 
 
-def too_small(ctx: Context, f: Finding) -> bool:
+def too_small(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return f.evidence.get("direction") == "too_small"
 
 
-def init_caused_not_he(ctx: Context, f: Finding) -> bool:
+def init_caused_not_he(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     """Vanishing gradients the detector traced to the initialisation, in a rectified net without He init."""
-    return f.evidence.get("cause") == "initialization" and not_he(ctx, f)
+    return f.evidence.get("cause") == "initialization" and not_he(ctx, f, t)
 
 
-def init_caused_not_xavier(ctx: Context, f: Finding) -> bool:
+def init_caused_not_xavier(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     """Vanishing gradients traced to the initialisation, in a tanh/sigmoid net without Xavier init."""
-    return f.evidence.get("cause") == "initialization" and not_xavier(ctx, f)
+    return f.evidence.get("cause") == "initialization" and not_xavier(ctx, f, t)
 
 
-def step_caused(ctx: Context, f: Finding) -> bool:
+def step_caused(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     """Dead units the detector traced to a large step rather than to negative biases."""
     return f.evidence.get("cause") == "step"
 
 
-def unexplained_not_adam(ctx: Context, f: Finding) -> bool:
+def unexplained_not_adam(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     """A stall no gradient finding explains (those carry their own fix), outside Adam."""
-    return not f.evidence.get("explained_by") and not_adam(ctx, f)
+    return not f.evidence.get("explained_by") and not_adam(ctx, f, t)
 
 
-def unexplained_plain_sgd(ctx: Context, f: Finding) -> bool:
-    return not f.evidence.get("explained_by") and plain_sgd(ctx, f)
+def unexplained_plain_sgd(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return not f.evidence.get("explained_by") and plain_sgd(ctx, f, t)
 
 
-def always(ctx: Context, f: Finding) -> bool:
+def always(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return True
 
 
-def not_adam(ctx: Context, f: Finding) -> bool:
+def not_adam(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return ctx.optimizer != "adam"
 
 
-Rule = tuple[str, Callable[[Context, Finding], bool], Callable[[Context, Finding], Suggestion]]
+Rule = tuple[str, Callable[[Context, Finding, AdviceThresholds], bool],
+             Callable[[Context, Finding, AdviceThresholds], Suggestion]]
 
 #: finding code x condition -> suggestion, most direct fix first (the detector's diagnosed cause decides
 #: which that is: the initialisation, the activation, negative biases or the step size)
@@ -264,39 +269,47 @@ RULES: list[Rule] = [
 ]
 
 
-#: What each fix means in a PyTorch loop, where there is no spec for a patch to apply to.
-TORCH_HINTS: dict[str, str] = {
-    "relu": "nn.ReLU() with nn.init.kaiming_normal_ on the weights",
-    "leaky_relu": "nn.LeakyReLU(0.01) with nn.init.kaiming_normal_ on the weights",
-    "he_init": "nn.init.kaiming_normal_(layer.weight) and zero biases",
-    "xavier_init": "nn.init.xavier_normal_(layer.weight)",
-    "batchnorm": "nn.BatchNorm1d after each hidden nn.Linear",
-    "gradient_clipping": "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between backward() and "
-                         "step()",
-    "lower_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
-    "raise_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
-    "adam": "torch.optim.Adam(model.parameters(), lr=1e-3)",
-    "shallower": "fewer hidden nn.Linear layers",
-    "l2": "weight_decay=1e-4 in the optimizer",
-}
+def torch_hints(t: AdviceThresholds) -> dict[str, str]:
+    """What each fix means in a PyTorch loop, where there is no spec for a patch to apply to (with the
+    numbers of ``t``)."""
+    return {
+        "relu": "nn.ReLU() with nn.init.kaiming_normal_ on the weights",
+        "leaky_relu": "nn.LeakyReLU(0.01) with nn.init.kaiming_normal_ on the weights",
+        "he_init": "nn.init.kaiming_normal_(layer.weight) and zero biases",
+        "xavier_init": "nn.init.xavier_normal_(layer.weight)",
+        "batchnorm": "nn.BatchNorm1d after each hidden nn.Linear",
+        "gradient_clipping": "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) between backward() and "
+                             "step()",
+        "lower_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
+        "raise_lr": "set the new lr in optimizer.param_groups (or the optimizer's constructor)",
+        "adam": f"torch.optim.Adam(model.parameters(), lr={_text(t.adam_lr)})",
+        "shallower": "fewer hidden nn.Linear layers",
+        "l2": f"weight_decay={_text(t.l2)} in the optimizer",
+    }
 
 
-def advise(finding: Finding, ctx: Context, thresholds=None) -> list[Suggestion]:
-    """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique.
+#: :func:`torch_hints` with the default numbers.
+TORCH_HINTS: dict[str, str] = torch_hints(AdviceThresholds())
+
+
+def advise(finding: Finding, ctx: Context, thresholds: AdviceThresholds | None = None) -> list[Suggestion]:
+    """Suggestions for ``finding`` in ``ctx``: every applicable rule, in table order, codes unique; their
+    numbers come from ``thresholds`` (the defaults when None).
 
     For loops that are not core's (``ctx.framework != "core"``) the spec patch means nothing: it is dropped
-    and the sentence says what to change in code instead (:data:`TORCH_HINTS`)."""
+    and the sentence says what to change in code instead (:func:`torch_hints`)."""
+    t = thresholds if thresholds is not None else AdviceThresholds()
     out: list[Suggestion] = []
     seen: set[str] = set()
     for code, applies, build in RULES:
-        if code != finding.code or not applies(ctx, finding):
+        if code != finding.code or not applies(ctx, finding, t):
             continue
-        suggestion = build(ctx, finding)
+        suggestion = build(ctx, finding, t)
         if suggestion.code in seen:
             continue
         seen.add(suggestion.code)
         if ctx.framework != "core":
-            hint = TORCH_HINTS.get(suggestion.code) if ctx.framework == "torch" else None
+            hint = torch_hints(t).get(suggestion.code) if ctx.framework == "torch" else None
             suggestion = Suggestion(suggestion.code, suggestion.text + (f" In PyTorch: {hint}." if hint else ""), {})
         out.append(suggestion)
     return out

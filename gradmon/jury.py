@@ -52,9 +52,8 @@ class Jury:
         self._reset_run_state()
 
     def _tracker(self) -> FindingTracker:
-        tracker = FindingTracker(open_after=self.t.open_after, close_after=self.t.close_after, on_open=self._opened)
-        tracker.short_run = self.t.short_run
-        return tracker
+        return FindingTracker(open_after=self.t.open_after, close_after=self.t.close_after, on_open=self._opened,
+                              short_run=self.t.short_run)
 
     def _reset_run_state(self) -> None:
         self._first_losses: list[float] = []
@@ -76,7 +75,7 @@ class Jury:
         total = max(1, run.total_steps)
         t = self.t
         # unknown length (other loops): 0 means adaptive, see due()
-        self.cadence = self.judge_every or (int(min(t.judge_every_max, max(1, total // (t.judgments_per_run
+        self.cadence = self.judge_every or (int(min(t.max_judge_every, max(1, total // (t.judgments_per_run
                                                                                          * measure_every))))
                                            if run.total_steps > 0 else 0)
 
@@ -86,7 +85,7 @@ class Jury:
         if not self._batch:
             self._batch = max(1, int(batch))
         self.observe_loss(loss)
-        if len(self._first_norms) < self.t.first_norms and math.isfinite(grad_norm):
+        if len(self._first_norms) < self.t.initial_grad_norms and math.isfinite(grad_norm):
             self._first_norms.append(grad_norm)
 
     def observe_loss(self, loss: float) -> None:
@@ -99,12 +98,12 @@ class Jury:
         return math.ceil(self.t.initial_examples / max(1, self._batch))
 
     def smoothing(self) -> int:
-        """Records a loss level is smoothed over: about ``smooth_examples`` examples, at least
-        ``min_smooth_records``, at most a fraction of the window (single-example losses are noise;
+        """Records a loss level is smoothed over: about ``smoothing_examples`` examples, at least
+        ``min_smoothing_records``, at most a fraction of the window (single-example losses are noise;
         full-batch losses are not)."""
         t = self.t
-        return int(min(max(t.min_smooth_records, math.ceil(t.smooth_examples / max(1, self._batch))),
-                       max(t.min_smooth_records, int(self._window_size * t.max_smooth_fraction))))
+        return int(min(max(t.min_smoothing_records, math.ceil(t.smoothing_examples / max(1, self._batch))),
+                       max(t.min_smoothing_records, int(self._window_size * t.max_smoothing_fraction))))
 
     def initial_grad_norm(self) -> float:
         """The global gradient norm at the start; the first one bounds it, so a run that blows up within its
@@ -132,7 +131,8 @@ class Jury:
         """Every ``judge_every`` records; for loops of unknown length, every fifth of the records so far
         (within the adaptive bounds), so short runs are judged often enough and long ones cheaply."""
         t = self.t
-        every = self.cadence or max(t.adaptive_min, min(t.judge_every_max, records // t.adaptive_fraction))
+        every = self.cadence or max(t.min_adaptive_judge_every,
+                                    min(t.max_judge_every, int(records * t.adaptive_judge_fraction)))
         return records % every == 0
 
     def context(self, curvature: Sequence[dict], sizes: np.ndarray, steps: int, records: int) -> JudgeContext:
@@ -153,6 +153,7 @@ class Jury:
                             best_loss=min(self._best_loss, initial) if math.isfinite(initial) else self._best_loss,
                             initial_grad_norm=self.initial_grad_norm(), sizes=sizes, curvature=curvature,
                             smooth=k, new_records=new, open=self.tracker.open_severities(),
+                            median_records=self.t.median_records,
                             suggested_clip_norm=self.typical_grad_norm())
 
     def judge(self, curvature: Sequence[dict], sizes: np.ndarray, *, steps: int, records: int, final: bool = False,

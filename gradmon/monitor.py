@@ -15,6 +15,7 @@ to the report.  The monitor never changes training: it reads read-only payloads 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -105,13 +106,13 @@ class Monitor(Callback):
             raise ValueError(f"Monitor curvature_rtol must be a number in (0, 1), got {curvature_rtol!r}")
         self.thresholds = Thresholds.coerce(thresholds)
         judging = self.thresholds.judging
-        if open_after is not None or close_after is not None:
-            self.thresholds = self.thresholds.replace_judging(
-                open_after=open_after or judging.open_after, close_after=close_after or judging.close_after)
-            judging = self.thresholds.judging
+        if open_after is not None or close_after is not None:  # explicit arguments win over the table
+            judging = dataclasses.replace(judging, open_after=open_after or judging.open_after,
+                                          close_after=close_after or judging.close_after)
+            self.thresholds = dataclasses.replace(self.thresholds, judging=judging)
         self.logdir = Path(logdir) if logdir is not None else None
         self.recorder = Recorder(every=every, weight_every=weight_every, window=window, capacity=capacity,
-                                 dead_pool=judging.dead_pool, saturation_margin=judging.saturation_margin)
+                                 dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin)
         self.meter = CurvatureMeter(every=curvature_every, samples=curvature_samples, rtol=curvature_rtol,
                                     max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed)
         self.jury = Jury(default_detectors(list(detectors) if detectors is not None else None, self.thresholds),

@@ -1,16 +1,23 @@
-"""Saturated activations (sigmoid/tanh) and dead units (ReLU), per layer over the recent window."""
+"""Saturated activations (sigmoid/tanh) and dead units (ReLU), per layer over the recent window.
+
+The fractions that make a warning or an error are in :class:`~gradmon.thresholds.SaturationThresholds` and
+:class:`~gradmon.thresholds.DeadUnitThresholds`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, sig
+from gradmon.detectors.base import Detector, JudgeContext, Observation
+from gradmon.thresholds import DeadUnitThresholds, SaturationThresholds
+from gradmon.vocabulary import sig
 
 
 class SaturatedActivations(Detector):
     codes = ("saturated_activations",)
-    warn_fraction = 0.6     # median fraction of entries near an asymptote
-    error_fraction = 0.95
+
+    def __init__(self, thresholds: SaturationThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else SaturationThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         sat = ctx.medians("saturation")
@@ -18,9 +25,9 @@ class SaturatedActivations(Detector):
         stds = ctx.medians("act_std")
         out = []
         for unit, frac in zip(ctx.units, sat):
-            if not np.isfinite(frac) or frac < self.warn_fraction:
+            if not np.isfinite(frac) or frac < self.t.warn_fraction:
                 continue
-            severity = "error" if frac >= self.error_fraction else "warning"
+            severity = "error" if frac >= self.t.error_fraction else "warning"
             message = (f"{frac:.0%} of {unit.name}'s {unit.activation} outputs sit at an asymptote, where the "
                        f"derivative is ~0: those units barely learn and block the gradient to earlier layers.")
             evidence = {"saturation": sig(float(frac)), "activation": unit.activation, "init": unit.init,
@@ -34,18 +41,19 @@ class DeadUnits(Detector):
     initialisation or pushed there by training) switch units off, otherwise a large step did."""
 
     codes = ("dead_units",)
-    min_records = 10
-    warn_fraction = 0.6     # median fraction of units silent for a whole batch
-    error_fraction = 0.9
+
+    def __init__(self, thresholds: DeadUnitThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else DeadUnitThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         dead = ctx.medians("dead_fraction")
         bias = ctx.medians("bias_mean")
         out = []
         for unit, frac, b in zip(ctx.units, dead, bias):
-            if not np.isfinite(frac) or frac < self.warn_fraction:
+            if not np.isfinite(frac) or frac < self.t.warn_fraction:
                 continue
-            severity = "error" if frac >= self.error_fraction else "warning"
+            severity = "error" if frac >= self.t.error_fraction else "warning"
             n = f" ({round(frac * unit.units)} of {unit.units})" if unit.units else ""
             if unit.bias_init is not None and unit.bias_init < 0:
                 cause, why = "bias", f"their biases started at {unit.bias_init:g}, which switches units off"

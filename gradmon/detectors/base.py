@@ -17,6 +17,14 @@ from core.callbacks import RunInfo
 from gradmon.findings import Finding, severity_rank
 from gradmon.history import LAYER_QUANTITIES, Window
 from gradmon.layout import Unit
+from gradmon.thresholds import JudgingThresholds
+from gradmon.vocabulary import sig  # noqa: F401  (re-exported: the one rounding, from gradmon.vocabulary)
+
+#: the monitor's default judging numbers (the defaults of the tracker and of the context below)
+_JUDGING = JudgingThresholds()
+
+#: findings that starve layers of gradient, and so explain a stalled loss or frozen layers
+STARVING: tuple[str, ...] = ("vanishing_gradients", "dead_units", "saturated_activations")
 
 
 @dataclass
@@ -43,7 +51,8 @@ class JudgeContext:
     measurements so far (dicts).  ``open`` maps the ``(code, layer)`` of findings open before this judgment
     to their severity, and ``observations`` holds what earlier detectors observed in it, so a detector can
     defer to a finding that already explains what it sees.  ``suggested_clip_norm`` is a gradient norm
-    typical of the calm part of the run (NaN before there is one).
+    typical of the calm part of the run (NaN before there is one).  ``median_records`` is how many of the
+    latest records :meth:`medians` summarises by default.
     """
 
     step: int
@@ -60,6 +69,7 @@ class JudgeContext:
     open: Mapping[tuple[str, str | None], str] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
     suggested_clip_norm: float = float("nan")
+    median_records: int = _JUDGING.median_records
     _medians: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def is_open(self, code: str, layer: str | None = None, any_layer: bool = False, severity: str = "info") -> bool:
@@ -75,10 +85,11 @@ class JudgeContext:
         return self.is_open(code, layer, any_layer) or any(
             o.code == code and (any_layer or o.layer == layer) for o in self.observations)
 
-    def medians(self, quantity: str, last: int = 50) -> np.ndarray:
-        """Per-layer median of ``quantity`` over the last ``last`` records, shape ``(depth,)``.  The medians
-        of every layer quantity over those records are computed together, once per judgment, however many
-        detectors ask."""
+    def medians(self, quantity: str, last: int | None = None) -> np.ndarray:
+        """Per-layer median of ``quantity`` over the last ``last`` records (``median_records`` by default),
+        shape ``(depth,)``.  The medians of every layer quantity over those records are computed together,
+        once per judgment, however many detectors ask."""
+        last = self.median_records if last is None else last
         if last not in self._medians:
             block = self.window.layers(last=last)  # (n, quantities, layers)
             flat = column_medians(block.reshape(block.shape[0], block.shape[1] * block.shape[2]))
@@ -100,7 +111,10 @@ class JudgeContext:
 
 
 class Detector:
-    """Base class: override ``judge``; ``codes`` lists the finding codes a detector can emit."""
+    """Base class: override ``judge``; ``codes`` lists the finding codes a detector can emit.
+
+    gradmon's detectors take their numbers as a frozen table at construction (``self.t``, see
+    :mod:`gradmon.thresholds`) and set ``min_records`` from it."""
 
     codes: tuple[str, ...] = ()
     #: records the window must hold before this detector judges
@@ -115,6 +129,12 @@ def latest_lr(window: Window, default: float) -> float:
     lrs = window.scalar("lr")
     lrs = lrs[np.isfinite(lrs) & (lrs > 0)]
     return float(lrs[-1]) if lrs.size else default
+
+
+def is_above_start(level: float, start: float, *, factor: float, margin: float) -> bool:
+    """A loss level clearly above where the run started: above ``factor`` times ``start`` and by more than
+    ``margin`` (loss units, so that rounding of a loss near zero does not count)."""
+    return bool(np.isfinite(start) and level > factor * start and level > start + margin)
 
 
 def finite(x: np.ndarray) -> np.ndarray:
@@ -173,13 +193,6 @@ def smoothed(x: np.ndarray, k: int = 5) -> float:
     return median(finite(x)[-k:])
 
 
-def sig(x: float, digits: int = 3) -> float:
-    """``x`` rounded to ``digits`` significant digits (for messages and evidence)."""
-    if not np.isfinite(x) or x == 0:
-        return float(x)
-    return float(f"{x:.{digits}g}")
-
-
 def _extend(finding: Finding, obs: Observation, step: int) -> None:
     """``obs`` held again: the finding lasts until ``step``.  Its severity is the worst seen, and its message
     and evidence are those of the latest observation at that severity (they always justify it)."""
@@ -194,17 +207,17 @@ class FindingTracker:
 
     ``on_open(finding)`` is called once when a finding opens (sinks print and log it there).  At the final
     judgment of a run that had fewer than ``short_run`` judgments, a condition that held on the last two
-    opens even without ``open_after`` of them.
+    opens even without ``open_after`` of them.  The defaults are those of
+    :class:`gradmon.thresholds.JudgingThresholds`.
     """
 
-    short_run = 10
-
-    def __init__(self, open_after: int = 3, close_after: int = 5,
-                 on_open: Callable[[Finding], None] | None = None) -> None:
-        if open_after < 1 or close_after < 1:
-            raise ValueError("open_after and close_after must be >= 1")
+    def __init__(self, open_after: int = _JUDGING.open_after, close_after: int = _JUDGING.close_after,
+                 on_open: Callable[[Finding], None] | None = None, short_run: int = _JUDGING.short_run) -> None:
+        if open_after < 1 or close_after < 1 or short_run < 1:
+            raise ValueError("open_after, close_after and short_run must be >= 1")
         self.open_after = open_after
         self.close_after = close_after
+        self.short_run = short_run
         self.on_open = on_open
         self.findings: list[Finding] = []           # every finding ever opened, in order
         self._open: dict[tuple[str, str | None], Finding] = {}

@@ -5,8 +5,8 @@ narrow output layer compare fairly) and the global gradient norm, over the recen
 
 Vanishing: the log10 RMS falls towards the input by at least ``min_drop`` decades, steadily (a least-squares
 slope over depth of at least ``min_slope`` decades per layer).  The finding is located at the onset, the
-output-most layer already a decade below the top; the cause is read from saturation (activation) or its
-absence (initialisation).
+output-most layer already ``onset_drop`` (a decade) below the top; the cause is read from saturation
+(activation) or its absence (initialisation).
 
 Exploding: the global norm jumps far above its early-training level (suddenly, orders of magnitude above
 its window median, or while the loss is above where it started: gradients that grow from a tiny
@@ -14,19 +14,24 @@ initialisation while the loss falls or waits are learning), spikes repeatedly fa
 percentile, grows by orders of magnitude within the window while the loss is above its start, or grows along
 depth towards the input.  Every record since the previous judgment is scanned, so a blow-up between two
 judgments is seen.
+
+Every number is a field of :class:`~gradmon.thresholds.VanishingThresholds` or
+:class:`~gradmon.thresholds.ExplodingThresholds`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from core.activations import SATURATING
-from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig, slope, smoothed
-from gradmon.detectors.loss import is_above_start
+from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, is_above_start, median, slope, \
+    smoothed
+from gradmon.thresholds import ExplodingThresholds, VanishingThresholds
+from gradmon.vocabulary import SATURATING, sig
 
 
-def layer_rms(ctx: JudgeContext, last: int = 50) -> np.ndarray:
-    """Median over the last records of each layer's gradient RMS per weight, shape ``(depth,)``."""
+def layer_rms(ctx: JudgeContext, last: int | None = None) -> np.ndarray:
+    """Median over the last records (``ctx.median_records`` by default) of each layer's gradient RMS per
+    weight, shape ``(depth,)``."""
     norms = ctx.medians("grad_norm", last)
     with np.errstate(divide="ignore", invalid="ignore"):
         return norms / np.sqrt(ctx.sizes)
@@ -43,14 +48,14 @@ def depth_slope(log_rms: np.ndarray) -> float:
 
 class VanishingGradients(Detector):
     codes = ("vanishing_gradients",)
-    min_records = 5       # the depth profile is informative from the first steps
-    min_drop = 2.0        # decades between the input layer and the largest layer
-    min_slope = 0.25      # decades per layer
-    error_drop = 5.0
-    saturation_cause = 0.2
+
+    def __init__(self, thresholds: VanishingThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else VanishingThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        if ctx.depth < 3:
+        t = self.t
+        if ctx.depth < t.min_depth:
             return []
         rms = layer_rms(ctx)
         if not np.isfinite(rms).all() or (rms <= 0).any():
@@ -59,19 +64,20 @@ class VanishingGradients(Detector):
         top = float(log_rms.max())
         drop = top - float(log_rms[0])
         slope = depth_slope(log_rms)
-        if drop < self.min_drop or not slope >= self.min_slope:
+        if drop < t.min_drop or not slope >= t.min_slope:
             return []
         names = ctx.unit_names()
         top_layer = names[int(np.argmax(log_rms))]
-        onset = next((names[j] for j in range(ctx.depth - 1, -1, -1) if log_rms[j] < top - 1.0), names[0])
+        onset = next((names[j] for j in range(ctx.depth - 1, -1, -1) if log_rms[j] < top - t.onset_drop), names[0])
         saturation = ctx.medians("saturation")
         sat_max = float(np.nanmax(saturation)) if np.isfinite(saturation).any() else float("nan")
         activations = sorted({u.activation for u in ctx.units if u.activation})
         saturating = any(a in SATURATING for a in activations)
-        cause = "activation" if saturating and (sat_max >= self.saturation_cause or "sigmoid" in activations) \
+        cause = "activation" if saturating and (sat_max >= t.saturation_cause or "sigmoid" in activations) \
             else "initialization"
         if cause == "activation":
-            state = f"are {sat_max:.0%} saturated" if sat_max >= 0.01 else "pass at most a quarter of the gradient"
+            state = f"are {sat_max:.0%} saturated" if sat_max >= t.quoted_saturation else \
+                "pass at most a quarter of the gradient"
             why = f"{'/'.join(activations)} units {state}, so each layer shrinks it: the activation is the cause"
         else:
             init = sorted({u.init for u in ctx.units if u.init}) or ["?"]
@@ -83,36 +89,33 @@ class VanishingGradients(Detector):
             "drop_decades": sig(drop), "slope_decades_per_layer": sig(slope), "onset_layer": onset,
             "cause": cause, "max_saturation": sig(sat_max), "activations": activations, "depth": ctx.depth,
         }
-        severity = "error" if drop >= self.error_drop else "warning"
+        severity = "error" if drop >= t.error_drop else "warning"
         return [Observation("vanishing_gradients", onset, severity, message, evidence)]
 
 
 class ExplodingGradients(Detector):
     codes = ("exploding_gradients",)
-    min_records = 3
-    min_series = 20           # records before judging spikes and growth of the global norm
-    blowup_factor = 100.0     # x the early-training norm, and x the window median or with the loss rising
-    spike_factor = 10.0       # x the window's 90th percentile: a spike
-    early_factor = 3.0        # x the early-training norm
-    growth_decades = 2.0      # within the window
-    depth_drop = 2.0          # decades of growth towards the input
-    depth_slope = 0.25
-    catastrophe_factor = 1e4  # x the early-training norm: the weights are thrown away (an error)
+
+    def __init__(self, thresholds: ExplodingThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else ExplodingThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
+        t = self.t
         norms = ctx.window.scalar("grad_norm")
         ok = finite(norms)
-        if ok.size < self.min_records:
+        if ok.size < t.min_records:
             return []
         window_median = median(ok)
-        series = ok.size >= self.min_series
+        series = ok.size >= t.min_series
         early = ctx.initial_grad_norm
         # every record since the previous judgment: a blow-up that came and went in between still counts
-        fresh = norms[-max(5, min(ctx.new_records, norms.size)):]
+        fresh = norms[-max(t.min_fresh, min(ctx.new_records, norms.size)):]
         fresh = fresh[np.isfinite(fresh)]
         loss = ctx.window.scalar("loss")
         smooth_loss = smoothed(loss, ctx.smooth)
-        above_start = is_above_start(smooth_loss, ctx.initial_loss)
+        above_start = is_above_start(smooth_loss, ctx.initial_loss, factor=t.above_start_factor,
+                                     margin=t.above_start_margin)
         evidence: dict = {}  # the numbers behind each reason; the common ones are added if there is a finding
         reasons = []
         open_after = None
@@ -120,37 +123,38 @@ class ExplodingGradients(Detector):
         # far above the early level, and either orders of magnitude above the window's median (sudden) or with
         # the loss above where it started: gradients grown from a tiny initialisation, whose batches differ
         # tenfold once the loss is near zero, are learning, not exploding
-        sudden = peak > self.blowup_factor * window_median
-        if np.isfinite(early) and early > 0 and peak > self.blowup_factor * early and (sudden or above_start):
+        sudden = peak > t.blowup_factor * window_median
+        if np.isfinite(early) and early > 0 and peak > t.blowup_factor * early and (sudden or above_start):
             at = int(ctx.window.steps[np.flatnonzero(norms == peak)[-1]])
             reasons.append(f"the global norm reached {peak:.3g} at step {at}, {peak / early:.3g}x its early level")
             evidence["blowup_factor"] = sig(peak / early)
             evidence["peak_norm"], evidence["peak_step"] = sig(peak), at
-            if peak > 10 * self.blowup_factor * early:
+            if peak > t.open_at_once * t.blowup_factor * early:
                 open_after = 1  # orders of magnitude within a few steps: no time to wait
         # a spike stands out from the window's own spread (its 90th percentile): per-example gradient norms of
         # small batches are heavy-tailed, and one example 20x the median is noise, not an explosion
-        spread = float(np.sort(ok)[int(0.9 * (ok.size - 1))])
-        spikes = int(np.sum(fresh > self.spike_factor * spread))
-        if series and spikes >= 2 and np.isfinite(early) and peak > self.early_factor * early \
+        spread = float(np.sort(ok)[int(t.spread_quantile * (ok.size - 1))])
+        spikes = int(np.sum(fresh > t.spike_factor * spread))
+        if series and spikes >= t.min_spikes and np.isfinite(early) and peak > t.early_factor * early \
                 and "blowup_factor" not in evidence:
             reasons.append(f"the global norm spiked {spikes} times, up to {peak:.3g} ({peak / window_median:.3g}x "
                            f"its median over the window)")
             evidence["spike_norm"], evidence["spikes"] = sig(peak), spikes
-        head, tail = median(ok[: max(3, ok.size // 5)]), median(ok[-max(3, ok.size // 5):])
+        block = max(t.growth_min_block, int(ok.size * t.growth_block_fraction))
+        head, tail = median(ok[:block]), median(ok[-block:])
         if series and "blowup_factor" not in evidence and head > 0 and tail > 0 and above_start and \
-                np.log10(tail / head) >= self.growth_decades and \
-                (not np.isfinite(early) or tail > self.early_factor * early):
+                np.log10(tail / head) >= t.growth_decades and \
+                (not np.isfinite(early) or tail > t.early_factor * early):
             reasons.append(f"the global norm grew {tail / head:.0f}x within {ok.size} records")
             evidence["growth_factor"] = sig(float(tail / head))
         layer = None
-        if ctx.depth >= 3:
+        if ctx.depth >= t.min_depth:
             rms = layer_rms(ctx)
             if np.isfinite(rms).all() and (rms > 0).all():
                 log_rms = np.log10(rms)
                 slope = depth_slope(log_rms)
                 growth = float(log_rms[0] - log_rms[-1])
-                if growth >= self.depth_drop and slope <= -self.depth_slope:
+                if growth >= t.depth_drop and slope <= -t.depth_slope:
                     reasons.append(f"gradients grow {10 ** growth:.0f}x from the output layer to the input "
                                    f"({slope:+.2f} decades per layer)")
                     evidence["log10_grad_rms"] = {u.name: sig(v) for u, v in zip(ctx.units, log_rms)}
@@ -162,9 +166,10 @@ class ExplodingGradients(Detector):
                     **evidence}
         if np.isfinite(ctx.suggested_clip_norm):
             evidence["suggested_clip_norm"] = sig(ctx.suggested_clip_norm, 2)
-        diverging = np.isfinite(ctx.initial_loss) and smooth_loss > 2.0 * ctx.initial_loss
-        catastrophic = np.isfinite(early) and early > 0 and peak > self.catastrophe_factor * early
-        severity = "error" if diverging or catastrophic or not np.isfinite(smoothed(norms, 3)) else "warning"
+        diverging = np.isfinite(ctx.initial_loss) and smooth_loss > t.diverging_loss * ctx.initial_loss
+        catastrophic = np.isfinite(early) and early > 0 and peak > t.catastrophe_factor * early
+        severity = "error" if diverging or catastrophic or not np.isfinite(smoothed(norms, t.nonfinite_records)) \
+            else "warning"
         message = "Exploding gradients: " + "; ".join(reasons) + (
             ", and the loss is climbing" if diverging else "") + "."
         return [Observation("exploding_gradients", layer, severity, message, evidence, open_after=open_after)]

@@ -3,17 +3,17 @@
 All compare the recent window with the run's own history: ``initial_loss`` (median of the first records)
 and ``best_loss`` (lowest smoothed loss so far).  Mini-batch noise is not oscillation: differences of
 independent noise have a lag-1 autocorrelation of -0.5, a period-2 swing from too large a step is near -1.
+Every number is a field of :class:`~gradmon.thresholds.DivergenceThresholds`,
+:class:`~gradmon.thresholds.OscillationThresholds` or :class:`~gradmon.thresholds.PlateauThresholds`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, finite, median, sig
-
-
-#: findings that starve layers of gradient, and so explain a stalled loss or frozen layers
-STARVING: tuple[str, ...] = ("vanishing_gradients", "dead_units", "saturated_activations")
+from gradmon.detectors.base import STARVING, Detector, JudgeContext, Observation, finite, is_above_start, median
+from gradmon.thresholds import DivergenceThresholds, OscillationThresholds, PlateauThresholds
+from gradmon.vocabulary import sig
 
 
 def lag1_autocorrelation(x: np.ndarray) -> float:
@@ -25,42 +25,41 @@ def lag1_autocorrelation(x: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
 
 
-def is_above_start(level: float, start: float) -> bool:
-    """A loss level clearly above where the run started (by a fifth, and not by rounding)."""
-    return bool(np.isfinite(start) and level > 1.2 * start and level > start + 1e-3)
-
-
-def is_diverging(ctx: JudgeContext) -> tuple[bool, dict]:
+def is_diverging(ctx: JudgeContext, t: DivergenceThresholds) -> tuple[bool, dict]:
     """The loss is rising, and is above where it started or has lost most of what it had learned.
 
     Levels are medians over ``ctx.smooth`` records (a few hundred examples), and rising means the latest
-    such level is 5% above the one before it, so the noise of small batches is not mistaken for a trend.
+    such level is ``t.rise_factor`` (5%) above the one before it, so the noise of small batches is not
+    mistaken for a trend.
     """
     k = ctx.smooth
     ok = finite(ctx.window.scalar("loss"))
-    if ok.size < max(5, k + 2) or not np.isfinite(ctx.initial_loss):
+    if ok.size < max(t.min_losses, k + 2) or not np.isfinite(ctx.initial_loss):
         return False, {}
     q = min(k, ok.size // 2)
     current, before = median(ok[-q:]), median(ok[-2 * q:-q])
     start, best = ctx.initial_loss, min(ctx.best_loss, current)
-    rising = current > 1.05 * before
+    rising = current > t.rise_factor * before
     learned = start - best
     lost = (current - best) / learned if learned > 0 else 0.0
-    above_start = is_above_start(current, start)
+    above_start = is_above_start(current, start, factor=t.above_start_factor, margin=t.above_start_margin)
     evidence = {"loss_now": sig(current), "initial_loss": sig(start), "best_loss": sig(best)}
-    return bool((above_start or (learned > 0.3 * start and lost > 0.5)) and rising), evidence
+    return bool((above_start or (learned > t.min_learned * start and lost > t.lost_fraction)) and rising), evidence
 
 
 class LossDivergence(Detector):
     codes = ("loss_divergence",)
-    min_records = 10
+
+    def __init__(self, thresholds: DivergenceThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else DivergenceThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        diverging, evidence = is_diverging(ctx)
+        diverging, evidence = is_diverging(ctx, self.t)
         if not diverging:
             return []
         current, start = evidence["loss_now"], evidence["initial_loss"]
-        severity = "error" if current > 10 * start else "warning"
+        severity = "error" if current > self.t.error_factor * start else "warning"
         message = (f"The loss is diverging: {current:.3g} now against {start:.3g} at the start and "
                    f"{evidence['best_loss']:.3g} at best; steps are too large for the curvature.")
         if np.isfinite(ctx.suggested_clip_norm):
@@ -70,28 +69,29 @@ class LossDivergence(Detector):
 
 class LossOscillation(Detector):
     codes = ("loss_oscillation",)
-    min_records = 30
-    max_autocorr = -0.8       # of successive loss differences
-    min_amplitude = 0.05      # median |Δloss| relative to the median loss
-    min_level = 0.3           # only while the loss is above this fraction of the initial loss
+
+    def __init__(self, thresholds: OscillationThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else OscillationThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        loss = finite(ctx.window.scalar("loss", last=60))
-        if loss.size < self.min_records:
+        t = self.t
+        loss = finite(ctx.window.scalar("loss", last=t.window_records))
+        if loss.size < t.min_records:
             return []
         level = median(loss)
-        if not np.isfinite(ctx.initial_loss) or level < self.min_level * ctx.initial_loss or level <= 0:
+        if not np.isfinite(ctx.initial_loss) or level < t.min_level * ctx.initial_loss or level <= 0:
             return []
         d = np.diff(loss)
         ac = lag1_autocorrelation(d)
         amplitude = median(np.abs(d)) / level
-        if not (ac <= self.max_autocorr and amplitude >= self.min_amplitude):
+        if not (ac <= t.max_autocorr and amplitude >= t.min_amplitude):
             return []
         # progress of the loss averaged over neighbouring steps, which cancels the swing itself
         pairs = 0.5 * (loss[1:] + loss[:-1])
-        q = max(3, pairs.size // 4)
+        q = max(t.progress_min_block, int(pairs.size * t.progress_block_fraction))
         progress = 1.0 - median(pairs[-q:]) / median(pairs[:q])
-        severity = "warning" if progress < 0.05 else "info"
+        severity = "warning" if progress < t.min_progress else "info"
         message = (f"The loss swings up and down every step (lag-1 autocorrelation of its changes {ac:.2f}, "
                    f"swings {amplitude:.0%} of its level)"
                    + (" and makes no progress" if severity == "warning" else " while still falling")
@@ -103,20 +103,21 @@ class LossOscillation(Detector):
 
 class LossPlateau(Detector):
     codes = ("loss_plateau",)
-    min_records = 40
-    max_progress = 0.01       # relative improvement over the window
-    max_rise = 0.5            # relative rise over the window still called flat
-    min_level = 0.8           # still above this fraction of the initial loss
+
+    def __init__(self, thresholds: PlateauThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else PlateauThresholds()
+        self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        loss = finite(ctx.window.scalar("loss", last=200))
-        if loss.size < self.min_records or not np.isfinite(ctx.initial_loss) or ctx.initial_loss <= 0:
+        t = self.t
+        loss = finite(ctx.window.scalar("loss", last=t.window_records))
+        if loss.size < t.min_records or not np.isfinite(ctx.initial_loss) or ctx.initial_loss <= 0:
             return []
-        q = max(5, loss.size // 4)
+        q = max(t.min_block, int(loss.size * t.block_fraction))
         head, tail = median(loss[:q]), median(loss[-q:])
         progress = 1.0 - tail / head if head > 0 else 0.0
         # neither falling nor rising: a loss going up is diverging, which is another finding
-        if not -self.max_rise <= progress <= self.max_progress or tail < self.min_level * ctx.initial_loss:
+        if not -t.max_rise <= progress <= t.max_progress or tail < t.min_level * ctx.initial_loss:
             return []
         steps = ctx.window.steps[-loss.size:]
         # a stall that starved gradients explain is that finding's consequence: say so, and leave it the fix

@@ -11,15 +11,18 @@ curvature and are not judged.
 Each measurement is compared with the threshold of the learning rate in force when it was taken (schedules
 change it).  The learning rate suggested is set by the sharpest measurement taken while training was still
 sane (finite loss, not above twice the initial one): curvature measured on weights that have already blown
-up says nothing about the step size that would have kept them from it.
+up says nothing about the step size that would have kept them from it.  The numbers are in
+:class:`~gradmon.thresholds.SharpnessThresholds`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation, sig
+from gradmon.detectors.base import Detector, JudgeContext, Observation
 from gradmon.quantities.curvature import stability_formula
+from gradmon.thresholds import SharpnessThresholds
+from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS, sig
 
 
 def _finite(entry: dict, key: str) -> float:
@@ -29,13 +32,13 @@ def _finite(entry: dict, key: str) -> float:
 
 class SharpnessAboveStability(Detector):
     codes = ("sharpness_above_stability",)
-    min_records = 0    # judged at each curvature measurement, from the first step on
-    margin = 1.0       # report when lambda_max > margin * threshold
-    safety = 0.8       # suggested lr = safety * the largest stable lr
-    sane_loss = 2.0    # measurements with a loss above this multiple of the initial loss are post-mortem
+
+    def __init__(self, thresholds: SharpnessThresholds | None = None) -> None:
+        self.t = thresholds if thresholds is not None else SharpnessThresholds()
+        self.min_records = self.t.min_records  # judged at each curvature measurement, from the first step on
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        if ctx.run.optimizer not in ("sgd", "momentum"):
+        if ctx.run.optimizer not in STABILITY_BOUND_OPTIMIZERS:
             return []
         # the latest usable measurement (the Lanczos estimate on blown-up weights can be NaN or negative)
         usable = [c for c in ctx.curvature if _finite(c, "lambda_max") > 0 and _finite(c, "threshold") > 0
@@ -44,7 +47,7 @@ class SharpnessAboveStability(Detector):
             return []
         last = usable[-1]
         lam, threshold, lr = _finite(last, "lambda_max"), _finite(last, "threshold"), _finite(last, "lr")
-        if lam <= self.margin * threshold:
+        if lam <= self.t.margin * threshold:
             return []
         momentum = float(ctx.run.hyperparams.get("momentum", 0.0))
         nesterov = bool(ctx.run.hyperparams.get("nesterov", False))
@@ -69,15 +72,16 @@ class SharpnessAboveStability(Detector):
                       if reference != lam else "") + ".")
         evidence = {"lambda_max": sig(lam), "threshold": sig(threshold), "lr": sig(lr), "momentum": momentum,
                     "nesterov": nesterov, "ratio": sig(lam / threshold), "reference_lambda_max": sig(reference),
-                    "max_stable_lr": sig(max_lr), "suggested_lr": sig(self.safety * max_lr, 2),
+                    "max_stable_lr": sig(max_lr), "suggested_lr": sig(self.t.safety * max_lr, 2),
                     "measured_at": step}
-        return [Observation("sharpness_above_stability", None, severity, message, evidence, open_after=1)]
+        return [Observation("sharpness_above_stability", None, severity, message, evidence,
+                            open_after=self.t.open_after)]
 
     def _reference(self, ctx: JudgeContext, usable: list) -> float:
         """The largest λmax among the ``usable`` measurements taken while the loss was not above ``sane_loss``
         times the initial loss (a measurement whose loss is unknown counts; the latest usable one when
         none qualifies)."""
-        limit = self.sane_loss * ctx.initial_loss if np.isfinite(ctx.initial_loss) else np.inf
+        limit = self.t.sane_loss * ctx.initial_loss if np.isfinite(ctx.initial_loss) else np.inf
 
         def sane(entry: dict) -> bool:
             loss = entry.get("loss")
