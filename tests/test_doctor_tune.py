@@ -127,17 +127,18 @@ def test_diverged_baseline_table_labels_and_best_fix_command():
     assert data["trials"][0]["final_loss"] == 0.1 and data["trials"][0]["verdict"] == "better"
 
 
-def test_doctor_table_reads_documents_of_earlier_versions():
-    """Reports written before null was used: "inf" strings and an absolute delta_loss."""
+def test_doctor_table_cells_from_a_document():
+    """The table from a gradmon.doctor/1 document: relative loss changes, diverged runs (null losses with the
+    diverged flag) shown as such, with infinite changes."""
     from gradmon.report.text import doctor_rows
 
     doc = {"baseline": {"final_loss": 0.5, "findings": ["loss_plateau"], "diverged": False},
-           "trials": [{"rank": 1, "label": "adam", "final_loss": 0.25, "delta_loss": -0.25, "verdict": "better"},
-                      {"rank": 2, "label": "raise_lr", "final_loss": "inf", "delta_loss": "inf", "diverged": True,
+           "trials": [{"rank": 1, "label": "adam", "final_loss": 0.25, "delta_loss": -0.5, "verdict": "better"},
+                      {"rank": 2, "label": "raise_lr", "final_loss": None, "delta_loss": None, "diverged": True,
                        "verdict": "worse"}]}
     rows = doctor_rows(doc)
     assert rows[1][2:4] == ("0.25", "-50%") and rows[2][2:4] == ("diverged", "+∞")
-    doc["baseline"] = {"final_loss": "inf", "findings": ["nonfinite_values"], "diverged": True}
+    doc["baseline"] = {"final_loss": None, "findings": ["nonfinite_values"], "diverged": True}
     assert doctor_rows(doc)[0][2] == "diverged" and doctor_rows(doc)[1][3] == "-∞"
 
 

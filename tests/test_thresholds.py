@@ -57,7 +57,7 @@ OLD_VALUES = {
     "judging": dict(initial_examples=32, smoothing_examples=256, min_smoothing_records=5, max_smoothing_fraction=0.25,
                     initial_grad_norms=5, tiny_init_ratio=0.01, median_records=50, open_after=3, close_after=5,
                     short_run=10, max_judge_every=50, judgments_per_run=20, min_adaptive_judge_every=10,
-                    adaptive_judge_fraction=0.2, dead_unit_examples=64),
+                    adaptive_judge_fraction=0.2, dead_unit_examples=64, saturation_margin=0.01),
     "advice": dict(deep_layers=4, l2=1e-4, adam_lr=1e-3, lower_lr_factor=10.0, raise_lr_factor=10.0,
                    default_clip_norm=1.0, shallower_fraction=0.5, shallower_min_layers=2, default_width=64, digits=2),
 }
@@ -231,14 +231,16 @@ def test_the_monitor_takes_a_mapping_and_passes_every_table_on():
     monitor = gradmon.Monitor(console=False, thresholds={"vanishing_gradients": {"min_drop": 3},
                                                          "judging": {"open_after": 2, "short_run": 4}})
     assert monitor.thresholds.vanishing_gradients.min_drop == 3.0
-    assert monitor.detectors[0].t is monitor.thresholds.vanishing_gradients
-    assert monitor.tracker.open_after == 2 and monitor.tracker.close_after == 5 and monitor.tracker.short_run == 4
-    assert gradmon.Monitor(console=False, open_after=4, thresholds={"judging": {"open_after": 2}}).open_after == 4
+    assert monitor.jury.detectors[0].t is monitor.thresholds.vanishing_gradients
+    tracker = monitor.jury.tracker
+    assert tracker.open_after == 2 and tracker.close_after == 5 and tracker.short_run == 4
+    explicit = gradmon.Monitor(console=False, open_after=4, thresholds={"judging": {"open_after": 2}})
+    assert explicit.jury.tracker.open_after == 4
     # the advice attached to a finding uses the advice table
     monitor = gradmon.Monitor(console=False, thresholds={"advice": {"adam_lr": 3e-4}})
     monitor.on_train_begin(_run())
     obs = Observation("loss_oscillation", None, "warning", "swings", {}, open_after=1)
-    monitor.tracker.update(5, [obs], ["loss_oscillation"])
+    monitor.jury.tracker.update(5, [obs], ["loss_oscillation"])
     (finding,) = monitor.report().findings
     assert {s.code: s.patch for s in finding.suggestions}["adam"] == {"train.optimizer": "adam", "train.lr": 3e-4}
     with pytest.raises(ValueError, match="unknown table 'vanishing'"):
