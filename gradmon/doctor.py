@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 from core.progress import progress_bar
 from core.tune import json_safe
 from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, loss_change, patch_to_cli
+from gradmon.vocabulary import sig
 
 SCHEMA = "gradmon.doctor/1"
 
@@ -86,7 +87,7 @@ class TrialOutcome:
     def sort_key(self) -> tuple:
         """Order within the trial's verdict group (see the module docstring)."""
         if self.verdict == "better":
-            return (0, _significant(self.loss), -(self.accuracy or 0.0), -len(self.closed), len(self.findings))
+            return (0, sig(self.loss), -(self.accuracy or 0.0), -len(self.closed), len(self.findings))
         if self.verdict == "same":
             return (1, self.errors > 0, -len(self.closed), len(self.findings), self.loss)
         return (2, self.loss, -(self.accuracy or 0.0))
@@ -137,13 +138,6 @@ class DoctorResult:
                           "tolerance": {"loss_relative": LOSS_TOLERANCE, "accuracy": ACCURACY_TOLERANCE},
                           "deltas": {"loss": "relative", "accuracy": "absolute"},
                           "baseline": baseline, "trials": [t.to_dict() for t in self.trials]})
-
-
-def _significant(x: float, digits: int = 3) -> float:
-    """``x`` rounded to ``digits`` significant digits (losses equal to that precision tie)."""
-    if not math.isfinite(x) or x == 0:
-        return x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
 
 
 class _LossTail:

@@ -20,9 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradmon.detectors.base import Detector, JudgeContext, Observation
-from gradmon.quantities.curvature import stability_formula
 from gradmon.thresholds import SharpnessThresholds
-from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS, sig
+from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS, sig, stability_formula
 
 
 def _finite(entry: dict, key: str) -> float:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F401  (the bound, re-exported)
+
 FlatHVP = Callable[[np.ndarray], np.ndarray]
 
 
@@ -228,32 +230,6 @@ def fd_hvp(grad_fn: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, 
             if num / den < 1e-3:
                 break
     return result, {"eps": step, "shrinks": shrinks, "grad_evals": evals, "kinks_crossed": crossed}
-
-
-# -- stability --------------------------------------------------------------------------------------------------
-def stability_threshold(lr: float, momentum: float = 0.0, nesterov: bool = False) -> float:
-    """Largest curvature gradient descent can follow stably, in 1/loss-units.
-
-    On a quadratic with curvature λ: plain gradient descent is stable iff ``lr·λ < 2``; heavy-ball momentum
-    β (``v ← βv + g; θ ← θ - lr·v``) iff ``lr·λ < 2(1+β)``; Nesterov momentum (``θ ← θ - lr(g + βv)``) iff
-    ``lr·λ < 2(1+β)/(1+2β)``, a bound 2.8 times lower at β = 0.9.
-    """
-    if isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {lr!r}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    bound = 2.0 * (1.0 + momentum)
-    if nesterov:
-        bound /= 1.0 + 2.0 * momentum
-    return bound / lr
-
-
-def stability_formula(momentum: float = 0.0, nesterov: bool = False) -> str:
-    """The formula of :func:`stability_threshold` in words, for messages and plots: ``2/lr`` without
-    momentum, ``2(1+β)/lr`` with heavy-ball momentum β, ``2(1+β)/(lr(1+2β))`` with Nesterov's."""
-    if not momentum:
-        return "2/lr"
-    return "2(1+β)/(lr(1+2β))" if nesterov else "2(1+β)/lr"
 
 
 # -- one estimate -------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from core.callbacks import Objective, RunInfo, StepState
-from gradmon.quantities.curvature import estimate_curvature, fd_hvp, flat_hvp, stability_threshold
+from gradmon.quantities.curvature import estimate_curvature, fd_hvp, flat_hvp
 from gradmon.schedules import Schedule, every as every_schedule
-from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS
+from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS, stability_threshold
 
 #: measurements kept in memory (halved, keeping every other one, when exceeded)
 MAX_RECORDS = 512

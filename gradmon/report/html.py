@@ -13,12 +13,12 @@ from html import escape
 from typing import Any
 
 from gradmon.findings import HealthReport
+from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
 from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
+from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, severity_counts
 
-COLOURS = {"healthy": ("#e6f4ea", "#1e7d32"), "warning": ("#fff4e0", "#a05a00"), "error": ("#fde8e4", "#b3261e")}
-SEVERITY_COLOURS = {"info": "#0072B2", "warning": "#a05a00", "error": "#b3261e"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#fafafa;color:#222}
@@ -92,7 +92,7 @@ def _group(findings: list) -> list[list]:
 
 def _finding(group: list) -> str:
     f = group[0]  # the worst (findings arrive sorted worst first)
-    colour = SEVERITY_COLOURS.get(f.severity, "#555")
+    colour = SEVERITY_TEXT_COLOURS.get(f.severity, "#555")
     if len(group) == 1:  # its layer, a span of layers (vanishing) or the whole model
         located = where_phrase(f, code=lambda name: f"<code>{escape(name)}</code>", text=escape)
     else:
@@ -122,7 +122,7 @@ def _finding(group: list) -> str:
 
 def _summary_table(findings: list) -> str:
     rows = "".join(
-        f"<tr><td><span class='badge' style='background:{SEVERITY_COLOURS.get(g[0].severity, '#555')}'>"
+        f"<tr><td><span class='badge' style='background:{SEVERITY_TEXT_COLOURS.get(g[0].severity, '#555')}'>"
         f"{escape(g[0].severity)}</span></td><td><code>{escape(g[0].code)}</code></td>"
         f"<td>{escape(', '.join(where(x) for x in g))}</td>"
         f"<td>{int(min(x.first_step for x in g))}–{int(max(x.last_step for x in g))}</td>"
@@ -172,11 +172,10 @@ def _doctor(extra: dict[str, Any]) -> str:
 
 
 def render_html(report: HealthReport, history: Any = None) -> str:
-    from gradmon.report import plots
 
     status = report.status
-    bg, fg = COLOURS[status]
-    counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
+    bg, fg = STATUS_COLOURS[status]
+    counts = severity_counts(f.severity for f in report.findings)
     name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
     headline = {"healthy": "Training looks healthy", "warning": "Training has problems worth fixing",
                 "error": "Training is broken"}[status]

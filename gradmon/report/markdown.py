@@ -14,6 +14,7 @@ from typing import Any
 
 from gradmon.findings import HealthReport
 from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where_phrase
+from gradmon.vocabulary import severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
 NOT_APPLICABLE = "–"
@@ -87,7 +88,7 @@ def _code_fence(text: str) -> str:
 def render_markdown(report: HealthReport, history: Any = None) -> str:
     """The report as Markdown: status, findings with evidence and suggestions, layer and curvature tables,
     the doctor's trials and the spec.  ``history`` is accepted for symmetry with HTML (no plots here)."""
-    counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
+    counts = severity_counts(f.severity for f in report.findings)
     out = [f"# gradmon health report: {report.status.upper()}", "",
            f"{report.steps} steps, ended: {md_text(report.ended)}; findings: {counts['error']} errors, "
            f"{counts['warning']} warnings, {counts['info']} info.", ""]

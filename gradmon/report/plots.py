@@ -15,8 +15,10 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from gradmon.vocabulary import SEVERITIES, SEVERITY_COLOURS, STABILITY_BOUND_OPTIMIZERS, stability_formula, \
+    stability_threshold
+
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-SEVERITY_COLOUR = {"error": "#D55E00", "warning": "#E69F00", "info": "#0072B2"}
 
 #: The heatmap's colour range in decades below the largest layer of each step.  Fixed, so two reports
 #: (a run and its fix) use the same colour for the same value; anything further below is drawn as the floor.
@@ -315,12 +317,12 @@ def loss_curve(report, history=None) -> bytes | None:
     if positive.all() and values[ok].max() / max(values[ok].min(), 1e-300) > 100:
         ax.set_yscale("log")
     if (~ok).any():
-        ax.plot(steps[~ok], np.full((~ok).sum(), 0.95), "x", color=SEVERITY_COLOUR["error"], ms=8, mew=2,
+        ax.plot(steps[~ok], np.full((~ok).sum(), 0.95), "x", color=SEVERITY_COLOURS["error"], ms=8, mew=2,
                 transform=ax.get_xaxis_transform(), label="loss not finite")
-    for severity in ("error", "warning", "info"):
+    for severity in reversed(SEVERITIES):
         opened = sorted({f.first_step for f in report.findings if f.severity == severity})
         for i, step in enumerate(opened):
-            ax.axvline(step, color=SEVERITY_COLOUR[severity], ls="--", lw=0.9, alpha=0.85,
+            ax.axvline(step, color=SEVERITY_COLOURS[severity], ls="--", lw=0.9, alpha=0.85,
                        label=f"{severity} opened" if i == 0 else None)
     ax.set_xlabel("step")
     _integer_steps(ax)
@@ -340,7 +342,7 @@ def _train_settings(report) -> tuple[str | None, float, bool]:
     ``momentum`` have a momentum that enters the stability bound."""
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
     optimizer = train.get("optimizer")
-    momentum = _number(train.get("momentum")) if optimizer in ("sgd", "momentum") else 0.0
+    momentum = _number(train.get("momentum")) if optimizer in STABILITY_BOUND_OPTIMIZERS else 0.0
     momentum = momentum if math.isfinite(momentum) else 0.0  # None (null) reads as NaN
     return (str(optimizer) if optimizer is not None else None), momentum, bool(train.get("nesterov")) and momentum > 0
 
@@ -348,9 +350,7 @@ def _train_settings(report) -> tuple[str | None, float, bool]:
 def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, λmax and the stability threshold of each measurement (NaN threshold when not defined):
     the monitor's ``threshold`` when recorded, else the bound of gradient descent at the spec's lr (see
-    :func:`gradmon.quantities.curvature.stability_threshold`)."""
-    from gradmon.quantities.curvature import stability_threshold
-
+    :func:`gradmon.vocabulary.stability_threshold`)."""
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
     optimizer, momentum, nesterov = _train_settings(report)
     lr = _number(train.get("lr"))
@@ -360,7 +360,7 @@ def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lam.append(_number(c.get("lambda_max")))
         if "threshold" in c:
             thr.append(_number(c["threshold"]))
-        elif optimizer in ("sgd", "momentum") and math.isfinite(lr) and lr > 0:
+        elif optimizer in STABILITY_BOUND_OPTIMIZERS and math.isfinite(lr) and lr > 0:
             thr.append(stability_threshold(lr, momentum, nesterov))
         else:
             thr.append(math.nan)
@@ -369,10 +369,7 @@ def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def threshold_label(report, thresholds: np.ndarray) -> str:
     """The legend of the threshold line: its formula (``2/lr``, ``2(1+β)/lr`` with momentum β, or
-    ``2(1+β)/(lr(1+2β))`` with Nesterov's: :func:`gradmon.quantities.curvature.stability_formula`) and
-    value."""
-    from gradmon.quantities.curvature import stability_formula
-
+    ``2(1+β)/(lr(1+2β))`` with Nesterov's: :func:`gradmon.vocabulary.stability_formula`) and value."""
     _, momentum, nesterov = _train_settings(report)
     formula = stability_formula(momentum, nesterov)
     finite = thresholds[np.isfinite(thresholds)]
