@@ -58,6 +58,7 @@ class Jury:
     def _reset_run_state(self) -> None:
         self._first_losses: list[float] = []
         self._first_norms: list[float] = []
+        self._started = False      # the start of the run is known (first losses and gradient norms kept)
         self._best_loss = math.inf
         self._batch = 0
         self._window_size = 200
@@ -82,11 +83,15 @@ class Jury:
     # -- what the window does not hold ---------------------------------------------------------------------
     def observe(self, loss: float, grad_norm: float, batch: int) -> None:
         """A committed record's loss and global gradient norm (the start of the run is kept)."""
+        if self._started:
+            return
         if not self._batch:
             self._batch = max(1, int(batch))
         self.observe_loss(loss)
         if len(self._first_norms) < self.t.initial_grad_norms and math.isfinite(grad_norm):
             self._first_norms.append(grad_norm)
+        self._started = len(self._first_norms) == self.t.initial_grad_norms and \
+            len(self._first_losses) == self._initial_records()
 
     def observe_loss(self, loss: float) -> None:
         if len(self._first_losses) < self._initial_records() and math.isfinite(loss):

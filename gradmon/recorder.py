@@ -14,56 +14,58 @@ move slowly, and these cost as much again).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from core.callbacks import RunInfo, StepState
-from gradmon.history import History, Record, Window
+from gradmon.history import LAYER_QUANTITIES, SCALARS, History, Record, Window
 from gradmon.layout import Unit
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
 from gradmon.quantities.xp import Array, all_finite, namespace, to_host
 from gradmon.schedules import Schedule, every as every_schedule
-from gradmon.vocabulary import RECTIFIERS
+from gradmon.vocabulary import RECTIFIERS, SATURATING
 
 _HOST_TYPES = (float, int, np.ndarray, np.generic)
+_LOSS, _GRAD_NORM, _CLIP, _LR = (SCALARS.index(k) for k in ("loss", "grad_norm", "clip_coef", "lr"))
 
 
 class Staged:
-    """Values of one step on their way to the host.  Host values are applied at :meth:`flush` as they are;
-    device values (0-d or 1-d arrays) are concatenated and moved in a single transfer, then applied in the
-    order they were added."""
+    """Values of one step on their way to the host, each with its place in a host array.  Host values are
+    written at once; device values (0-d or 1-d arrays) wait for :meth:`flush`, which concatenates them,
+    moves them in a single transfer and writes each to its place."""
 
     def __init__(self) -> None:
-        self._host: list[tuple[Any, Callable[[np.ndarray], None]]] = []
-        self._device: list[tuple[Any, Callable[[np.ndarray], None]]] = []
+        self._device: list[tuple[Any, np.ndarray, int | slice]] = []
 
-    def add(self, value: Any, apply: Callable[[np.ndarray], None]) -> None:
+    def put(self, value: Any, target: np.ndarray, index: int | slice) -> None:
+        """``target[index] = value``, now for host values, at :meth:`flush` for device ones (None: nothing)."""
         if value is None:
             return
-        (self._host if isinstance(value, _HOST_TYPES) else self._device).append((value, apply))
+        if isinstance(value, _HOST_TYPES):
+            target[index] = value
+        else:
+            self._device.append((value, target, index))
 
     def clear(self) -> None:
-        self._host.clear()
         self._device.clear()
 
     def flush(self) -> None:
-        for value, apply in self._host:
-            apply(np.asarray(value, dtype=np.float64))
-        if self._device:
-            values = [v for v, _ in self._device]
-            xp = namespace(*values)
-            wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
-            dev = values[0].device
-            flat = to_host(xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,))
-                                      for v in values]))
-            at = 0
-            for value, apply in self._device:
-                n = int(math.prod(value.shape))
-                apply(flat[at:at + n])
-                at += n
-        self.clear()
+        if not self._device:
+            return
+        values = [v for v, _, _ in self._device]
+        xp = namespace(*values)
+        wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
+        dev = values[0].device
+        flat = to_host(xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,))
+                                  for v in values]))
+        at = 0
+        for value, target, index in self._device:
+            n = int(math.prod(value.shape))
+            target[index] = flat[at] if isinstance(index, int) else flat[at:at + n]
+            at += n
+        self._device.clear()
 
 
 class Recorder:
@@ -92,10 +94,12 @@ class Recorder:
         self._slow = False
         self._stage = Staged()
         self._record: Record | None = None
-        self._dead: dict[str, actq.DeadUnitTracker] = {}
-        self._groups: list[list[int]] = []
+        self._plan: list[tuple[int, str, str | None, actq.DeadUnitTracker | None, int]] = []
+        self._rows: dict[str, np.ndarray] = {}
+        self._groups: np.ndarray = np.zeros((0, 0))
         self._weight_keys: list[str] = []
-        self._weight_groups: list[list[int]] = []
+        self._weight_tensor_norms = self._update_tensor_norms = np.zeros(0)
+        self._weight_groups: np.ndarray = np.zeros((0, 0))
         self._weight_norms: np.ndarray = np.zeros(0)
         self.sizes: np.ndarray = np.zeros(0)
 
@@ -107,14 +111,21 @@ class Recorder:
         self.history = History(names, capacity=self.capacity)
         self.window = Window(names, size=self.window_size)
         self._record = Record(len(names))
+        self._rows = {q: self._record.layer(q) for q in LAYER_QUANTITIES}  # views: the record is reused
         self.records = self.batch = 0
         self._pending, self._slow = None, False
         self._stage.clear()
-        self._dead = {u.name: actq.DeadUnitTracker(self.dead_pool) for u in self.units if u.activation in RECTIFIERS}
+        # per unit with an activation: (index, activation layer, activation, dead-unit tracker, channel axis)
+        self._plan = [(u.index, u.activation_layer, u.activation,
+                       actq.DeadUnitTracker(self.dead_pool) if u.activation in RECTIFIERS else None,
+                       -1 if u.kind == "dense" else 1) for u in self.units if u.activation_layer]
         self._weight_keys = [k for u in self.units for k in u.weights]
         self._weight_groups = gradq.groups(self.units, self._weight_keys, weights_only=True)
+        self._weight_tensor_norms = np.full(len(self._weight_keys), np.nan)
+        self._update_tensor_norms = np.full(len(self._weight_keys), np.nan)
         self._weight_norms = np.full(len(self.units), np.nan)
-        self.grad_keys, self._groups = (), []
+        self._weighed = False                 # weight norms measured at least once this run
+        self.grad_keys, self._groups = (), np.zeros((len(self.units), 0))
         self.sizes = np.zeros(0)
 
     # -- cadence ------------------------------------------------------------------------------------------
@@ -139,28 +150,30 @@ class Recorder:
         """Stage the statistics of ``state`` into a pending record.  Returns False when a saturating unit's
         input holds NaN or Inf (tanh(inf) = 1: neither the loss nor the gradients would show it)."""
         rec = self._record.reset(state.step)
-        rec.set_scalar("loss", float(state.loss) if state.loss_known else math.nan)
-        rec.set_scalar("lr", float(state.lr))
-        stage = self._stage
+        scalars, rows, stage = rec.scalars, self._rows, self._stage
+        scalars[_LOSS] = state.loss if state.loss_known else math.nan
+        scalars[_LR] = state.lr
         keys = tuple(state.grads)
         if keys != self.grad_keys:
             self.grad_keys, self._groups = keys, gradq.groups(self.units, keys)
-        if state.grad_sq_norms is not None:
-            sq = state.grad_sq_norms
-            norms = np.sqrt(sq) if isinstance(sq, np.ndarray) else namespace(sq).sqrt(sq)
+            self.last_tensor_norms = np.full(len(keys), np.nan)
+        sq = state.grad_sq_norms
+        if sq is None:
+            stage.put(gradq.tensor_norms(state.grads, keys), self.last_tensor_norms, slice(None))
+        elif isinstance(sq, np.ndarray):
+            np.sqrt(sq, out=self.last_tensor_norms)
         else:
-            norms = gradq.tensor_norms(state.grads, keys)
-        stage.add(norms, self._apply_grad_norms)
+            stage.put(namespace(sq).sqrt(sq), self.last_tensor_norms, slice(None))
         if state.grad_norm is not None:
-            rec.set_scalar("grad_norm", float(state.grad_norm))
-        self._slow = self.records % self.weight_every == 0 or not np.isfinite(self._weight_norms).any()
+            scalars[_GRAD_NORM] = state.grad_norm
+        self._slow = self.records % self.weight_every == 0 or not self._weighed
         if self._slow:
-            stage.add(gradq.tensor_norms(state.params, self._weight_keys), self._apply_weight_norms)
+            stage.put(gradq.tensor_norms(state.params, self._weight_keys), self._weight_tensor_norms, slice(None))
             for j, mean in gradq.bias_means(state.params, self.units):
-                stage.add(mean, _setter(rec, "bias_mean", j))
+                stage.put(mean, rows["bias_mean"], j)
         finite = True
         if state.activations is not None:
-            finite = self._activations(state, rec, stage)
+            finite = self._activations(state)
         if not self.sizes.size:
             self.sizes = np.array([sum(int(math.prod(state.params[k].shape)) for k in u.params if k in state.params)
                                    for u in self.units], dtype=float)
@@ -169,43 +182,31 @@ class Recorder:
         self._pending = rec
         return finite
 
-    def _activations(self, state: StepState, rec: Record, stage: Staged) -> bool:
+    def _activations(self, state: StepState) -> bool:
         finite = True
-        activations, alive = state.activations, state.alive or {}
-        for u in self.units:
-            y = activations.get(u.activation_layer) if u.activation_layer else None
+        activations, alive, stage, rows = state.activations, state.alive or {}, self._stage, self._rows
+        for j, layer, activation, tracker, axis in self._plan:
+            y = activations.get(layer)
             if y is None:
                 continue
-            sat = actq.saturation_fraction(y, u.activation, self.saturation_margin)
-            if sat is not None:
-                stage.add(sat, _setter(rec, "saturation", u.index))
-                pre = (state.preactivations or {}).get(u.activation_layer)
+            if activation in SATURATING:
+                sat = actq.saturation_fraction(y, activation, self.saturation_margin)
+                stage.put(sat, rows["saturation"], j)
+                pre = (state.preactivations or {}).get(layer)
                 # an infinite input gives an output at the asymptote: only saturated layers can hide one (a NaN
                 # input shows in the output, the loss and the gradients anyway); host arrays only
                 if pre is not None and isinstance(sat, _HOST_TYPES) and float(sat) > 0:
                     finite = finite and all_finite(pre)
-            tracker = self._dead.get(u.name)
             if tracker is not None:
-                mask = alive.get(u.activation_layer)
+                mask = alive.get(layer)
                 if mask is None:
-                    mask = actq.alive_units(y, -1 if u.kind == "dense" else 1)
-                stage.add(tracker.add(mask, actq.examples_in(y)), _setter(rec, "dead_fraction", u.index))
+                    mask = actq.alive_units(y, axis)
+                stage.put(tracker.add(mask, actq.examples_in(y)), rows["dead_fraction"], j)
             if self._slow:
                 mean, std = actq.moments(y)
-                stage.add(mean, _setter(rec, "act_mean", u.index))
-                stage.add(std, _setter(rec, "act_std", u.index))
+                stage.put(mean, rows["act_mean"], j)
+                stage.put(std, rows["act_std"], j)
         return finite
-
-    def _apply_grad_norms(self, norms: np.ndarray) -> None:
-        rec = self._record  # the pending record (one buffer, reused every step)
-        self.last_tensor_norms = norms
-        rec.set_layer("grad_norm", gradq.combine(norms, self._groups))
-        if math.isnan(rec.scalar("grad_norm")):
-            rec.set_scalar("grad_norm", float(np.sqrt(np.sum(np.square(norms)))))
-
-    def _apply_weight_norms(self, norms: np.ndarray) -> None:
-        self._weight_norms = gradq.combine(norms, self._weight_groups)
-        self._record.set_layer("weight_norm", self._weight_norms)
 
     def set_loss(self, value: float) -> None:
         """The loss of the pending step, for loops that learn it after ``on_after_backward``."""
@@ -218,17 +219,24 @@ class Recorder:
         rec, self._pending = self._pending, None
         if rec is None:
             return None
-        update_norms: list[np.ndarray] = []
-        if state is not None and state.update is not None and self._slow:
-            keys = [k for k in self._weight_keys if k in state.update]
-            if len(keys) == len(self._weight_keys):
-                self._stage.add(gradq.tensor_norms(state.update, keys), update_norms.append)
-        clip = state.clip_coef if state is not None else 1.0
-        self._stage.add(clip, lambda v: rec.set_scalar("clip_coef", _scalar(v)))
+        updates = state is not None and state.update is not None and self._slow \
+            and all(k in state.update for k in self._weight_keys)
+        if updates:
+            self._stage.put(gradq.tensor_norms(state.update, self._weight_keys), self._update_tensor_norms,
+                            slice(None))
+        self._stage.put(state.clip_coef if state is not None else 1.0, rec.scalars, _CLIP)
         self._stage.flush()
-        if update_norms:
-            rec.set_layer("update_ratio",
-                          gradq.update_ratios(gradq.combine(update_norms[0], self._weight_groups), self._weight_norms))
+        rows = self._rows
+        rows["grad_norm"][:] = gradq.combine(self.last_tensor_norms, self._groups)
+        if math.isnan(rec.scalars[_GRAD_NORM]):
+            rec.scalars[_GRAD_NORM] = math.sqrt(float(np.dot(self.last_tensor_norms, self.last_tensor_norms)))
+        if self._slow:
+            self._weighed = True
+            self._weight_norms = gradq.combine(self._weight_tensor_norms, self._weight_groups)
+            rows["weight_norm"][:] = self._weight_norms
+            if updates:
+                rows["update_ratio"][:] = gradq.update_ratios(
+                    gradq.combine(self._update_tensor_norms, self._weight_groups), self._weight_norms)
         self.history.append_record(rec)
         self.window.append_record(rec)
         self.records += 1
@@ -249,18 +257,3 @@ class Recorder:
             if state.activations is not None and u.activation_layer in state.activations:
                 out.append((f"activations/{u.name}", state.activations[u.activation_layer]))
         return out
-
-
-def _setter(rec: Record, quantity: str, index: int) -> Callable[[np.ndarray], None]:
-    """A function writing a one-value host array into ``rec``'s ``quantity`` at unit ``index``."""
-    row = rec.layer(quantity)
-
-    def apply(value: np.ndarray) -> None:
-        row[index] = _scalar(value)
-    return apply
-
-
-def _scalar(value: np.ndarray) -> float:
-    """The one value of a host array of shape ``()`` or ``(1,)``."""
-    return float(np.reshape(value, -1)[0])
-

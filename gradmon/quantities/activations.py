@@ -80,19 +80,22 @@ class DeadUnitTracker:
         self._seen = 0                      # examples in the pool
         self._batches = 0                   # batches fed so far
         self._fired: Any = None             # per unit: 1 + index of the last batch it fired in (0: never)
+        self._xp: Any = None                # the namespace of the arrays fed (one kind per run)
 
     def add(self, alive: Array, n: int) -> Array | None:
         """Feed one batch's ``alive`` vector (:func:`alive_units`) over ``n`` examples; returns the dead
         fraction over the pool (a 0-d array), or None until ``min_examples`` examples were seen."""
-        xp = namespace(alive)
-        size = int(alive.shape[0])
+        xp = self._xp if self._xp is not None else namespace(alive)
+        self._xp = xp
+        size = alive.shape[0]
         if size == 0:
             return None
         if n >= self.min_examples:  # one batch is enough: nothing to pool
-            self._sizes.clear()
-            self._seen = 0
-            self._fired = None
-            return 1.0 - xp.sum(xp.astype(alive, xp.int64)) / size
+            if self._fired is not None:
+                self._sizes.clear()
+                self._seen = 0
+                self._fired = None
+            return 1.0 - xp.count_nonzero(alive) / size
         if self._fired is None or tuple(self._fired.shape) != tuple(alive.shape):
             self._sizes.clear()
             self._seen = 0
@@ -106,7 +109,7 @@ class DeadUnitTracker:
         if self._seen < self.min_examples:
             return None
         first = self._batches - len(self._sizes) + 1  # the oldest batch still in the pool
-        return 1.0 - xp.sum(xp.astype(self._fired >= first, xp.int64)) / size
+        return 1.0 - xp.count_nonzero(self._fired >= first) / size
 
 
 def _device(x: Array) -> Any:

@@ -11,6 +11,7 @@ Inputs are dicts of arrays keyed like the loop's parameters (``model.parameters(
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -26,21 +27,29 @@ def tensor_norms(arrays: Arrays, keys: Sequence[str]) -> Array:
     return norms([arrays[k] for k in keys])
 
 
-def groups(units: Sequence[Unit], keys: Sequence[str], weights_only: bool = False) -> list[list[int]]:
-    """For each unit, the positions in ``keys`` of its parameters (or of its weights alone)."""
+def groups(units: Sequence[Unit], keys: Sequence[str], weights_only: bool = False) -> np.ndarray:
+    """Which tensors make each unit: a matrix ``(n_units, len(keys))``, row ``j`` holding 1 at the positions
+    in ``keys`` of unit ``j``'s parameters (or of its weights alone), 0 elsewhere; a unit with none of them
+    has a row of NaN, so that its combined norm is NaN."""
     where = {k: i for i, k in enumerate(keys)}
-    return [[where[k] for k in (u.weights if weights_only else u.params) if k in where] for u in units]
-
-
-def combine(norms_host: np.ndarray, parts: Sequence[Sequence[int]]) -> np.ndarray:
-    """Host: the norm of each group of tensors from their norms, ``sqrt(Σ n_i²)``, shape ``(len(parts),)``
-    (NaN for an empty group; Inf/NaN propagate)."""
-    sq = np.square(np.asarray(norms_host, dtype=np.float64))
-    out = np.full(len(parts), np.nan)
-    for j, idx in enumerate(parts):
-        if idx:
-            out[j] = float(np.sqrt(sq[idx].sum())) if len(idx) > 1 else float(np.sqrt(sq[idx[0]]))
+    out = np.zeros((len(units), len(keys)))
+    for j, u in enumerate(units):
+        cols = [where[k] for k in (u.weights if weights_only else u.params) if k in where]
+        if cols:
+            out[j, cols] = 1.0
+        else:
+            out[j] = np.nan
     return out
+
+
+def combine(norms_host: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Host: the norm of each group of tensors from their norms, ``sqrt(Σ n_i²)``, shape ``(n_groups,)``, with
+    ``parts`` from :func:`groups` (NaN for an empty group; Inf/NaN propagate)."""
+    sq = np.square(norms_host)
+    if math.isfinite(sq.sum()):
+        return np.sqrt(parts @ sq)
+    with np.errstate(invalid="ignore", over="ignore"):  # by rows: 0·Inf would be NaN in a matrix product
+        return np.sqrt(np.array([np.sum(sq[row > 0]) if (row > 0).any() else np.nan for row in parts]))
 
 
 def bias_means(params: Arrays, units: Sequence[Unit]) -> list[tuple[int, Array]]:

@@ -36,8 +36,17 @@ class _Counter:
 HOST_TRANSFERS = _Counter()
 
 
+#: numpy 2.1 and later implement the array API in their main namespace: use it directly (no wrapper calls on
+#: core's per-step path)
+_NUMPY_IS_ARRAY_API = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
+
+
 def namespace(*arrays: Array) -> Any:
-    """The array namespace of ``arrays`` (``array_api_compat.numpy`` or ``array_api_compat.torch``)."""
+    """The array namespace of ``arrays``: ``numpy`` itself for numpy arrays (numpy >= 2.1; the
+    ``array_api_compat`` wrapper before), ``array_api_compat.torch`` for tensors."""
+    if _NUMPY_IS_ARRAY_API and type(arrays[0]) is np.ndarray and (len(arrays) == 1 or all(
+            type(a) is np.ndarray for a in arrays)):
+        return np
     return array_namespace(*arrays)
 
 

@@ -58,6 +58,15 @@ class SinkSet:
     def __init__(self, sinks: Sequence[Sink], on_failure: Any) -> None:
         self.sinks = list(sinks)
         self.on_failure = on_failure
+        self._by_event: dict[str, list[Sink]] = {}
+
+    def _listening(self, event: str) -> list[Sink]:
+        """The sinks that present ``event`` (a sink that leaves it a no-op costs nothing per step)."""
+        found = self._by_event.get(event)
+        if found is None:
+            found = self._by_event[event] = [s for s in self.sinks if getattr(type(s), event, None)
+                                              is not getattr(Sink, event)]
+        return found
 
     def __iter__(self):
         return iter(self.sinks)
@@ -67,12 +76,13 @@ class SinkSet:
         return any(s.wants_histograms for s in self.sinks)
 
     def emit(self, event: str, *args: Any) -> None:
-        for sink in list(self.sinks):
+        for sink in self._listening(event):
             try:
                 getattr(sink, event)(*args)
             except Exception as exc:  # a sink must never stop training
                 sink.failed = sink.failed or f"{type(exc).__name__}: {exc}"
             if sink.failed:
                 self.sinks.remove(sink)
+                self._by_event.clear()
                 name = getattr(sink, "name", type(sink).__name__)
                 self.on_failure(f"the {name} sink failed and is off for the rest of the run: {sink.failed}")
