@@ -37,10 +37,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from core import checks
+from core.memory import MemoryLimitError
+from core.memory import check_memory as _check_memory
 
 
 class SpecError(ValueError):
     """A bad run spec; the message is one line that names the key or file."""
+
+
+def check_memory(spec: Mapping[str, Any], n_samples: int, n_features: int, n_outputs: int) -> None:
+    """:func:`core.memory.check_memory`, its refusal as a :class:`SpecError`."""
+    try:
+        _check_memory(spec, n_samples, n_features, n_outputs)
+    except MemoryLimitError as exc:
+        raise SpecError(str(exc)) from None
 
 
 DEFAULTS: dict[str, Any] = {
@@ -55,9 +65,6 @@ DEFAULTS: dict[str, Any] = {
     "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}},
 }
 SECTIONS = ("data", "model", "train", "monitor")
-#: the largest estimated memory a spec may need (data, parameters with gradients and optimizer state,
-#: activations of one batch); beyond it a spec is rejected before anything is allocated
-MEMORY_LIMIT = 8 * 2**30
 #: optimizers that take train.momentum and train.nesterov
 MOMENTUM_OPTIMIZERS = ("sgd", "momentum")
 
@@ -347,7 +354,7 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _task(data: Mapping[str, Any], train: Mapping[str, Any]) -> str:
+def resolved_task(data: Mapping[str, Any], train: Mapping[str, Any]) -> str:
     """The task a (validated) spec trains for: a built-in set's own; else ``data.task``; for ``auto``, the
     one an explicit ``train.loss`` implies (mse: regression); else ``auto`` (the file's targets decide)."""
     from core.data import REGRESSION
@@ -364,7 +371,7 @@ def _check_task(data: dict[str, Any], train: dict[str, Any]) -> None:
     from core.data import CLASS_COUNT
 
     name, loss = data["name"], train["loss"]
-    task = _task(data, train)
+    task = resolved_task(data, train)
     if name is not None:
         if data["task"] not in ("auto", task):
             raise SpecError(f"data.task: {name} is a {task} data set; remove data.task or use \"{task}\"")
@@ -393,51 +400,6 @@ def _check_optimizer(train: dict[str, Any]) -> None:
     if train["nesterov"] and not train["momentum"]:
         raise SpecError("train.nesterov: Nesterov needs momentum; set train.momentum > 0 (e.g. 0.9) or "
                         "train.nesterov = false")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} PiB"
-
-
-def check_memory(spec: Mapping[str, Any], n_samples: int, n_features: int, n_outputs: int) -> None:
-    """SpecError naming the key that makes the run need more than :data:`MEMORY_LIMIT` (estimated).
-
-    The estimate: the data (``n_samples × (n_features + 1)`` float64 values, about 4 copies while loading,
-    splitting and standardising); the network (parameters, gradients, updates, optimizer state and
-    checkpoint copies: 40 bytes per parameter); one batch's activations and their gradients through every
-    layer (about 6 float32 buffers per unit).  ``n_samples = 0``: the data size is not known yet.
-    """
-    model, train = spec["model"], spec["train"]
-    widths = [n_features, *model["hidden"], n_outputs]
-    n_params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
-    n_params += 2 * sum(model["hidden"]) if model["batchnorm"] else 0
-    batch = n_samples if train["batch_size"] == "full" else min(train["batch_size"], max(n_samples, 1))
-    parts = {
-        "data.n_samples": 8 * 4 * n_samples * (n_features + 1),
-        "model.hidden": 40 * n_params,
-        "train.batch_size": 4 * 6 * batch * sum(widths),
-    }
-    total = sum(parts.values())
-    if total <= MEMORY_LIMIT:
-        return
-    # blame the key that alone is too much (a network too big for even one example is model.hidden's)
-    alone = {"data.n_samples": parts["data.n_samples"],
-             "model.hidden": parts["model.hidden"] + 4 * 6 * sum(widths),
-             "train.batch_size": parts["train.batch_size"]}
-    key = next((k for k, v in alone.items() if v > MEMORY_LIMIT), max(parts, key=parts.get))
-    need, limit = _bytes(total), _bytes(MEMORY_LIMIT)
-    if key == "data.n_samples":
-        raise SpecError(f"data.n_samples: {n_samples:,} examples of {n_features} features need about {need} "
-                        f"of memory, over the {limit} limit; use fewer samples")
-    if key == "model.hidden":
-        raise SpecError(f"model.hidden: a network of {n_params:,} parameters needs about {need} of memory to "
-                        f"train, over the {limit} limit; use fewer or narrower hidden layers")
-    raise SpecError(f"train.batch_size: batches of {batch:,} examples through {sum(widths):,} units need about "
-                    f"{need} of memory, over the {limit} limit; use a smaller batch_size")
 
 
 def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -478,64 +440,3 @@ def flatten(spec: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-# -- building ---------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """What a spec builds: the resolved spec (concrete loss), data, model, trainer and epochs."""
-
-    spec: dict[str, Any]
-    data: Any
-    model: Any
-    trainer: Any
-    epochs: int
-
-
-def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool | None = None) -> Run:
-    """Data, model and trainer for a resolved spec (see :func:`load_spec`)."""
-    import core
-    from core.data import load_dataset
-
-    spec = validate(copy.deepcopy(dict(spec)))
-    d, m, t = spec["data"], spec["model"], spec["train"]
-    try:  # the task validate checked against train.loss; a file's targets decide only when nothing says
-        data = load_dataset(d["name"], d["path"], n_samples=d["n_samples"], noise=d["noise"],
-                            test_fraction=d["test_fraction"], seed=spec["seed"], task=_task(d, t),
-                            n_classes=d["n_classes"])
-    except ValueError as exc:
-        raise SpecError(f"data: {exc}") from None
-    if d["path"] is not None:
-        check_memory(spec, len(data.X_train) + len(data.X_test), data.n_features, data.n_outputs)
-    spec["data"]["task"] = data.task
-    loss = t["loss"]
-    if loss == "auto":
-        loss = "cross_entropy" if data.task == "classification" else "mse"
-    if loss == "binary_cross_entropy" and data.n_classes != 2:
-        raise SpecError(f"train.loss: binary_cross_entropy needs 2 classes, {data.name} has {data.n_classes}")
-    spec["train"]["loss"] = loss
-    n_out = 1 if loss == "binary_cross_entropy" else data.n_outputs
-    layers: list[Any] = []
-    width = data.n_features
-    dense_kw = {"init": m["init"], "std": m["init_std"], "limit": m["init_limit"]}
-    for h in m["hidden"]:
-        layers.append(core.Dense(width, h, bias_init=m["bias_init"], **dense_kw))
-        if m["batchnorm"]:
-            layers.append(core.BatchNorm(h))
-        act_kw = {"alpha": m["leaky_alpha"]} if m["activation"] == "leaky_relu" else {}
-        layers.append(core.get_activation(m["activation"], **act_kw))
-        if m["dropout"] > 0:
-            layers.append(core.Dropout(m["dropout"]))
-        width = h
-    layers.append(core.Dense(width, n_out, **dense_kw))
-    model = core.Sequential(layers, seed=spec["seed"], dtype="float32")
-    opt_kw: dict[str, Any] = {"lr": t["lr"]}
-    if t["optimizer"] in MOMENTUM_OPTIMIZERS:
-        opt_kw.update(momentum=t["momentum"] or 0.0, nesterov=t["nesterov"])
-    optimizer = core.get_optimizer(t["optimizer"], **opt_kw)
-    trainer = core.Trainer(model, loss=loss, optimizer=optimizer,
-                           batch_size=None if t["batch_size"] == "full" else t["batch_size"],
-                           clip_norm=t["clip_norm"] or None, clip_value=t["clip_value"] or None, l2=t["l2"],
-                           callbacks=callbacks, seed=spec["seed"], progress=progress)
-    trainer.spec = spec
-    return Run(spec=spec, data=data, model=model, trainer=trainer, epochs=t["epochs"])

@@ -132,7 +132,7 @@ def sample_grid(grid: Mapping[str, Sequence[Any]], n: int, seed: int = 0) -> lis
 
 def default_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """Train ``spec`` and report its final training (and validation) loss and accuracy."""
-    from core.spec import build
+    from core.build import build
 
     run = build(spec, progress=False)
     validation = (run.data.X_test, run.data.y_test) if len(run.data.X_test) else None

@@ -29,6 +29,7 @@ from gradmon.findings import Finding, HealthReport
 from gradmon.history import History
 from gradmon.jury import Jury
 from gradmon.layout import Unit, units_from_run
+from gradmon.outputs import check_writable, spec_from_run, write_run_files
 from gradmon.quantities.curvature_meter import CurvatureMeter
 from gradmon.quantities.gradients import first_nonfinite
 from gradmon.quantities.xp import all_finite, histogram
@@ -37,17 +38,6 @@ from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.sinks.base import Sink, SinkSet
 from gradmon.sinks.console import ConsoleSink
 from gradmon.thresholds import Thresholds
-
-
-def spec_from_run(run: RunInfo) -> dict[str, Any]:
-    """A spec-like description of a run that did not come from a spec (Python API, other loops)."""
-    return {
-        "model": {"layers": [{"name": l.name, "kind": l.kind} for l in run.layers]},
-        "train": {"loss": run.loss, "optimizer": run.optimizer, **{k: v for k, v in run.hyperparams.items()},
-                  "batch_size": run.batch_size, "epochs": run.epochs,
-                  "clip_norm": run.clip_norm or 0, "l2": run.l2},
-        "framework": run.framework,
-    }
 
 
 def _check_int(name: str, value: Any, low: int, optional: bool = False) -> None:
@@ -139,7 +129,7 @@ class Monitor(Callback):
         self._merged: dict[str, Any] | None = None
         self._closed = False
         if self.logdir is not None:
-            _check_writable(self.logdir)
+            check_writable(self.logdir)
 
     # -- what the parts know, for readers ------------------------------------------------------------------
     @property
@@ -430,26 +420,8 @@ class Monitor(Callback):
         target = Path(logdir) if logdir is not None else self.logdir
         if target is None:
             raise ValueError("no logdir: pass Monitor(logdir=...) or save(logdir)")
-        report = report if report is not None else self.report()
-        history = self.recorder.history
-        written: list[Path] = []
-
-        def attempt(name: str, write: Any) -> None:
-            try:
-                written.append(write())
-            except Exception as exc:  # one output failing must not cost the others
-                self._failed(f"could not write {name}: {type(exc).__name__}: {exc}")
-
-        if history is not None:
-            attempt("history.npz", lambda: history.save(target / "history.npz"))
-        for fmt in formats:
-            if fmt != "json":
-                attempt(f"report.{fmt}", lambda: report.save(target / f"report.{fmt}", history=history))
-        if "json" in formats:
-            if self.sink_errors:
-                report.extra["sink_errors"] = list(self.sink_errors)
-            attempt("report.json", lambda: report.save(target / "report.json"))
-        return written
+        return write_run_files(target, report if report is not None else self.report(), self.recorder.history,
+                               formats, self.sink_errors, self._failed)
 
     def close(self) -> None:
         """Write the report files and close the sinks (idempotent; failures are reported, not raised)."""
@@ -464,15 +436,3 @@ class Monitor(Callback):
 def _finite_step(loss: float, loss_known: bool, gnorm: float) -> bool:
     """Whether a step's loss (when known) and global gradient norm are finite."""
     return (math.isfinite(loss) or not loss_known) and math.isfinite(gnorm)
-
-
-def _check_writable(logdir: Path) -> None:
-    """A clear error before training when ``logdir`` cannot be created or written."""
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        probe = logdir / ".gradmon-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"cannot write to logdir {str(logdir)!r} ({exc.strerror or exc}); "
-                      f"choose another --logdir") from None

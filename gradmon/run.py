@@ -75,7 +75,7 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
     (hyperparameter search pruning); ``callbacks`` are added after the monitor (hook-protocol objects).
     With ``logdir=None`` nothing is written.
     """
-    from core.spec import build
+    from core.build import build
 
     options = {k: spec.get("monitor", {}).get(k) for k in MONITOR_KEYS if k in spec.get("monitor", {})}
     options.update(monitor_options or {})

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gradmon.findings", "gradmon.history", "gradmon.layout"),
     ("gradmon.quantities",),
     ("gradmon.detectors", "gradmon.advice"),
-    ("gradmon.jury", "gradmon.recorder", "gradmon.report", "gradmon.sinks"),
+    ("gradmon.jury", "gradmon.recorder", "gradmon.report", "gradmon.sinks", "gradmon.outputs"),
     ("gradmon.monitor",),
     ("gradmon.adapters", "gradmon.run", "gradmon.scenarios", "gradmon.integrations"),
     ("gradmon.doctor",),
@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
 #: what of core gradmon may use: the hook protocol everywhere, and named public helpers
 CORE_FOR_ALL = ("core.callbacks", "core.files", "core.progress")
 CORE_FOR_RUNNERS = {"core.spec": ("gradmon.run", "gradmon.doctor", "gradmon.cli"),
+                    "core.build": ("gradmon.run",),
                     "core.tune": ("gradmon.findings", "gradmon.doctor", "gradmon.cli")}
 PRESENTERS = ("gradmon.report", "gradmon.sinks")
 MEASURING_OR_JUDGING = ("gradmon.quantities", "gradmon.recorder", "gradmon.jury", "gradmon.detectors",

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import core
+import core.build
 import gradmon
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.spec import SpecError, load_spec
@@ -71,7 +72,7 @@ def test_nonfinite_run_keeps_report_events_and_a_finite_checkpoint(tmp_path):
     assert report.ended == "nonfinite" and report.status == "error"
     nonfinite = [f for f in report.findings if f.code == "nonfinite_values"][0]
     assert nonfinite.layer is not None and nonfinite.first_step == result.train_history["steps"]
-    trainer = core.spec.build(spec).trainer
+    trainer = core.build.build(spec).trainer
     load_checkpoint(tmp_path / "checkpoint.npz", trainer)
     assert all(np.isfinite(v).all() for v in trainer.model.parameters().values())
     assert "loss/train" in read_scalars(tmp_path)

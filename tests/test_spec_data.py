@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import core
+import core.memory
 from core.data import DATASETS, load_dataset, load_file
-from core.spec import SpecError, apply_patch, build, flatten, load_spec, parse_override
+from core.build import build
+from core.spec import SpecError, apply_patch, flatten, load_spec, parse_override
 from gradmon.scenarios import FIXES, SCENARIOS, scenario_path
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def test_impossible_sizes_are_one_line_naming_the_key(overrides, key):
 
 
 def test_a_file_too_big_for_its_network_is_rejected_at_build(tmp_path, monkeypatch):
-    monkeypatch.setattr(core.spec, "MEMORY_LIMIT", 2**20)  # 1 MiB: small sizes show the rule
+    monkeypatch.setattr(core.memory, "MEMORY_LIMIT", 2**20)  # 1 MiB: small sizes show the rule
     np.savez(tmp_path / "wide.npz", X=np.zeros((4, 3000)), y=np.array([0, 1, 0, 1]))
     spec = load_spec({"data": {"path": str(tmp_path / "wide.npz")}, "model": {"hidden": [1000]}})  # fine alone
     with pytest.raises(SpecError, match="^model.hidden: a network of 3,003,002 parameters .* over the 1 MiB"):

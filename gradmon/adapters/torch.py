@@ -70,7 +70,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from core.callbacks import LayerInfo, RunInfo, StepState
-from gradmon.monitor import Monitor, spec_from_run
+from gradmon.monitor import Monitor
+from gradmon.outputs import spec_from_run
 from gradmon.quantities.xp import norms
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted

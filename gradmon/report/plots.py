@@ -338,7 +338,7 @@ def _train_settings(report) -> tuple[str | None, float, bool]:
     """The optimizer's name, its momentum β (0 without momentum) and whether it is Nesterov's, from the
     run's ``train`` section: the resolved spec's ``train.momentum`` (None: no momentum; the spec fills in
     0.9 for the ``momentum`` optimizer), or, for a loop without a spec (PyTorch, hand-written), the
-    optimizer's hyperparameters that :func:`gradmon.monitor.spec_from_run` puts there.  Only ``sgd`` and
+    optimizer's hyperparameters that :func:`gradmon.outputs.spec_from_run` puts there.  Only ``sgd`` and
     ``momentum`` have a momentum that enters the stability bound."""
     train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
     optimizer = train.get("optimizer")
