@@ -32,7 +32,6 @@ import json
 import numbers
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 

@@ -4,7 +4,6 @@ reports (HTML escaping, self-containment, Markdown, text/JSON of check)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess

@@ -361,7 +361,6 @@ def test_suggested_lr_comes_from_curvature_measured_before_the_blow_up():
 def test_the_stable_lr_comes_from_the_last_usable_measurement_never_nan():
     """A measurement on blown-up weights can be NaN; the bound (and the advice's sentence) must come from the
     usable ones, also when the loop logged no loss with them (NaN loss: unknown, not insane)."""
-    from gradmon.advice import advise
     from gradmon.detectors.sharpness import SharpnessAboveStability
 
     net = core.Sequential([core.Dense(2, 4), core.Tanh(), core.Dense(4, 1)], seed=0)
