@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from gradmon.findings import HealthReport
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, entry, patch_to_cli, where_phrase
 from gradmon.vocabulary import severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
@@ -110,12 +110,12 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
         out += ["## Layers", "", "| layer | activation | grad norm (first → last) | update ratio (median) "
                 "| saturation (median) | dead fraction (median) |", "| --- | --- | --- | --- | --- | --- |"]
         for layer in report.layers:
-            g = layer.get("grad_norm", {})
+            g = entry(layer, "grad_norm")
             out.append(f"| {cell(layer.get('name'))} | {cell(layer.get('activation'))} | "
                        f"{cell(g.get('first'))} → {cell(g.get('last'))} | "
-                       f"{cell(layer.get('update_ratio', {}).get('median'))} | "
-                       f"{cell(layer.get('saturation', {}).get('median'))} | "
-                       f"{cell(layer.get('dead_fraction', {}).get('median'))} |")
+                       f"{cell(entry(layer, 'update_ratio').get('median'))} | "
+                       f"{cell(entry(layer, 'saturation').get('median'))} | "
+                       f"{cell(entry(layer, 'dead_fraction').get('median'))} |")
         out.append("")
     if report.curvature:
         out += ["## Curvature", "", "| step | λmax | stability bound | trace | HVPs |",
