@@ -185,6 +185,10 @@ def _labels(path: Path, y: np.ndarray, n_classes: int | None) -> tuple[np.ndarra
     if not _integral(y):
         raise ValueError(f"{path}: class labels must be whole numbers, found {float(y[y != np.round(y)][0]):g}; for "
                          f"real-valued targets set data.task = \"regression\"")
+    if y.dtype != np.bool_ and len(y) and float(np.max(np.abs(y.astype(np.float64)))) >= 2.0**53:
+        big = y[np.abs(y.astype(np.float64)) >= 2.0**53][0]
+        raise ValueError(f"{path}: class label {float(big):g} is too large to be a class label; for real-valued "
+                         f"targets set data.task = \"regression\"")
     labels = y.astype(np.int64, copy=False)
     if labels.min() < 0:
         raise ValueError(f"{path}: class labels must be >= 0, found {labels.min()}; for real-valued targets set "

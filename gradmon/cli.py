@@ -113,7 +113,7 @@ def _claim(args: argparse.Namespace, spec: Mapping[str, Any]) -> Path:
     else:
         if mode == "resume":
             raise UsageError("--resume needs the --logdir of the run to continue")
-        logdir = default_logdir(spec)
+        logdir = args.created = default_logdir(spec)
     args.lock = claim_logdir(logdir, mode)
     args.run_dir = logdir
     return logdir
@@ -330,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             lock = getattr(args, "lock", None)
             if lock is not None:
                 lock.release()
+            created = getattr(args, "created", None)
+            if created is not None:  # a run directory made for a command that failed before writing to it
+                try:
+                    created.rmdir()
+                except OSError:  # not empty: the run's files
+                    pass
 
 
 def _main(argv: Sequence[str] | None, args: argparse.Namespace) -> int:

@@ -171,6 +171,8 @@ def claim_logdir(logdir: str | os.PathLike, mode: str = "new") -> LogdirLock:
         raise ValueError(f"unknown logdir mode {mode!r}; use one of {', '.join(MODES)}")
     path = Path(logdir)
     check_local(path)
+    if mode == "resume" and not (path / "checkpoint.npz").exists():
+        raise LogdirError(f"--resume: logdir {str(path)!r} holds no checkpoint.npz to resume from")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -186,8 +188,6 @@ def claim_logdir(logdir: str | os.PathLike, mode: str = "new") -> LogdirLock:
             shown = ", ".join(held_files[:4]) + (", ..." if len(held_files) > 4 else "")
             raise LogdirError(f"logdir {str(path)!r} is not empty ({shown}); use --overwrite to replace the run "
                               f"there, {hint}or another --logdir")
-        if mode == "resume" and not (path / "checkpoint.npz").is_file():
-            raise LogdirError(f"--resume: logdir {str(path)!r} holds no checkpoint.npz to resume from")
         if mode == "overwrite":
             _remove_run_files(path)
     except BaseException:

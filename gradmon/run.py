@@ -105,7 +105,8 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
     options.update(monitor_options or {})
     monitor = Monitor(logdir=logdir, console=console, seed=int(spec.get("seed", 0) or 0), **options)
     stopper = _Stopper(monitor, max_steps, stop_on_error) if max_steps is not None or stop_on_error else None
-    all_callbacks: list[Any] = [monitor, *callbacks, *([stopper] if stopper is not None else [])]
+    note = _Note(monitor)
+    all_callbacks: list[Any] = [monitor, note, *callbacks, *([stopper] if stopper is not None else [])]
     run = build(spec, callbacks=all_callbacks, progress=progress)
     run.trainer.spec = dict(run.spec)
     checkpoint = Path(logdir) / "checkpoint.npz" if logdir is not None else None
@@ -114,8 +115,8 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
         if checkpoint is None:
             raise ValueError("resume needs the logdir that holds the run's checkpoint.npz")
         epochs = _resume(run, checkpoint)
-        monitor.add_note(f"Resumed from {checkpoint} at step {run.trainer.step} (epoch {run.trainer.epoch}): the "
-                         f"findings, plots and history cover the steps from there on.")
+        note.text = (f"Resumed from {checkpoint} at step {run.trainer.step} (epoch {run.trainer.epoch}): the "
+                     f"findings, plots and history cover the steps from there on.")
     t0 = time.perf_counter()
     validation = (run.data.X_test, run.data.y_test) if len(run.data.X_test) else None
     history = run.trainer.fit(run.data.X_train, run.data.y_train, epochs=epochs, validation=validation,
@@ -152,6 +153,19 @@ def _resume(run: Any, checkpoint: Path) -> int:
         raise ValueError(f"--resume: {checkpoint} is at epoch {meta['epoch']} of {run.epochs}: the run has finished; "
                          f"raise train.epochs (--set train.epochs={2 * run.epochs}) to train on")
     return left
+
+
+class _Note:
+    """Adds ``text`` (when set) to the monitor's report notes once training begins (the monitor starts each
+    run's notes afresh)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.text: str | None = None
+
+    def on_train_begin(self, run: Any) -> None:
+        if self.text:
+            self.monitor.add_note(self.text)
 
 
 class _Stopper:
