@@ -96,7 +96,8 @@ def load_checkpoint(path: str | os.PathLike, trainer: Any) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{p} is not a core checkpoint (format {meta.get('format')!r})")
     if meta.get("optimizer") != type(trainer.optimizer).__name__:
-        raise ValueError(f"{p} holds {meta.get('optimizer')} state, the trainer uses {type(trainer.optimizer).__name__}")
+        raise ValueError(f"{p} holds {meta.get('optimizer')} state, the trainer uses "
+                         f"{type(trainer.optimizer).__name__}")
     step, epoch = meta.get("step"), meta.get("epoch")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (step, epoch)):
         raise ValueError(f"{p}: not a readable checkpoint (step {step!r} and epoch {epoch!r} must be integers >= 0)")

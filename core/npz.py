@@ -3,9 +3,10 @@
 An ``.npz`` is a zip of ``.npy`` members, each a small header (dtype, shape) and the raw data.  A member
 can declare far more data than the file holds (a compressed run of zeros inflates a thousandfold), and
 ``np.load`` allocates what the header declares before it reads a byte.  :func:`read_npz` reads every
-``.npy`` header first (other members are ignored) and checks, before reading any data: that the file is a regular file (:func:`core.files.open_regular`),
-that each header agrees with the member's size in the zip directory, that no member holds Python objects
-(reading them would unpickle), and that the declared arrays fit the caller's byte limit.  Every error is one
+``.npy`` header first (other members are ignored) and checks, before reading any data: that the file is a
+regular file (:func:`core.files.open_regular`), that each header agrees with the member's size in the zip
+directory, that no member holds Python objects (reading them would unpickle), and that the declared arrays
+fit the caller's byte limit.  Every error is one
 ``ValueError`` naming the file.
 
 >>> import numpy as np, tempfile, os

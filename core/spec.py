@@ -15,13 +15,18 @@ resets ``data.task``).
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
 that file's directory (on the command line, to the working directory).  Sizes are checked against
-:data:`MEMORY_LIMIT` before anything is allocated.
+:data:`MEMORY_LIMIT` before anything is allocated, the number of optimizer steps against :data:`MAX_STEPS`;
+a spec file is read only when it is a regular file of at most :data:`SPEC_LIMIT` bytes, nesting at most
+:data:`MAX_DEPTH` deep.
 
 ``monitor.thresholds`` overrides the monitor's judging numbers: a table of tables of numbers, set whole
 (``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
 (``--set monitor.thresholds.vanishing_gradients.min_drop=3``).  core checks only that shape and that the
 values are finite numbers; the table and field names are gradmon's (``gradmon.thresholds``), checked when
 its monitor is built.
+
+(A little over 450 lines: the whole boundary of a spec, reading, merging and every key's rule, is kept in one
+place.)
 """
 
 from __future__ import annotations
@@ -250,18 +255,23 @@ def read_spec_file(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as exc:
         raise SpecError(str(exc)) from None
     try:
-        data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
+        data = _shallow(json.loads(text) if suffix == ".json" else tomllib.loads(text), str(p))
     except json.JSONDecodeError as exc:
         raise SpecError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{p}: invalid TOML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
-        raise SpecError(f"{p}: nested too deeply (a spec nests at most {MAX_DEPTH} levels)") from None
+        data = _shallow(None, str(p), deep=True)
     if not isinstance(data, dict):
         raise SpecError(f"{p}: a spec must be a table/object at the top level")
-    if nesting_depth(data, MAX_DEPTH) > MAX_DEPTH:
-        raise SpecError(f"{p}: nested too deeply (a spec nests at most {MAX_DEPTH} levels)")
     return data
+
+
+def _shallow(value: Any, where: str, deep: bool = False) -> Any:
+    """``value``, or SpecError when it nests more than :data:`MAX_DEPTH` deep (``deep``: the parser said so)."""
+    if deep or nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
+        raise SpecError(f"{where}: nested too deeply (a spec nests at most {MAX_DEPTH} levels)")
+    return value
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -274,13 +284,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise SpecError(f"--set {item!r}: the key is empty")
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        value = _shallow(tomllib.loads(f"v = {text}")["v"], f"--set {key}")
     except tomllib.TOMLDecodeError:
         value = text
     except RecursionError:
-        raise SpecError(f"--set {key}: the value is nested too deeply (at most {MAX_DEPTH} levels)") from None
-    if nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
-        raise SpecError(f"--set {key}: the value is nested too deeply (at most {MAX_DEPTH} levels)")
+        value = _shallow(None, f"--set {key}", deep=True)
     return key, value
 
 
@@ -435,9 +443,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence
         raise TypeError(f"a spec is a path to a .toml/.json file or a dict, got {type(source).__name__}")
     spec = copy.deepcopy(DEFAULTS)
     if isinstance(source, Mapping):
-        if nesting_depth(source, MAX_DEPTH) > MAX_DEPTH:
-            raise SpecError(f"the spec is nested too deeply (a spec nests at most {MAX_DEPTH} levels)")
-        raw = dict(source)
+        raw = dict(_shallow(source, "the spec"))
         spec["name"] = spec_name(source)
     else:
         raw = read_spec_file(source)

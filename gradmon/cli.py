@@ -110,10 +110,12 @@ def _claim(args: argparse.Namespace, spec: Mapping[str, Any]) -> Path:
     if args.logdir:
         check_local(args.logdir)
         logdir = Path(args.logdir)
+        args.created = [p for p in (logdir, *logdir.parents) if not p.exists()]
     else:
         if mode == "resume":
             raise UsageError("--resume needs the --logdir of the run to continue")
-        logdir = args.created = default_logdir(spec)
+        logdir = default_logdir(spec)
+        args.created = [logdir]
     args.lock = claim_logdir(logdir, mode)
     args.run_dir = logdir
     return logdir
@@ -330,12 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             lock = getattr(args, "lock", None)
             if lock is not None:
                 lock.release()
-            created = getattr(args, "created", None)
-            if created is not None:  # a run directory made for a command that failed before writing to it
+            for directory in getattr(args, "created", []):  # made for a command that failed before writing
                 try:
-                    created.rmdir()
+                    directory.rmdir()
                 except OSError:  # not empty: the run's files
-                    pass
+                    break
 
 
 def _main(argv: Sequence[str] | None, args: argparse.Namespace) -> int:

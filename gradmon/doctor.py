@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from core.files import atomic_write_text
 from core.progress import progress_bar
 from core.tune import json_safe
 from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, loss_change, patch_to_cli
@@ -326,7 +327,7 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
                           source=str(source) if source is not None else None, overrides=list(overrides))
     if root:
         result.reports = _write_into_report(os.path.join(root, "baseline"), result)
-        Path(root, "doctor.txt").write_text(render_doctor(result) + "\n", encoding="utf-8")
+        atomic_write_text(Path(root, "doctor.txt"), render_doctor(result) + "\n")  # never through a planted link
     return result
 
 

@@ -94,8 +94,8 @@ def write_run_files(target: Path, report: HealthReport, history: History | None,
             attempt(f"report.{fmt}", lambda: report.save(target / f"report.{fmt}", history=history))
     if json_ok and len(sink_errors) > failures:
         with held():
-            written.remove(target / "report.json")
-            write_json()
+            if write_json():  # else the first report.json stands, without the later failure
+                written.remove(target / "report.json")  # listed once
     return written
 
 

@@ -9,8 +9,8 @@ SIGTERM, 129 for SIGHUP), as a shell reports a process killed by that signal.
 :func:`held` delays SIGINT, SIGTERM and SIGHUP while a file that must not be lost is written (report.json
 takes milliseconds): a signal that arrives meanwhile is delivered, to the handler that was in place, right
 after.  An interrupted run holds them from its ``on_exception`` until its report.json is written
-(:func:`release` ends that hold), so a quick second Ctrl-C cannot cost the report.  Both only act in the main thread (the only one Python delivers signals to); elsewhere they do
-nothing.
+(:func:`release` ends that hold), so a quick second Ctrl-C cannot cost the report.  Both act in the main
+thread only (the only one Python delivers signals to); elsewhere they do nothing.
 """
 
 from __future__ import annotations

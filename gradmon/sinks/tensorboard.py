@@ -101,14 +101,12 @@ class TensorBoardSink(Sink):
     wants_histograms = True
 
     def __init__(self, logdir: str | os.PathLike, *, flush_every: int = 50, scalar_every: int = 10) -> None:
-        try:
-            from tensorboardX.proto.event_pb2 import Event  # noqa: F401  (the dependency, checked now)
-        except ImportError:
-            raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
         self._logdir = Path(logdir)
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
             self._events = EventFile(self._logdir)
+        except ImportError:
+            raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
         except Exception as exc:  # whatever stops the file being created is an OSError to the monitor
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             raise OSError(f"cannot write TensorBoard events to {str(self._logdir)!r} ({why}); "
