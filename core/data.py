@@ -249,7 +249,7 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         X = members["X"]
         n, d = (X.shape[0], math.prod(X.shape[1:])) if X.shape else (1, 1)
         if data_bytes(n, d) > MEMORY_LIMIT:
-            raise ValueError(f"X declares shape {X.shape}: {n:,} examples of {d:,} features need about "
+            raise ValueError(f"X declares shape {X.shape}: {n:,} examples of {d:,} feature{'s' * (d != 1)} need about "
                              f"{data_bytes(n, d) / 2**30:.3g} GiB while loading, over the "
                              f"{MEMORY_LIMIT / 2**30:.3g} GiB limit; use fewer examples")
         for key in ("X", "y"):

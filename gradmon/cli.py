@@ -138,6 +138,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = HealthReport.load(run_dir)
     history = History.load(run_dir / "history.npz") if (run_dir / "history.npz").exists() else None
     out = Path(args.output) if args.output else run_dir / "report.html"
+    if (out.exists() or out.is_symlink()) and not out.is_file():  # /dev/stdout, a FIFO: never replaced by a file
+        raise UsageError(f"-o {out}: not a regular file; name a file for the report (it is written whole, then "
+                         f"renamed into place)")
     report.save(out, history=history)
     _print(str(out))
     return EXIT_OK

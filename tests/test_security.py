@@ -229,6 +229,17 @@ def test_fifos_and_devices_are_refused_by_every_command_at_once(tmp_path, fifo):
         assert "FIFO" in line or "character device" in line, line
 
 
+def test_a_report_is_never_written_over_a_fifo_or_a_device(tmp_path, fifo, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    gradmon.HealthReport(spec={}, steps=0, findings=[]).save(run / "report.json")
+    (tmp_path / "null.md").symlink_to(os.devnull)
+    for out in (fifo(tmp_path / "pipe.md"), tmp_path / "null.md"):
+        assert main(["report", str(run), "-o", str(out)]) == 2
+        assert "not a regular file" in one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "null.md").is_symlink() and os.readlink(tmp_path / "null.md") == os.devnull
+
+
 def test_an_npz_declaring_more_than_it_holds_is_refused_before_any_data_is_read(tmp_path):
     """7 MiB on disk declaring 1.6 GB of X: refused from the headers, the process never grows."""
     import zipfile
