@@ -67,11 +67,11 @@ def read_npz(path: str | os.PathLike, limit: int, what: str = "archive",
         try:
             magic = fh.read(6)
             if magic == b"\x93NUMPY":
-                raise Refused(f"{p}: not an .npz archive (it holds one array); save named arrays with "
-                              f"np.savez(path, name=array, ...)")
+                raise ValueError("not an .npz archive (it holds one array); save named arrays with "
+                                 "np.savez(path, name=array, ...)")
             if not magic.startswith(b"PK"):
-                raise Refused(f"{p}: not an .npz archive (a zip of .npy arrays written by np.savez; pickled or "
-                              f"object content is never loaded)")
+                raise ValueError("not an .npz archive (a zip of .npy arrays written by np.savez; pickled or "
+                                 "object content is never loaded)")
             fh.seek(0)
             with zipfile.ZipFile(fh) as archive:
                 infos = archive.infolist()
@@ -90,9 +90,8 @@ def read_npz(path: str | os.PathLike, limit: int, what: str = "archive",
                 except ValueError as exc:  # a refusal, not damage
                     raise Refused(f"{p}: {exc}") from None
                 return {info.filename[:-4]: _read(archive, info, members[info.filename]) for info in infos}
-        except Refused as exc:
-            message = str(exc)
-            raise Refused(message if message.startswith(p) else f"{p}: {message}") from None
+        except Refused:
+            raise
         except ValueError as exc:
             raise ValueError(f"{p}: not a readable {what}: {' '.join(str(exc).split())[:200]}") from None
         except Exception as exc:  # damage surfaces as whatever the zip, zlib or header parser raises
@@ -118,7 +117,7 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) 
             raise ValueError(f"member {name!r} has .npy format version {version}; save it with np.savez")
         header = member.tell() if member.seekable() else None
     if dtype.hasobject:
-        raise Refused(f"array {name[:-4]} holds Python objects, and object arrays (pickles) are never loaded")
+        raise ValueError(f"array {name[:-4]} holds Python objects, and object arrays (pickles) are never loaded")
     if any(not isinstance(n, int) or n < 0 for n in shape):
         raise ValueError(f"array {name[:-4]!r} declares an invalid shape {shape}")
     nbytes = math.prod(shape) * dtype.itemsize
