@@ -11,6 +11,9 @@ A key that would have no effect is an error, not silently ignored: ``train.momen
 ``train.optimizer`` (in a spec file, ``--set`` or a patch) resets ``train.momentum``/``train.nesterov``
 unless they are set alongside; setting ``data.name`` clears ``data.path`` and the other way round (and
 resets ``data.task``).
+``data.standardize`` (default true) standardises each feature of a data file and of the generated 2-D sets with
+the training split's mean and standard deviation; false keeps the raw values (to reproduce and diagnose raw
+data: gradmon's ``unscaled_inputs`` finding).
 ``data.task`` (``auto``, ``classification``, ``regression``) says what a file's targets are; ``auto``
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
@@ -56,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "run",
     "seed": 0,
     "data": {"name": "spirals", "path": None, "n_samples": 1000, "noise": 0.1, "test_fraction": 0.2,
-             "n_classes": None, "task": "auto"},
+             "n_classes": None, "task": "auto", "standardize": True},
     "model": {"hidden": [64, 64], "activation": "relu", "init": "he_normal", "init_std": 0.05, "init_limit": 0.05,
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
     "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
@@ -196,7 +199,7 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "data": {"name": _optional(_choice(_datasets)), "path": _optional(_string),
              "n_samples": lambda k, v: _int(k, v, 2), "noise": _nonneg, "test_fraction": _unit,
              "n_classes": _optional(lambda k, v: _int(k, v, 2)),
-             "task": _choice(lambda: ["auto", "classification", "regression"])},
+             "task": _choice(lambda: ["auto", "classification", "regression"]), "standardize": _bool},
     "model": {"hidden": _hidden, "activation": _choice(_activations), "init": _choice(_inits),
               "init_std": _positive, "init_limit": _positive, "bias_init": _number, "batchnorm": _bool,
               "dropout": _unit, "leaky_alpha": _unit},

@@ -131,6 +131,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a scenario, then, for a pathology, the same run with the first fix of the root cause its report
+    names (exactly the patch printed: the console's closing lines, the report and ``gradmon check`` name the
+    same one)."""
     import tomllib
 
     from core.spec import apply_patch, load_spec
@@ -143,16 +146,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.scenario or "vanishing"
     spec = load_spec(tomllib.loads(scenario_text(name)), args.set)
     root = Path(args.logdir) if args.logdir else default_logdir({"name": f"demo-{name}"})
-    runs: list[tuple[str, dict[str, Any], dict[str, Any]]] = [(name, spec, {})]
-    if name in FIXES and not args.no_fix:
-        runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name]), FIXES[name]))
-    _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if len(runs) > 1 else ""))
+    with_fix = name in FIXES and not args.no_fix
+    _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if with_fix else ""))
     results = []
-    for label, s, patch in runs:
-        _print(f"\n== {label}" + (f"  ({patch_to_cli(patch)})" if patch else ""))
-        logdir = root / label if len(runs) > 1 else root
+
+    def run(label: str, s: dict[str, Any], note: str = "") -> Any:
+        _print(f"\n== {label}{note}")
+        logdir = root / label if with_fix else root
         args.run_dir = logdir
-        results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
+        result = run_spec(s, logdir, progress=_progress(args), console=not args.quiet)
+        results.append((label, logdir, result))
+        return result
+
+    first = run(name, spec)
+    fix = first.report.primary_fix
+    if with_fix:
+        if fix is None or not fix.patch:
+            _print(f"\n(no fix to run: this run of {name} found no root cause with a spec patch)")
+        else:
+            patch = dict(fix.patch)
+            run(f"{name}-fixed", apply_patch(spec, patch), f"  (the root cause's first fix: {patch_to_cli(patch)})")
     _print("")
     for line in demo_table([(label, r) for label, _, r in results]):
         _print(line)
@@ -169,6 +182,7 @@ def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
     marked), then the first message of each finding code, so a pathology is visible even when it is only
     informational."""
     from gradmon.findings import severity_rank
+    from gradmon.report.text import patch_to_cli
 
     with_val = all(r.n_validation for _, r in results)
     loss_head = "val loss" if with_val else "train loss"
@@ -184,6 +198,11 @@ def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
         lines.append(f"{label:<22} {r.report.status:<8} {loss:>10.4g} "
                      f"{(f'{acc:.1%}' if acc is not None else '-'):>9}  {codes}")
         notes += [f"  {label}: {f.severity.upper()} {code}: {f.message}" for code, f in first.items()]
+        root, fix = r.report.root_cause, r.report.primary_fix
+        if root is not None:
+            notes.append(f"  {label}: root cause {root.code}" + (f" in {root.layer}" if root.layer else "")
+                         + (f"; first fix: {fix.text}" + (f"  ({patch_to_cli(fix.patch)})" if fix.patch else "")
+                            if fix is not None else ""))
     if notes:
         lines += ["", "what was found (first finding of each kind; info = worth knowing, not a failure):", *notes]
     return lines

@@ -2,7 +2,9 @@
 
 The baseline runs the spec with the monitor for a budget of steps.  Every suggestion attached to its
 warning and error findings (and a combination of the two best fixes) becomes a trial: the same spec with the
-suggestion's patch, the same seed and the same budget.  Trials run in parallel processes.
+suggestion's patch, the same seed and the same budget; the first trial is the first fix of the baseline's root
+cause (:mod:`gradmon.diagnosis`), the one the console, the report and ``gradmon check`` name, and the table
+says how it measured.  Trials run in parallel processes.
 
 What is measured, for the baseline and every trial alike (:func:`measure`):
 
@@ -80,6 +82,8 @@ class TrialOutcome:
     delta_loss: float | None = None
     delta_accuracy: float | None = None
     label: str = ""
+    root_cause: dict[str, Any] | None = None   #: the run's root cause (code, layer), as its report names it
+    first_fix: dict[str, Any] | None = None    #: that root's first fix (code, patch)
 
     def __post_init__(self) -> None:
         self.diverged = self.diverged or math.isinf(self.loss)  # an infinite loss is how divergence is measured
@@ -104,6 +108,10 @@ class TrialOutcome:
         if self.stopped:
             out["stopped"] = self.stopped
         return json_safe(out)
+
+    def is_fix(self, fix: Mapping[str, Any] | None) -> bool:
+        """Whether this trial ran exactly the patch of ``fix`` (a suggestion dict)."""
+        return fix is not None and dict(fix.get("patch") or {}) == self.patch and bool(self.patch)
 
 
 @dataclass
@@ -134,6 +142,9 @@ class DoctorResult:
             baseline["accuracy"] = b.accuracy
         if b.stopped:
             baseline["stopped"] = b.stopped
+        if b.root_cause is not None:
+            baseline["root_cause"] = b.root_cause
+            baseline["first_fix"] = b.first_fix
         return json_safe({"schema": SCHEMA, "budget_steps": self.budget_steps, "loss_measure": self.loss_measure,
                           "tolerance": {"loss_relative": LOSS_TOLERANCE, "accuracy": ACCURACY_TOLERANCE},
                           "deltas": {"loss": "relative", "accuracy": "absolute"},
@@ -194,10 +205,13 @@ def run_trial(spec: Mapping[str, Any], patch: Mapping[str, Any], suggestions: li
                       callbacks=[tail])
     loss, accuracy, diverged = measure(result, tail)
     findings = [f for f in result.report.findings if f.severity in ("warning", "error")]
+    root, fix = result.report.root_cause, result.report.primary_fix
     outcome = TrialOutcome(suggestions=suggestions, patch=dict(patch), loss=loss, accuracy=accuracy,
                            train_loss=tail.mean(), findings=sorted({f.code for f in findings}),
                            errors=sum(f.severity == "error" for f in findings), stopped=result.stopped_early,
-                           diverged=diverged)
+                           diverged=diverged,
+                           root_cause={"code": root.code, "layer": root.layer} if root is not None else None,
+                           first_fix={"code": fix.code, "patch": dict(fix.patch)} if fix is not None else None)
     return outcome, [f.to_dict() for f in result.report.findings], loss_measure(result.n_validation)
 
 
@@ -206,10 +220,15 @@ def _trial_job(args: tuple) -> TrialOutcome:
     return run_trial(spec, patch, codes, budget, logdir)[0]
 
 
-def candidate_fixes(findings: list[dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """Distinct patches from the suggestions of the warning and error findings, in table order."""
+def candidate_fixes(findings: list[dict[str, Any]],
+                    first: Mapping[str, Any] | None = None) -> list[tuple[list[str], dict[str, Any]]]:
+    """Distinct patches from the suggestions of the warning and error findings, in table order; ``first`` (the
+    root cause's first fix, a suggestion dict) leads when it has a patch."""
     out: list[tuple[list[str], dict[str, Any]]] = []
     seen: set[str] = set()
+    if first is not None and first.get("patch"):
+        seen.add(repr(sorted(first["patch"].items())))
+        out.append(([first["code"]], dict(first["patch"])))
     for f in findings:
         if f["severity"] not in ("warning", "error"):
             continue
@@ -301,7 +320,7 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
     baseline, findings, measure_text = run_trial(spec, {}, [], budget_steps,
                                                  os.path.join(root, "baseline") if root else None)
     baseline.label = "baseline (no patch)"
-    candidates = candidate_fixes(findings)
+    candidates = candidate_fixes(findings, baseline.first_fix)
     trial_dir = ((lambda i: os.path.join(root, f"trial{i}")) if root and trial_logs else (lambda i: None))
     jobs = [(spec, patch, codes, budget_steps, trial_dir(i + 1)) for i, (codes, patch) in enumerate(candidates)]
     may_combine = len(jobs) >= 2
@@ -374,6 +393,7 @@ def render_doctor(result: DoctorResult) -> str:
     for r in [head, *rows]:
         lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines += _root_lines(result)
     best = result.trials[0] if result.trials else None
     if best is None:
         lines += ["", "no suggested fix carried a spec patch to try."]
@@ -388,6 +408,23 @@ def render_doctor(result: DoctorResult) -> str:
             cmd = f"apply {patch_to_cli(best.patch)}"
         lines += ["", f"best fix: {best.label}  ->  {cmd}"]
     return "\n".join(lines)
+
+
+def _root_lines(result: DoctorResult) -> list[str]:
+    """The baseline's root cause and how its first fix measured (the fix every other output names)."""
+    b = result.baseline
+    if b.root_cause is None:
+        return []
+    where = f" in {b.root_cause['layer']}" if b.root_cause.get("layer") else ""
+    line = f"root cause: {b.root_cause['code']}{where}"
+    fix = b.first_fix
+    if fix is None:
+        return ["", line + " (no fix suggested)"]
+    trial = next((t for t in result.trials if t.is_fix(fix)), None)
+    if trial is None:
+        return ["", f"{line}; its first fix, {fix['code']}, has no spec patch to try"]
+    return ["", f"{line}; its first fix: {trial.label}  ({patch_to_cli(trial.patch)}) -> rank {trial.rank}, "
+                f"{trial.verdict}"]
 
 
 def health_trial(budget_steps: int | None = None) -> "_HealthTrial":

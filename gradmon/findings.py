@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from core.files import atomic_write_text
 from core.tune import json_safe
+from gradmon import diagnosis
 from gradmon.vocabulary import STATUSES, severity_rank
 
 SCHEMA = "gradmon.report/1"
@@ -32,12 +33,13 @@ FINDING_CODES: dict[str, str] = {
     "loss_oscillation": "the loss swings up and down instead of falling",
     "loss_plateau": "the loss stopped improving while it is still high",
     "update_ratio": "updates far too small or too large for their weights",
+    "unscaled_inputs": "input features whose scales differ by orders of magnitude or lie far from 1",
 }
 
 #: Suggestion codes of the contract.
 SUGGESTION_CODES: tuple[str, ...] = (
     "relu", "leaky_relu", "he_init", "xavier_init", "batchnorm", "gradient_clipping", "lower_lr",
-    "raise_lr", "adam", "shallower", "l2",
+    "raise_lr", "adam", "shallower", "l2", "zero_bias", "standardize",
 )
 
 def _clean(value: Any) -> Any:
@@ -141,6 +143,16 @@ class HealthReport:
     def status(self) -> str:
         return status_of(self.findings)
 
+    @property
+    def root_cause(self) -> Finding | None:
+        """The finding that explains the others (:func:`gradmon.diagnosis.primary`; None when healthy)."""
+        return diagnosis.primary(self.findings)
+
+    @property
+    def primary_fix(self) -> Suggestion | None:
+        """The one fix to try first: the root cause's first suggestion."""
+        return diagnosis.primary_fix(self.findings)
+
     def worst(self, at_least: str = "info") -> list[Finding]:
         """Findings of severity ``at_least`` or worse, errors first."""
         floor = severity_rank(at_least)
@@ -158,6 +170,7 @@ class HealthReport:
             "curvature": _clean(self.curvature),
             "loss": _clean(self.loss),
             "ended": self.ended,
+            "diagnosis": _clean(diagnosis.summary(self.findings)),
         }
         if self.extra:
             out["extra"] = _clean(self.extra)

@@ -102,7 +102,8 @@ class Monitor(Callback):
             self.thresholds = dataclasses.replace(self.thresholds, judging=judging)
         self.logdir = Path(logdir) if logdir is not None else None
         self.recorder = Recorder(every=every, weight_every=weight_every, window=window, capacity=capacity,
-                                 dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin)
+                                 dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin,
+                                 input_examples=judging.input_examples)
         self.meter = CurvatureMeter(every=curvature_every, samples=curvature_samples, rtol=curvature_rtol,
                                     max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed)
         self.jury = Jury(default_detectors(list(detectors) if detectors is not None else None, self.thresholds),
@@ -169,7 +170,8 @@ class Monitor(Callback):
         self.units = units_from_run(run)
         self.recorder.begin(run, self.units)
         self.meter.begin(run)
-        self.jury.begin(run, self.units, self.recorder.window, measure_every=self.recorder.every)
+        self.jury.begin(run, self.units, self.recorder.window, measure_every=self.recorder.every,
+                        inputs=self.recorder.inputs)
         total = max(1, run.total_steps)
         hist_every = self.histogram_every if self.histogram_every is not None else (
             max(1, total // 20) if run.total_steps > 0 else 100)
@@ -387,18 +389,16 @@ class Monitor(Callback):
         """The health report so far (final after training ends)."""
         if self._merged is not None:
             merged = HealthReport.from_dict({**self._merged, "ended": self.ended})
-            for f in merged.findings:
-                self.jury.suggest(f)
+            self.jury.diagnose(merged.findings)
             return merged
         if self.run is None:
             return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
-        findings = self.jury.findings
-        for f in findings:
-            self.jury.suggest(f)
+        findings = self.jury.findings  # with their advice, linked by cause
         history = self.recorder.history
         layers, loss = [], []
         if history is not None:
-            summaries = {q: history.summary(q) for q in ("grad_norm", "update_ratio", "saturation", "dead_fraction")}
+            summaries = {q: history.summary(q) for q in ("grad_norm", "update_ratio", "saturation", "dead_fraction",
+                                                          "act_std")}
             for u in self.units:
                 entry = {"name": u.name, "activation": u.activation}
                 entry.update({q: summaries[q][u.index] for q in summaries})

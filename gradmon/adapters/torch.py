@@ -269,6 +269,7 @@ class Watcher:
         self._acts: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._first_input: Any = None                     # the first unit's input on a capture step
         self._last_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
 
         self._handles: list[Any] = []
@@ -325,10 +326,27 @@ class Watcher:
             if any(i.kind == "dense" for i in infos):
                 self.run = self._run_info(infos)
         self.monitor.on_train_begin(self.run)
+        self._hook_first_unit()
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
             self._note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and "
                        "watcher.log_loss(loss, target=y) to measure it on the last batch, or "
                        "watch(..., probe=(x, y), loss_fn=...) for a fixed probe batch", console=True)
+
+    def _hook_first_unit(self) -> None:
+        """Capture the first unit's input on capture steps (its per-feature scale: unscaled inputs)."""
+        units = self.monitor.units
+        if not units or not units[0].params:
+            return
+        qual = units[0].params[0].rpartition(".")[0]
+        module = dict(self.model.named_modules()).get(qual)
+        if module is None:
+            return
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self._capture and not self._paused and self._first_input is None and torch.is_grad_enabled() \
+                    and args and isinstance(args[0], torch.Tensor):
+                self._first_input = args[0].detach()
+        self._handles.append(module.register_forward_pre_hook(hook))
 
     def _note(self, text: str, console: bool = False) -> None:
         self.monitor.add_note(text, console=console)
@@ -361,6 +379,8 @@ class Watcher:
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._paused:
             return
+        if not self._batch and args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self._batch = int(args[0].shape[0])  # the batch size, even when no activation module is seen
         if self._tracing:  # the layout is traced from one whole forward pass of the model
             self._trace = []
         if self.loss_fn is not None and self.probe is None and torch.is_grad_enabled():
@@ -378,6 +398,7 @@ class Watcher:
         self._capture = "activations" in self.monitor.requests(self._step)
         self._acts = {}
         self._calls = {}
+        self._first_input = None
 
     def _grad_ready(self, param: torch.Tensor) -> None:
         """A parameter's ``.grad`` was accumulated: read every gradient once this backward is over (one pass
@@ -482,7 +503,7 @@ class Watcher:
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
                           batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
-                          grad_sq_norms=sq)
+                          grad_sq_norms=sq, inputs=self._first_input if self._capture else None)
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)

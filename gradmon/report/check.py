@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from gradmon import diagnosis
 from gradmon.findings import HealthReport
 from gradmon.report.markdown import render_markdown
 from gradmon.report.text import patch_to_cli, where
@@ -36,10 +37,17 @@ def render_check(report: HealthReport, fmt: str = "text", fail_on: str = "error"
         return render_markdown(report)
     lines = []
     for f in report.worst("info"):
+        cause = diagnosis.cause_of(f)
+        because = f"  (a consequence of {diagnosis.name(*cause)})" if cause else ""
         lines.append(f"{f.severity.upper():<8}{f.code:<27}{where(f):<10} steps {f.first_step}-{f.last_step}  "
-                     f"{f.message}")
+                     f"{f.message}{because}")
         for s in f.suggestions:
             lines.append(f"          fix: {s.text}" + (f"  ({patch_to_cli(s.patch)})" if s.patch else ""))
+    root, fix = report.root_cause, report.primary_fix
+    if root is not None:
+        lines.append(f"root cause: {diagnosis.name(root.code, root.layer)}"
+                     + (f"; fix: {fix.text}" + (f"  ({patch_to_cli(fix.patch)})" if fix.patch else "")
+                        if fix is not None else ""))
     verdict = "FAIL" if failed else "ok"
     lines.append(f"status: {report.status} after {report.steps} steps ({report.ended}); "
                  f"{len(report.findings)} findings; --fail-on {fail_on}: {verdict}")

@@ -12,6 +12,7 @@ import json
 from html import escape
 from typing import Any
 
+from gradmon import diagnosis
 from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
@@ -98,11 +99,13 @@ def _finding(group: list) -> str:
     else:
         located = f" in {', '.join(f'<code>{escape(g.layer)}</code>' for g in group if g.layer)}"
     first, last = min(g.first_step for g in group), max(g.last_step for g in group)
+    cause = diagnosis.cause_of(f)
+    because = f" · a consequence of <code>{escape(diagnosis.name(*cause))}</code>" if cause else ""
     parts = [f'<div class="finding" data-code="{escape(f.code)}" data-severity="{escape(f.severity)}" '
              f'style="border-color:{colour}">',
              f'<h3><span class="badge" style="background:{colour}">{escape(f.severity.upper())}</span>'
              f'<code>{escape(f.code)}</code>{located}</h3>',
-             f'<div class="meta">steps {int(first)}–{int(last)}</div>',
+             f'<div class="meta">steps {int(first)}–{int(last)}{because}</div>',
              "".join(f"<p>{escape(g.message)}</p>" for g in group[:3])]
     if len(group) > 3:
         parts.append(f"<p>(and {len(group) - 3} more layers)</p>")
@@ -136,13 +139,14 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
     if not layers:
         return ""
     head = ("<tr><th>layer</th><th>activation</th><th>grad norm first</th><th>last</th><th>median</th>"
+            "<th>activation std first</th><th>last</th>"
             "<th>update ratio (median)</th><th>saturation (median)</th><th>dead fraction (median)</th></tr>")
     rows = []
     for l in layers:
-        g = l.get("grad_norm", {})
+        g, a = l.get("grad_norm", {}), l.get("act_std") or {}
         rows.append("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
             l.get("name"), l.get("activation") or NOT_APPLICABLE, g.get("first"), g.get("last"),
-            g.get("median"),
+            g.get("median"), a.get("first"), a.get("last"),
             l.get("update_ratio", {}).get("median"), l.get("saturation", {}).get("median"),
             l.get("dead_fraction", {}).get("median"))) + "</tr>")
     return f'<table id="layers">{head}{"".join(rows)}</table>'
@@ -179,10 +183,19 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
     headline = {"healthy": "Training looks healthy", "warning": "Training has problems worth fixing",
                 "error": "Training is broken"}[status]
-    top = report.worst("warning")
+    root, fix = report.root_cause, report.primary_fix
     notes = report.worst("info")
-    if top:
-        first = f"<p>Most important: <b>{escape(top[0].code)}</b> — {escape(top[0].message)}</p>"
+    if root is not None:
+        located = where_phrase(root, code=lambda name: f"<code>{escape(name)}</code>", text=escape)
+        first = (f'<p id="root-cause" data-code="{escape(root.code)}">Root cause: <b>{escape(root.code)}</b>{located}'
+                 f" — {escape(root.message)}</p>")
+        if fix is not None:
+            first += (f'<p id="first-fix" data-code="{escape(fix.code)}">First fix: {escape(fix.text)}'
+                      + (f" <code>{escape(patch_to_cli(fix.patch))}</code>" if fix.patch else "") + "</p>")
+        explains = diagnosis.consequences(root, report.findings)
+        if explains:
+            first += ("<p>It explains: " + ", ".join(f"<code>{escape(diagnosis.name(f.code, f.layer))}</code>"
+                                                     for f in explains) + ".</p>")
     elif notes:
         first = (f"<p>No warnings or errors. For information: <b>{escape(notes[0].code)}</b> — "
                  f"{escape(notes[0].message)}</p>")

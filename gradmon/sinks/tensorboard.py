@@ -34,7 +34,8 @@ from gradmon.sinks.base import Sink
 from gradmon.vocabulary import SEVERITIES
 
 #: tags of the per-layer quantities written to TensorBoard
-QUANTITIES = ("log10_grad_norm", "grad_norm", "update_ratio", "saturation", "dead_fraction", "weight_norm")
+QUANTITIES = ("log10_grad_norm", "log10_act_std", "grad_norm", "update_ratio", "saturation", "dead_fraction",
+              "weight_norm")
 
 
 class TensorBoardSink(Sink):
@@ -167,7 +168,8 @@ class TensorBoardSink(Sink):
         values = {"loss/train": record.scalar("loss"), "grad_norm/global": record.scalar("grad_norm"),
                   "clip_coef": record.scalar("clip_coef"), "lr": record.scalar("lr")}
         with np.errstate(divide="ignore", invalid="ignore"):  # orders of magnitude read better on a log scale
-            derived = {"log10_grad_norm": np.log10(record.layer("grad_norm"))}
+            derived = {"log10_grad_norm": np.log10(record.layer("grad_norm")),
+                       "log10_act_std": np.log10(record.layer("act_std"))}
         for q in QUANTITIES:
             arr = derived[q] if q in derived else record.layer(q)
             for u in units:
