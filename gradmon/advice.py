@@ -366,6 +366,7 @@ FALLBACKS: dict[str, list[tuple[Callable[[Context, Finding, AdviceThresholds], b
     "dead_units": [(always, lower_lr)],
     "loss_plateau": [(always, raise_lr)],
     "unscaled_inputs": [(always, standardize)],
+    "update_ratio": [(always, lower_lr)],
 }
 
 

@@ -1,9 +1,10 @@
 """Root causes: which findings explain which, so that a run has one cause and one fix, not a list of symptoms.
 
 :func:`link` marks every finding that another one explains with ``evidence["caused_by"] = {"code", "layer"}``
-(a *consequence*), gives each explaining finding (a *root*) ``evidence["consequences"]``, puts the root's
-first fix first among its consequences' suggestions, and raises a root to the worst severity of what it
-explains.  :mod:`gradmon.diagnosis` reads the links (the primary root and its first fix) for every
+(a *consequence*), gives each explaining finding (a *root*) ``evidence["consequences"]``, gives every
+consequence its root's suggestions (a symptom is cured by curing its cause: its own advice could contradict
+the cause, a larger step for a stall that vanishing gradients explain).  A root is as grave as the worst of
+what it explains (:func:`gradmon.diagnosis.severity`); its own severity is left as its detector judged it.  :mod:`gradmon.diagnosis` reads the links (the primary root and its first fix) for every
 presentation.
 
 The links follow how training fails, upstream first:
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from gradmon.diagnosis import name, root_rank
+from gradmon.diagnosis import name, root_rank, severity
 from gradmon.findings import Finding
-from gradmon.vocabulary import SEVERITIES, severity_rank
+from gradmon.vocabulary import severity_rank
 
 #: the step-size family: one event seen as curvature, loss, gradient norms or update sizes
 INSTABILITY: tuple[str, ...] = ("sharpness_above_stability", "loss_divergence", "exploding_gradients",
@@ -138,9 +139,10 @@ def link(findings: Sequence[Finding]) -> list[Finding]:
         for f in free():
             if f.code == "vanishing_gradients" or (f.code == "dead_units" and _cause(f) != "bias"):
                 explain(first, f)
-    saturated = [f for f in free() if f.code == "saturated_activations" and _active(f)]
+    # (saturation explains the vanishing gradient of its activation, even when the steps saturated it)
+    saturated = [f for f in findings if f.code == "saturated_activations" and _active(f)]
     if saturated:
-        first = min(saturated, key=lambda f: (-severity_rank(f.severity), f.first_step))
+        first = min(saturated, key=lambda f: (id(f) in linked, -severity_rank(f.severity), f.first_step))
         for f in free():
             if f.code == "vanishing_gradients" and _cause(f) == "activation":
                 explain(first, f)
@@ -153,9 +155,10 @@ def link(findings: Sequence[Finding]) -> list[Finding]:
                     explain(first, f)
 
     # 4. stalls: explained by the root above, when there is one
-    roots = [f for f in free() if _active(f) and f.code not in ("loss_plateau", "update_ratio")]
+    roots = [f for f in free() if severity_rank(severity(f, findings)) >= 1
+             and f.code not in ("loss_plateau", "update_ratio")]
     if roots:
-        main = min(roots, key=root_rank)
+        main = min(roots, key=lambda f: root_rank(f, findings))
         for f in free():
             if f.code == "loss_plateau" or (f.code == "update_ratio" and f.evidence.get("direction") == "too_small"):
                 explain(main, f)
@@ -176,14 +179,10 @@ def link(findings: Sequence[Finding]) -> list[Finding]:
             continue
         out.append(root)
         root.evidence["consequences"] = [name(f.code, f.layer) for f in children]
-        worst = max(severity_rank(f.severity) for f in children)
-        if worst > severity_rank(root.severity):
-            root.severity = SEVERITIES[worst]
     for f in findings:
         root = _root_of(f, by_key)
         if root is not None and root.suggestions:
-            first = root.suggestions[0]
-            f.suggestions = [first] + [s for s in f.suggestions if s.code != first.code]
+            f.suggestions = list(root.suggestions)  # a symptom is cured by curing its cause
     return out
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from gradmon.vocabulary import severity_rank
+from gradmon.vocabulary import SEVERITIES, severity_rank
 
 #: finding codes in the order roots of equal severity are ranked: causes upstream of others first
 ROOT_ORDER: tuple[str, ...] = (
@@ -43,16 +43,25 @@ def name(code: str, layer: str | None) -> str:
     return f"{code} in {layer}" if layer else code
 
 
-def root_rank(f: Any) -> tuple:
-    """Sort key of roots: most severe first, then :data:`ROOT_ORDER`, then the earliest."""
+def severity(f: Any, findings: Sequence[Any] = ()) -> str:
+    """How grave ``f`` is as a cause: the worst of its own severity and of what it explains (a sharpness
+    finding that is only information by itself is an error when it explains a divergence)."""
+    worst = max([severity_rank(f.severity)] + [severity_rank(c.severity) for c in consequences(f, findings)])
+    return SEVERITIES[worst]
+
+
+def root_rank(f: Any, findings: Sequence[Any] = ()) -> tuple:
+    """Sort key of roots: most severe (with what they explain) first, then :data:`ROOT_ORDER`, then the
+    earliest."""
     order = ROOT_ORDER.index(f.code) if f.code in ROOT_ORDER else len(ROOT_ORDER)
-    return (-severity_rank(f.severity), order, int(f.first_step))
+    return (-severity_rank(severity(f, findings)), order, int(f.first_step))
 
 
 def roots(findings: Sequence[Any]) -> list[Any]:
-    """The warning and error findings that no other explains, primary first."""
-    chosen = [f for f in findings if severity_rank(f.severity) >= 1 and cause_of(f) is None]
-    return sorted(chosen, key=root_rank)
+    """The findings that no other explains and that are a warning or an error, by themselves or through what
+    they explain; primary first."""
+    chosen = [f for f in findings if cause_of(f) is None and severity_rank(severity(f, findings)) >= 1]
+    return sorted(chosen, key=lambda f: root_rank(f, findings))
 
 
 def primary(findings: Sequence[Any]) -> Any | None:
@@ -92,7 +101,7 @@ def summary(findings: Sequence[Any]) -> dict[str, Any] | None:
     root = found[0]
     fix = root.suggestions[0] if root.suggestions else None
     return {
-        "root": {"code": root.code, "layer": root.layer, "severity": root.severity,
+        "root": {"code": root.code, "layer": root.layer, "severity": severity(root, findings),
                  "first_step": int(root.first_step), "message": root.message},
         "fix": {"code": fix.code, "text": fix.text, "patch": dict(fix.patch)} if fix is not None else None,
         "consequences": [{"code": f.code, "layer": f.layer} for f in consequences(root, findings)],

@@ -218,12 +218,20 @@ class Jury:
 
     def _keep_early(self, window: Window, records: int) -> None:
         """Once the run has ``early_records`` records (and the window still holds them all): the per-layer
-        medians of the first ones, the network as it was before training changed it."""
+        medians of the first ones (up to a loss ``initial_jump`` times its start: a blow-up among them), the
+        network as it was before training changed it."""
         n = self.t.early_records
         if self._early or records < n or len(window) < records:
             return
         block = window.layers(last=records)[:n]  # (n, quantities, layers), the run's first records
-        flat = column_medians(block.reshape(n, -1)).reshape(block.shape[1:])
+        # up to a blow-up among them: the network before the step broke it
+        losses = window.scalar("loss", last=records)[:n]
+        start = self.initial_loss()
+        if math.isfinite(start) and start > 0:
+            jumped = np.flatnonzero(~(losses <= self.t.initial_jump * start) & ~np.isnan(losses))
+            if jumped.size and jumped[0] > 0:
+                block = block[: jumped[0]]
+        flat = column_medians(block.reshape(block.shape[0], -1)).reshape(block.shape[1:])
         self._early = dict(zip(LAYER_QUANTITIES, flat))
 
     def judge(self, curvature: Sequence[dict], sizes: np.ndarray, *, steps: int, records: int, final: bool = False,

@@ -60,8 +60,10 @@ def test_layout_alerts_histograms_and_report_text(vanishing_run):
     names = monitor.history.layer_names
     assert layout["grad_norm"] == [f"grad_norm/{n}" for n in names]
     # log-scale charts first: a linear chart of norms spanning decades is a flat line at zero
-    assert list(layout)[:3] == ["log10_grad_norm", "log10 global gradient norm", "loss"]
+    assert list(layout)[:4] == ["log10_grad_norm", "log10_act_std", "log10 global gradient norm", "loss"]
     assert layout["log10_grad_norm"] == [f"log10_grad_norm/{n}" for n in names]
+    # the activations' scale per layer, on a log scale: a forward collapse falls decades with depth
+    assert layout["log10_act_std"] == [f"log10_act_std/{n}" for n in names]
     assert layout["update_ratio"] == [f"update_ratio/{n}" for n in names]
     assert "curvature/lambda_max" in layout["curvature"]
     texts = read_texts(logdir)

@@ -139,8 +139,8 @@ class VanishingGradients(Detector):
 
     def _direction(self, ctx: JudgeContext, keep: np.ndarray) -> tuple[str, dict[str, float], float]:
         """``(direction, {layer: log10 act std}, decades the std falls across depth)``: ``forward`` when it
-        falls by ``forward_drop`` or more, ``backward`` when it does not, ``unknown`` when fewer than three
-        layers of the profile have a measured activation scale."""
+        falls by ``forward_drop`` or more, ``backward`` when it does not, ``unknown`` when no layer of the
+        profile has a measured activation scale, ``too few`` when fewer than three have."""
         stds = ctx.medians("act_std")
         logs: dict[str, float] = {}
         for i in keep:
@@ -149,7 +149,7 @@ class VanishingGradients(Detector):
             if u.activation_layer and np.isfinite(v) and v > 0:
                 logs[u.name] = float(np.log10(v))
         if len(logs) < 3:
-            return "unknown", logs, float("nan")
+            return ("unknown" if not logs else "too few"), logs, float("nan")
         fall = -fitted_fall(np.array(list(logs.values())))
         return ("forward" if fall >= self.t.forward_drop else "backward"), logs, fall
 
@@ -163,6 +163,8 @@ class VanishingGradients(Detector):
         if direction == "backward":
             return ("the activations keep their scale, so the signal dies on its way back: each layer shrinks the "
                     "gradient it passes back")
+        if direction == "too few":
+            return "too few layers have an activation to tell which way the signal dies"
         return "which way the signal dies is unknown (activation scales were not measured)"
 
     def _cause(self, ctx: JudgeContext, keep: np.ndarray, span: list[Any], direction: str,
@@ -205,6 +207,14 @@ class VanishingGradients(Detector):
         if saturating and (sat_max >= t.saturation_cause or "sigmoid" in saturating):
             state = f"are {sat_max:.0%} saturated" if sat_max >= t.quoted_saturation else \
                 "pass at most a quarter of the gradient"
+            early = ctx.early.get("saturation")
+            at_start = [float(early[u.index]) for u in measured if u.activation in SATURATING] \
+                if early is not None and len(early) == ctx.depth else []
+            at_start = [v for v in at_start if np.isfinite(v)]
+            if "sigmoid" not in saturating and at_start and max(at_start) < t.saturation_cause:
+                return "training", (f"{'/'.join(saturating)} units {state} now but were {max(at_start):.0%} "
+                                    f"saturated in the run's first steps: steps of lr {ctx.lr:g} with "
+                                    f"{ctx.run.optimizer} pushed them there{unknown_part}"), evidence
             return "activation", (f"{'/'.join(saturating)} units {state}, so each layer shrinks the gradient: the "
                                   f"activation is the cause{unknown_part}"), evidence
         needed = NEEDED_GAIN["rectified" if rectified else "saturating"]

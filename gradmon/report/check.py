@@ -32,6 +32,7 @@ def render_check(report: HealthReport, fmt: str = "text", fail_on: str = "error"
     failed = bool(exit_code(report, fail_on))
     if fmt == "json":
         return json.dumps({"status": report.status, "fail_on": fail_on, "failed": failed, "steps": report.steps,
+                           "diagnosis": report.to_dict()["diagnosis"],
                            "findings": [f.to_dict() for f in report.worst("info")]}, indent=2)
     if fmt == "markdown":
         return render_markdown(report)

@@ -92,7 +92,7 @@ def _diagnosis(report: HealthReport) -> list[str]:
     if root is None:
         return []
     located = where_phrase(root, code=md_code, text=md_text)
-    out = ["## Diagnosis", "", f"**Root cause:** {md_code(root.code)}{located} ({root.severity}, from step "
+    out = ["## Diagnosis", "", f"**Root cause:** {md_code(root.code)}{located} ({diagnosis.severity(root, report.findings)}, from step "
            f"{root.first_step}): {md_text(root.message)}", ""]
     fix = report.primary_fix
     if fix is not None:
