@@ -1,5 +1,8 @@
 """``gradmon doctor``: validate suggested fixes by short forked trials, and health-aware search trials.
 
+(A little over 450 lines: the trials, their ranking against the baseline and their table are one concept, and
+``gradmon tune``'s health-aware trial shares them.)
+
 The baseline runs the spec with the monitor for a budget of steps.  Every suggestion attached to its
 warning and error findings (and a combination of the two best fixes) becomes a trial: the same spec with the
 suggestion's patch, the same seed and the same budget; the first trial is the first fix of the baseline's root

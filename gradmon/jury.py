@@ -270,12 +270,15 @@ class Jury:
     # -- findings ------------------------------------------------------------------------------------------
     @property
     def findings(self) -> list[Finding]:
-        """Every finding opened so far, by first step (then code), with its current suggestions and links."""
-        return self.diagnose(self.tracker.findings)
+        """Every finding opened so far, by first step (then code), with the suggestions and links of the last
+        time one opened (:meth:`diagnose` brings them up to date)."""
+        return sorted(self.tracker.findings, key=lambda f: (f.first_step, f.code))
 
-    def diagnose(self, findings: Sequence[Finding]) -> list[Finding]:
-        """Attach the current advice to ``findings`` and link them by cause (:func:`gradmon.causes.link`):
-        one root cause, its consequences, and its first fix first everywhere.  Returns them by first step."""
+    def diagnose(self, findings: Sequence[Finding] | None = None) -> list[Finding]:
+        """Attach the current advice to ``findings`` (every finding so far by default) and link them by cause
+        (:func:`gradmon.causes.link`): one root cause, its consequences, and its first fix first everywhere.
+        Returns them by first step."""
+        findings = self.tracker.findings if findings is None else findings
         for f in findings:
             self.suggest(f)
         link(findings)
@@ -292,6 +295,6 @@ class Jury:
 
     def _opened(self, finding: Finding) -> None:
         """A finding opened: its advice and its place among the others' causes before anyone sees it."""
-        self.diagnose(self.tracker.findings)
+        self.diagnose()
         if self.on_open is not None:
             self.on_open(finding)

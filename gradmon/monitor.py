@@ -393,7 +393,7 @@ class Monitor(Callback):
             return merged
         if self.run is None:
             return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
-        findings = self.jury.findings  # with their advice, linked by cause
+        findings = self.jury.diagnose()  # with their advice, linked by cause
         history = self.recorder.history
         layers, loss = [], []
         if history is not None:

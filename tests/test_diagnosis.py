@@ -788,3 +788,42 @@ def test_torch_sharpness_at_the_first_step(one_thread):
         assert bool(sharp) == expect and (not expect or sharp[0].evidence["above_at_initialisation"])
         if not expect:
             assert report.status == "healthy"
+
+
+# -- the links themselves ----------------------------------------------------------------------------------------
+def test_any_set_of_findings_links_into_roots_without_cycles():
+    """Property: whatever findings a run has, linking terminates, every consequence's cause is one of them,
+    chains end at a root, and a run with a warning or an error always has a root cause with a fix."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    from gradmon.causes import link
+
+    causes = st.sampled_from([None, "initialization", "activation", "training", "step", "bias", "depth", "unknown"])
+    finding = st.builds(
+        lambda code, sev, layer, step, cause, pattern: Finding(
+            code, sev, layer, step, step + 5, "m",
+            {k: v for k, v in (("cause", cause), ("pattern", pattern),
+                               ("direction", "too_large" if step % 2 else "too_small")) if v is not None}),
+        st.sampled_from(list(FINDING_CODES)), st.sampled_from(["info", "warning", "error"]),
+        st.sampled_from([None, "dense0", "dense2"]), st.integers(0, 50), causes,
+        st.sampled_from([None, "stuck", "rising", "spike", "unrecovered"]))
+
+    @hypothesis.settings(max_examples=200, deadline=None)
+    @hypothesis.given(st.lists(finding, max_size=12, unique_by=lambda f: (f.code, f.layer)))
+    def check(findings):
+        ctx = Context("relu", "xavier_normal", "sgd", 0.1)
+        for f in findings:
+            f.suggestions = advise(f, ctx)
+        link(findings)
+        keys = {(f.code, f.layer) for f in findings}
+        for f in findings:
+            seen, g = set(), f
+            while diagnosis.cause_of(g) is not None:
+                assert diagnosis.cause_of(g) in keys and (g.code, g.layer) not in seen
+                seen.add((g.code, g.layer))
+                g = next(h for h in findings if (h.code, h.layer) == diagnosis.cause_of(g))
+        if any(f.severity != "info" for f in findings):
+            root = diagnosis.primary(findings)
+            assert root is not None and diagnosis.primary_fix(findings) is root.suggestions[0]
+
+    check()

@@ -296,8 +296,8 @@ class ExplodingGradients(Detector):
         spikes = int(np.sum(fresh > t.spike_factor * spread))
         if series and spikes >= t.min_spikes and np.isfinite(early) and peak > t.early_factor * early \
                 and "blowup_factor" not in evidence:
-            reasons.append(f"the global norm spiked {spikes} times, up to {peak:.3g} ({peak / window_median:.3g}x "
-                           f"its median over the window)")
+            times = f" ({peak / window_median:.3g}x its median over the window)" if window_median > 0 else ""
+            reasons.append(f"the global norm spiked {spikes} times, up to {peak:.3g}{times}")
             evidence["spike_norm"], evidence["spikes"] = sig(peak), spikes
         block = max(t.growth_min_block, int(ok.size * t.growth_block_fraction))
         head, tail = median(ok[:block]), median(ok[-block:])
