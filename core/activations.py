@@ -187,12 +187,6 @@ ACTIVATIONS: dict[str, type[Activation]] = {
     "elu": ELU,
 }
 
-#: activations whose units saturate near asymptotes (monitored for saturation)
-SATURATING: frozenset[str] = frozenset({"sigmoid", "tanh"})
-#: activations with a flat zero-gradient region (monitored for dead units)
-RECTIFIED: frozenset[str] = frozenset({"relu"})
-
-
 def get_activation(name: str, **kwargs: Any) -> Activation:
     """An activation layer by registry name (ValueError listing the valid names otherwise)."""
     try:
