@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from core.spec import apply_patch, load_spec
     from gradmon.report.text import patch_to_cli
-    from gradmon.run import default_logdir, run_spec
+    from gradmon.run import default_logdir, hparam_keys, run_spec
     from gradmon.scenarios import FIXES, SCENARIOS, scenario_text
 
     if args.scenario is not None and args.scenario not in SCENARIOS:
@@ -148,11 +148,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name]), FIXES[name]))
     _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if len(runs) > 1 else ""))
     results = []
+    compared = {"hparams": hparam_keys(*(s for _, s, _ in runs))}  # HPARAMS: what differs between the runs
     for label, s, patch in runs:
         _print(f"\n== {label}" + (f"  ({patch_to_cli(patch)})" if patch else ""))
         logdir = root / label if len(runs) > 1 else root
         args.run_dir = logdir
-        results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
+        results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet,
+                                                monitor_options=compared)))
     _print("")
     for line in demo_table([(label, r) for label, _, r in results]):
         _print(line)

@@ -32,7 +32,7 @@ from gradmon.layout import Unit, units_from_run
 from gradmon.outputs import check_writable, spec_from_run, write_run_files
 from gradmon.quantities.curvature_meter import CurvatureMeter
 from gradmon.quantities.gradients import first_nonfinite
-from gradmon.quantities.xp import all_finite, histogram
+from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes
 from gradmon.recorder import Recorder
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.sinks.base import Sink, SinkSet
@@ -59,7 +59,9 @@ class Monitor(Callback):
         Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
     tensorboard_every: records between TensorBoard scalar writes (the history keeps every record); records
         that measure the slow quantities (see ``weight_every``) are written too.
-    histogram_every: steps between gradient/activation histograms (default: ~20 per run).
+    histogram_every: steps between gradient/activation histograms (default: ~20 per run; 0: none).
+    hparams: the hyperparameters TensorBoard's HPARAMS lists (spec keys; None: all of the spec's; ``()``:
+        none, for runs whose group writes one experiment, see :func:`gradmon.sinks.tensorboard.write_experiment`).
     judge_every: records between detector judgments (default: ~20 per run, at most every 50 records).
     weight_every: records between weight norms, update-to-weight ratios and activation moments (weights
         move slowly; this keeps the every-step cost to gradient norms and activation health).
@@ -80,14 +82,15 @@ class Monitor(Callback):
                  seed: int = 0, open_after: int | None = None, close_after: int | None = None,
                  weight_every: int = 10, stop_on_nonfinite: bool = True,
                  thresholds: Thresholds | Mapping[str, Mapping[str, float]] | None = None,
-                 sinks: Sequence[Sink] = ()) -> None:
+                 sinks: Sequence[Sink] = (), hparams: Sequence[str] | None = None) -> None:
         for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
                                  ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
                                  ("trace_samples", trace_samples, 0), ("capacity", capacity, 4),
                                  ("weight_every", weight_every, 1), ("curvature_max_iter", curvature_max_iter, 2)):
             _check_int(name, value, low)
-        for name, value in (("histogram_every", histogram_every), ("judge_every", judge_every),
+        _check_int("histogram_every", histogram_every, 0, optional=True)
+        for name, value in (("judge_every", judge_every),
                             ("open_after", open_after), ("close_after", close_after)):
             _check_int(name, value, 1, optional=True)
         if capacity % 2:
@@ -110,6 +113,7 @@ class Monitor(Callback):
         self.console = ConsoleSink(enabled=console)
         self.tensorboard_every = int(tensorboard_every)
         self.histogram_every = histogram_every
+        self.hparams = list(hparams) if hparams is not None else None
         self.stop_on_nonfinite = stop_on_nonfinite
         self.use_tensorboard = tensorboard and self.logdir is not None
         self._extra_sinks = list(sinks)
@@ -178,11 +182,11 @@ class Monitor(Callback):
             try:
                 from gradmon.sinks.tensorboard import TensorBoardSink
 
-                sinks.append(TensorBoardSink(self.logdir, scalar_every=self.tensorboard_every))
+                sinks.append(TensorBoardSink(self.logdir, scalar_every=self.tensorboard_every, hparams=self.hparams))
             except (ImportError, OSError) as exc:
                 self._failed(f"the tensorboard sink failed and is off for the rest of the run: {exc}")
         self.sinks = SinkSet([*sinks, *self._extra_sinks], self._failed)
-        self._hist_schedule = every_schedule(int(hist_every)) if self.sinks.wants_histograms else every_schedule(0)
+        self._hist_schedule = every_schedule(int(hist_every) if self.sinks.wants_histograms else 0)
         self.sinks.emit("start", run, self.units)
 
     def on_after_backward(self, state: StepState) -> None:
@@ -206,6 +210,10 @@ class Monitor(Callback):
                 h = histogram(values)
                 if h is not None:
                     self.sinks.emit("histogram", step, tag, h)
+                if tag.startswith("gradients/"):  # magnitudes in decades: 1e-7 and 1e-1 apart on one axis
+                    h = histogram(log10_magnitudes(values))
+                    if h is not None:
+                        self.sinks.emit("histogram", step, f"log10_abs_{tag}", h)
 
     def on_step_end(self, state: StepState) -> None:
         self.steps = state.step + 1
