@@ -132,6 +132,8 @@ class Monitor(Callback):
         self._checked_step = -1       # the last step whose loss and gradient norm were checked for NaN/Inf
         self._merged: dict[str, Any] | None = None
         self._closed = False
+        self.metrics: list[dict[str, Any]] = []   # log_metrics() calls: {"step", name: value...}
+        self.facts: dict[str, Any] = {}           # describe(): the loss's name and the batch size, for the report
         if self.logdir is not None:
             check_writable(self.logdir)
 
@@ -271,6 +273,45 @@ class Monitor(Callback):
         if self.stop_on_nonfinite and self.jury.nonfinite_step is not None:
             return f"non-finite values at step {self.jury.nonfinite_step}"
         return None
+
+    def stop_reason(self, severity: str = "error") -> str | None:
+        """Why a loop should stop now: NaN/Inf appeared, or a finding of ``severity`` (or worse) is open; None
+        while training may go on.  (``gradmon.torch``'s ``watcher.should_stop``, the Lightning and Hugging
+        Face callbacks' ``stop_on``.)"""
+        from gradmon.vocabulary import severity_rank
+
+        if self.jury.nonfinite_step is not None:
+            return f"non-finite values at step {self.jury.nonfinite_step}"
+        floor = severity_rank(severity)
+        worst = [f for f in self.jury.findings if severity_rank(f.severity) >= floor]
+        if worst:
+            f = worst[0]
+            return f"{f.severity} {f.code}" + (f" in {f.layer}" if f.layer else "") + f" at step {f.first_step}"
+        return None
+
+    def log_metrics(self, step: int | None = None, **metrics: float) -> None:
+        """Validation (or any) metrics of the run so far, e.g. ``log_metrics(val_loss=0.3, accuracy=0.91)``:
+        they go to the sinks as an epoch's logs (TensorBoard ``loss/val``, ``accuracy/val``...) and to the
+        report (``extra["metrics"]``, one entry per call).  ``accuracy`` means validation accuracy here, as
+        in most loops that compute it on held-out data; ``train_accuracy`` is the training one."""
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                values[name] = float(value.item() if hasattr(value, "item") else value)
+            except (TypeError, ValueError):
+                raise ValueError(f"log_metrics({name}=...) needs a number, got {type(value).__name__}") from None
+        at = self.steps if step is None else int(step)
+        self.metrics.append({"step": at, **values})
+        logs = {{"accuracy": "val_accuracy", "train_accuracy": "accuracy"}.get(k, k): v for k, v in values.items()}
+        self.sinks.emit("epoch", at, logs)
+
+    def describe(self, loss: str | None = None, batch_size: int | None = None) -> None:
+        """Facts a loop learns as it runs (the loss's name, the batch size) for a report whose run
+        description has placeholders (``loss: "unknown"``, ``batch_size: 0``)."""
+        if loss and loss != "unknown":
+            self.facts.setdefault("loss", str(loss))
+        if batch_size:
+            self.facts.setdefault("batch_size", int(batch_size))
 
     # -- the step's path -------------------------------------------------------------------------------------
     def _commit(self, state: StepState | None) -> None:
@@ -413,9 +454,18 @@ class Monitor(Callback):
                 layers.append(entry)
             loss = [{"step": int(s), "train": float(v)} for s, v in zip(history.steps, history.scalar("loss"))]
         spec = dict(self.run.spec) if self.run.spec else spec_from_run(self.run)
+        train = spec.get("train")
+        if isinstance(train, dict):  # placeholders of a loop that did not know them at the start
+            train = spec["train"] = dict(train)
+            if train.get("loss") in (None, "", "unknown") and "loss" in self.facts:
+                train["loss"] = self.facts["loss"]
+            if not train.get("batch_size"):
+                train["batch_size"] = self.facts.get("batch_size") or self.recorder.batch or train.get("batch_size")
         extra: dict[str, Any] = {"sink_errors": list(self.sink_errors)} if self.sink_errors else {}
         if self.notes:
             extra["notes"] = list(self.notes)
+        if self.metrics:
+            extra["metrics"] = list(self.metrics)
         return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,
                             curvature=list(self.meter.entries), loss=loss, ended=self.ended, extra=extra)
 
