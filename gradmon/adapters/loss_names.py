@@ -26,11 +26,21 @@ def _node_name(node: Any) -> str:
     return name.rstrip("0123456789")
 
 
+#: nodes that scale a loss by a constant (Lightning divides by the accumulation steps, AMP multiplies by the
+#: loss scale): the loss is their first input
+SCALINGS = ("DivBackward", "MulBackward")
+
+
 def loss_name(loss: Any) -> str | None:
-    """The loss's name from its autograd node, or None when it cannot be told (a float, a tensor without
-    gradient, a hand-written loss)."""
+    """The loss's name from its autograd node (looking through scaling by a constant), or None when it
+    cannot be told (a float, a tensor without gradient, a hand-written loss)."""
     node = getattr(loss, "grad_fn", None)
     name = _node_name(node)
+    for _ in range(3):
+        if name not in SCALINGS or not getattr(node, "next_functions", ()):
+            break
+        node = node.next_functions[0][0]
+        name = _node_name(node)
     if name in ("NllLossBackward", "NllLoss2DBackward"):  # cross-entropy is log-softmax + NLL
         inputs = [_node_name(n[0]) for n in getattr(node, "next_functions", ())]
         return "cross_entropy" if "LogSoftmaxBackward" in inputs else "nll_loss"
