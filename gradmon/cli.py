@@ -128,16 +128,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from core.tune import parse_grid, search
-    from gradmon.doctor import health_trial, render_leaderboard
+    from gradmon.doctor import best_trial_line, health_trial, render_leaderboard
 
     spec = _load_spec(args.spec, args.set)
     grid = parse_grid(args.grid)
-    trials = search(spec, grid, trial=health_trial(budget_steps=args.budget_steps), mode=args.mode,
-                    n_trials=args.n_trials, seed=args.seed, progress=_progress(args))
+    progress = _progress(args)
+    trial = health_trial(budget_steps=args.budget_steps, logdir=args.logdir, keys=list(grid),
+                         progress=None if progress is None and not sys.stderr.isatty() else progress is None)
+    trials = search(spec, grid, trial=trial, mode=args.mode, n_trials=args.n_trials, seed=args.seed,
+                    progress=progress)
+    if args.logdir:
+        from gradmon.sinks.tensorboard import write_experiment
+
+        write_experiment(args.logdir, {k: grid[k][0] for k in grid})
     if args.format == "json":
         _print(json.dumps([t.to_dict() for t in trials], indent=2, allow_nan=False))
     else:
         _print(render_leaderboard(trials))
+        _print("")
+        _print(best_trial_line(trials, args.spec, args.set))
+        if args.logdir:
+            _print(f"runs: {args.logdir}   (tensorboard --logdir {args.logdir}: HPARAMS compares the trials)")
     return EXIT_OK
 
 
@@ -279,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--logdir", help="keep every trial's run (events, report) in DIR/<key=value,...>, with one "
+                   "HPARAMS experiment over the grid's keys (default: nothing written)")
     common(p)
     p.set_defaults(func=cmd_tune)
 
