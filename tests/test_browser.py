@@ -111,3 +111,21 @@ def test_html_report_renders_status_findings_and_plots(run_dir, browser):
     assert page.locator("#heatmap").bounding_box()["y"] < 1000  # status, summary and heatmap above the fold
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     page.close()
+
+
+def test_notebook_repr_html_renders_compactly(run_dir, browser):
+    """What a notebook cell shows for a report: the status banner and one row per finding with its first fix,
+    in a small box (the page is the fragment as Jupyter would insert it)."""
+    from gradmon.findings import HealthReport
+
+    report = HealthReport.load(run_dir / "vanishing")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_content(f"<html><body style='margin:16px'>{report._repr_html_()}</body></html>")
+    box = page.locator(".gradmon-report").bounding_box()
+    assert box is not None and box["height"] < 500  # the top of the report, not the whole of it
+    assert page.locator(".gradmon-report").get_attribute("data-status") == report.status
+    assert page.locator("tr.finding").count() == len(report.findings)
+    assert "--set model.activation=relu" in page.locator('tr.finding[data-code="vanishing_gradients"]').inner_text()
+    page.screenshot(path=str(ARTIFACTS / "notebook-repr.png"))
+    page.close()

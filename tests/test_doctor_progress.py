@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradmon.doctor import StepLines
+from core.progress import StepLines
 from gradmon.scenarios import scenario_path
 from tests.test_cli_reports import gradmon_cli
 from tests.tbutil import accumulator

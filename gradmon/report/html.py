@@ -17,7 +17,7 @@ from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
 from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
-from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, severity_counts
+from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, counts_phrase, severity_counts
 
 
 CSS = """
@@ -256,5 +256,4 @@ def render_html_fragment(report: HealthReport) -> str:
     return (f'<div class="gradmon-report" data-status="{escape(status)}" style="font-family:system-ui,sans-serif">'
             f'<div style="background:{bg};color:{fg};border:2px solid {fg};border-radius:8px;padding:8px 12px">'
             f'<b>gradmon: {escape(status.upper())}</b> — {escape(name)}, {int(report.steps)} steps '
-            f'({escape(str(report.ended))}); {counts["error"]} errors, {counts["warning"]} warnings, '
-            f'{counts["info"]} info</div>{table}</div>')
+            f'({escape(str(report.ended))}); {escape(counts_phrase(counts) or "no findings")}</div>{table}</div>')

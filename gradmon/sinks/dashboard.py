@@ -21,7 +21,7 @@ from gradmon.findings import Finding, HealthReport
 from gradmon.layout import Unit
 from gradmon.report.markdown import md_code, md_text
 from gradmon.report.text import location, patch_to_cli
-from gradmon.vocabulary import RELU_FAMILY, SATURATING, SEVERITIES, severity_rank
+from gradmon.vocabulary import RELU_FAMILY, SATURATING, SEVERITIES, counts_phrase, severity_counts, severity_rank
 
 #: per-layer quantities written as scalars, in the order of their charts (log scale first)
 LAYER_QUANTITIES = ("log10_grad_norm", "grad_norm", "log10_update_ratio", "update_ratio", "saturation",
@@ -197,10 +197,10 @@ def diagnosis_markdown(report: HealthReport, units: Sequence[Unit], dropped: Seq
     """The run's diagnosis for the TEXT tab: status, every finding worst first with its fixes, and which
     series were not charted because they never changed."""
     width = index_width(len(units))
-    counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
+    counts = counts_phrase(severity_counts(f.severity for f in report.findings))
     lines = [f"## gradmon diagnosis: {report.status.upper()} after {report.steps} steps ({md_text(report.ended)})",
-             ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()) + "; worst first, each with "
-             "its fix. Charts: CUSTOM SCALARS, category *diagnosis*.", ""]
+             (f"{counts}; worst first, each with its fix. Charts: CUSTOM SCALARS, category *diagnosis*."
+              if counts else "No findings."), ""]
     for f in report.worst("info"):
         lines += [f"- {alert_markdown(f, width, units)}"]
     if not report.findings:
