@@ -21,7 +21,9 @@ that file's directory (on the command line, to the working directory).  Sizes ar
 (``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
 (``--set monitor.thresholds.vanishing_gradients.min_drop=3``).  core checks only that shape and that the
 values are finite numbers; the table and field names are gradmon's (``gradmon.thresholds``), checked when
-its monitor is built.
+its monitor is built.  ``monitor.tensorboard_every`` (records between TensorBoard scalar writes, default 10)
+and ``monitor.histogram_every`` (steps between histograms; 0 = none; absent = about 20 per run) set the
+TensorBoard cadence.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ DEFAULTS: dict[str, Any] = {
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
     "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
               "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
-    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}},
+    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {},
+                "tensorboard_every": 10, "histogram_every": None},
 }
 SECTIONS = ("data", "model", "train", "monitor")
 #: optimizers that take train.momentum and train.nesterov
@@ -205,7 +208,9 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
               "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
               "clip_value": _nonneg, "l2": _nonneg},
     "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
-                "curvature_samples": lambda k, v: _int(k, v, 1), "thresholds": _thresholds},
+                "curvature_samples": lambda k, v: _int(k, v, 1), "thresholds": _thresholds,
+                "tensorboard_every": lambda k, v: _int(k, v, 1),
+                "histogram_every": _optional(lambda k, v: _int(k, v, 0))},
 }
 
 

@@ -108,6 +108,13 @@ def all_finite(a: Array) -> bool:
         return bool(torch.isfinite(a.detach()).all())
 
 
+def log10_magnitudes(values: Array) -> Array:
+    """``log10(|values|)`` where the values live (zeros give -inf, which :func:`histogram` leaves out)."""
+    xp = namespace(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return xp.log10(xp.abs(values))
+
+
 def histogram(values: Array, bins: int = 64, max_values: int = 4096) -> dict[str, Any] | None:
     """A histogram of the finite entries of ``values`` in ``bins`` equal-width buckets, computed where the
     values live; only the counts and summary numbers come to the host.  Large arrays are represented by an
