@@ -14,7 +14,7 @@ from gradmon.monitor import Monitor
 
 #: spec [monitor] keys -> Monitor arguments (``thresholds``: overrides of :mod:`gradmon.thresholds`, whose
 #: table and field names the Monitor checks)
-MONITOR_KEYS = ("every", "curvature_every", "curvature_samples", "thresholds")
+MONITOR_KEYS = ("every", "curvature_every", "curvature_budget", "curvature_samples", "thresholds")
 #: the report files a monitored run writes into its logdir
 REPORT_FILES = ("report.html", "report.json")
 
