@@ -156,14 +156,14 @@ class BatchOperator:
     def layer_traces(self) -> dict[str, float] | None:
         """The exact Hessian trace of each Dense layer (penalty included) where the Gauss-Newton route applies
         (:meth:`core.model.Linearization.gauss_newton_trace`), else None."""
-        lin = self.lin
-        traces = lin.gauss_newton_trace(lin.loss.gauss_newton_factor(lin.z, lin.y))
-        if traces is None:
-            return None
-        for key in self.weights:
-            layer = key.rsplit(".", 1)[0]
-            traces[layer] = traces.get(layer, 0.0) + 2.0 * self.objective.l2 * self.params[key].size
-        return traces
+        if not hasattr(self, "_traces"):
+            lin = self.lin
+            traces = lin.gauss_newton_trace(lin.loss.gauss_newton_factor(lin.z, lin.y))
+            for key in self.weights if traces is not None else ():
+                layer = key.rsplit(".", 1)[0]
+                traces[layer] = traces.get(layer, 0.0) + 2.0 * self.objective.l2 * self.params[key].size
+            self._traces = traces
+        return None if self._traces is None else dict(self._traces)
 
     def exact_trace(self) -> float | None:
         """``tr(H)`` exactly where the network allows a cheap exact route, else None."""

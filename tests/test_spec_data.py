@@ -168,7 +168,8 @@ def test_integral_regression_targets_stay_regression_when_asked(tmp_path):
 def test_defaults_and_equivalent_toml_json(tmp_path):
     spec = load_spec({})
     assert spec["model"]["hidden"] == [64, 64] and spec["train"]["batch_size"] == 32
-    assert spec["monitor"] == {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}}
+    assert spec["monitor"] == {"every": 1, "curvature_every": None, "curvature_budget": 0.05,
+                               "curvature_samples": 1024, "thresholds": {}}
     (tmp_path / "s.toml").write_text('seed = 3\n[data]\nname = "moons"\n[model]\nhidden = [8]\n'
                                      '[train]\nlr = 0.5\nbatch_size = "full"\n')
     (tmp_path / "s.json").write_text(json.dumps({"seed": 3, "data": {"name": "moons"}, "model": {"hidden": [8]},

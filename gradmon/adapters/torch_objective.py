@@ -125,12 +125,11 @@ class TorchOperator:
 
     def layer_traces(self) -> dict[str, float] | None:
         """The exact Hessian trace of each linear layer where the Gauss-Newton route applies, else None."""
-        if self._out is None:
-            return None
-        factor = loss_factor(self.objective.loss_fn, self._out, self.objective.y)
-        if factor is None:
-            return None
-        return gauss_newton_traces(self._capture, self._out, factor)
+        if not hasattr(self, "_traces"):
+            factor = loss_factor(self.objective.loss_fn, self._out, self.objective.y) \
+                if self._out is not None else None
+            self._traces = gauss_newton_traces(self._capture, self._out, factor) if factor is not None else None
+        return None if self._traces is None else dict(self._traces)
 
     def exact_trace(self) -> float | None:
         """``tr(H)`` exactly where the model and loss allow the cheap exact route, else None."""

@@ -12,7 +12,8 @@ wrap a plain dict-keyed or flat HVP (finite differences for loops that have only
 - trace: exact when the operator offers a cheap exact route (``exact_trace()``: core's Gauss-Newton trace
   of piecewise-linear networks), else :func:`~gradmon.quantities.trace.deflated_trace` on the Lanczos basis
   (Hutch++-style: the top of the spectrum exactly, the rest by Hutchinson on projected vectors), with as many
-  products as the λmax estimate took, so a whole estimate costs at most twice the products of λmax alone.
+  products as the λmax estimate took (at least :data:`MIN_TRACE_SAMPLES`), so a cold estimate costs at most
+  twice the products of λmax alone.
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ class CurvatureEstimate:
                 "top_k": [float(x) for x in self.top_k], "seconds": float(self.seconds)}
 
 
+#: stochastic trace samples at least (by default as many as λmax took: a warm start that converged in three
+#: products would otherwise leave the trace three samples)
+MIN_TRACE_SAMPLES = 8
 #: weight of the random part of a warm start vector (the previous top eigenvector plus this much of a random
 #: unit vector: enough to find an eigenvalue that overtook the previous top one, too little to slow convergence)
 WARM_START_MIX = 0.05
@@ -188,7 +192,8 @@ def estimate_curvature(hvp: FlatHVP | HessianOperator, dim: int | None = None, *
     ``hvp``: a :class:`HessianOperator`, or a flat numpy HVP function with its ``dim``.  ``warm_start``: the
     previous estimate's ``top_vector`` (same ``D``), else a Rademacher start from ``seed``.  The trace: exact
     when the operator's ``exact_trace()`` gives it; otherwise deflated by the Lanczos basis with
-    ``trace_samples`` remainder samples (None: as many as λmax took, at least 2; 0: no trace).  ``trace=False``
+    ``trace_samples`` remainder samples (None: as many as λmax took, at least :data:`MIN_TRACE_SAMPLES`; 0: no
+    trace).  ``trace=False``
     skips the trace.
     """
     t0 = time.perf_counter()
@@ -209,11 +214,57 @@ def estimate_curvature(hvp: FlatHVP | HessianOperator, dim: int | None = None, *
     if exact is not None:
         value, stderr, method = float(exact), 0.0, getattr(op, "trace_method", "exact")
     elif want_trace:
-        samples = result.hvps if trace_samples is None else int(trace_samples)
-        tr = deflated_trace(op.hvp, result.basis, result.ritz_trace, max(2, samples), rng=rng)
+        samples = max(result.hvps, MIN_TRACE_SAMPLES) if trace_samples is None else max(2, int(trace_samples))
+        tr = deflated_trace(op.hvp, result.basis, result.ritz_trace, samples, rng=rng)
         value, stderr, method, hvps = tr.trace, tr.stderr, tr.method, hvps + tr.hvps
     top = result.eigenvectors[:, 0] if result.eigenvectors is not None else None
     return CurvatureEstimate(step=step, lambda_max=result.lambda_max, lambda_min=result.lambda_min, trace=value,
                              trace_stderr=stderr, hvps=hvps, converged=result.converged,
                              top_k=[float(x) for x in result.eigenvalues], seconds=time.perf_counter() - t0,
                              lanczos_hvps=result.hvps, trace_method=method, warm_start=warm, top_vector=top)
+
+
+# -- one call ---------------------------------------------------------------------------------------------------------
+@dataclass
+class CurvatureResult:
+    """What a one-call measurement returns (:func:`gradmon.curvature`, :func:`gradmon.torch.curvature`).
+
+    ``lambda_max``: the top Hessian eigenvalue (loss units per squared parameter unit); ``trace`` ±
+    ``trace_stderr`` (one standard error; 0 when exact, NaN without a trace); ``hvps``: Hessian-vector
+    products spent; ``seconds``: wall time of the whole call (the linearisation included); ``converged``:
+    whether Lanczos met ``tol``.  Also ``lambda_min`` (the most negative Ritz value seen), ``trace_method``
+    and, for the exact route, ``layer_traces`` (the trace of each layer's diagonal block)."""
+
+    lambda_max: float
+    trace: float
+    trace_stderr: float
+    hvps: int
+    seconds: float
+    converged: bool
+    lambda_min: float = float("nan")
+    lanczos_hvps: int = 0
+    trace_method: str = "none"
+    layer_traces: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lambda_max": self.lambda_max, "trace": self.trace, "trace_stderr": self.trace_stderr,
+                "hvps": self.hvps, "seconds": self.seconds, "converged": self.converged,
+                "lambda_min": self.lambda_min, "lanczos_hvps": self.lanczos_hvps, "trace_method": self.trace_method,
+                "layer_traces": dict(self.layer_traces) if self.layer_traces is not None else None}
+
+
+def measure(build: Callable[[], Any], *, tol: float = 1e-3, trace: bool = True, max_iter: int = 100,
+            seed: int = 0) -> CurvatureResult:
+    """One cold estimate on the operator ``build()`` returns (timed with it): the body of the one-call APIs."""
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol must be a relative tolerance in (0, 1) such as 1e-3, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 2:
+        raise ValueError(f"max_iter must be an integer >= 2, got {max_iter!r}")
+    t0 = time.perf_counter()
+    op = build()
+    est = estimate_curvature(op, rtol=float(tol), max_iter=max_iter, seed=seed, trace=bool(trace))
+    layers = op.layer_traces() if trace and est.trace_method.startswith("exact") and hasattr(op, "layer_traces") \
+        else None
+    return CurvatureResult(lambda_max=est.lambda_max, trace=est.trace, trace_stderr=est.trace_stderr, hvps=est.hvps,
+                           seconds=time.perf_counter() - t0, converged=est.converged, lambda_min=est.lambda_min,
+                           lanczos_hvps=est.lanczos_hvps, trace_method=est.trace_method, layer_traces=layers)

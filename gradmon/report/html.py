@@ -16,7 +16,7 @@ from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
 from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, severity_counts
 
 
@@ -151,10 +151,11 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
 def _curvature_table(curvature: list[dict[str, Any]]) -> str:
     if not curvature:
         return ""
-    head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
-    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k)))}</td>"
-                                     for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
-                   for c in curvature)
+    head = ("<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>± (1 s.e.)</th>"
+            "<th>HVPs</th></tr>")
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
+        c.get("step"), c.get("lambda_max"), c.get("threshold"), c.get("trace"), trace_error(c), c.get("hvps")))
+        + "</tr>" for c in curvature)
     return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
 
 

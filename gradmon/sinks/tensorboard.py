@@ -100,7 +100,7 @@ class TensorBoardSink(Sink):
                        if q not in logs})
         charts["global gradient"] = ["Multiline", ["grad_norm/global", "clip_coef"]]
         charts["curvature"] = ["Multiline", ["curvature/lambda_max", "curvature/stability_threshold"]]
-        charts["curvature trace"] = ["Multiline", ["curvature/trace"]]
+        charts["curvature trace"] = ["Multiline", ["curvature/trace", "curvature/trace_stderr"]]
         from tensorboardX.summary import custom_scalars
 
         self._guard("the layout", lambda: self._write(custom_scalars({"gradmon": charts})))
@@ -178,8 +178,10 @@ class TensorBoardSink(Sink):
 
     def curvature(self, entry: Mapping[str, Any]) -> None:
         values = {"curvature/lambda_max": entry.get("lambda_max"), "curvature/trace": entry.get("trace"),
+                  "curvature/trace_stderr": entry.get("trace_stderr"),  # the trace's error bar, a second series
                   "curvature/hvps": entry.get("hvps"), "curvature/stability_threshold": entry.get("threshold")}
-        self.scalars(int(entry["step"]), {k: float(v) for k, v in values.items() if v is not None})
+        self.scalars(int(entry["step"]), {k: float(v) for k, v in values.items() if v is not None
+                                          and (k != "curvature/trace_stderr" or math.isfinite(float(v)))})
 
     def finding(self, finding: Finding) -> None:
         self.alert(finding.first_step, finding.code, finding.severity, finding.layer, finding.message)
