@@ -36,7 +36,7 @@ def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]] | None:
     seen: set[int] = set()
 
     def walk(seq: nn.Sequential, prefix: str) -> bool:
-        for name, child in seq.named_children():
+        for name, child in seq._modules.items():  # (named_children() would hide a module used twice)
             if id(child) in seen:
                 return False
             seen.add(id(child))
