@@ -76,7 +76,7 @@ def test_products_of_one_gradient_graph_match_torch_dense_hessian(act, batchnorm
     for _ in range(3):
         v = op.vector(rng.normal(size=op.dim))
         hv = op.hvp(v)
-        assert isinstance(hv, torch.Tensor) and hv.dtype == torch.float64  # kept as a tensor, never numpy
+        assert isinstance(hv, torch.Tensor) and hv.dtype == torch.float64  # a tensor of the model's dtype, never numpy
         np.testing.assert_allclose(hv.numpy(), H @ v.numpy(), rtol=1e-8, atol=1e-10)
 
 

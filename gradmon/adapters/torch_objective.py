@@ -4,8 +4,9 @@ products by double backward (curvature for :mod:`gradmon.quantities.curvature_me
 
 One graph per estimate: :meth:`TorchObjective.linearize` runs the forward pass and builds the gradient once
 with ``create_graph=True``; every product of that estimate is then one ``torch.autograd.grad`` of that
-gradient (``retain_graph=True``), on float64 vectors kept as tensors on the model's device (cast to the
-parameters' dtype for the product), never copied to the host.
+gradient (``retain_graph=True``).  The parameters are views of one flat leaf tensor, so the gradient and each
+product are flat tensors on the model's device, in the parameters' dtype: a product needs no splitting,
+concatenation, conversion or copy to the host.
 
 Evaluating it never changes the model: dropout is off, BatchNorm uses copies of its buffers, the global
 RNG state is restored after the forward pass, and a watcher's hooks are paused.
@@ -51,7 +52,7 @@ class TorchObjective:
 
     def linearize(self, params: Mapping[str, np.ndarray] | None = None,
                   create_graph: bool = True) -> "TorchOperator":
-        """The Hessian at ``params`` (the live parameters when None) as an operator on flat float64 tensors."""
+        """The Hessian at ``params`` (the live parameters when None) as an operator on flat tensors."""
         return TorchOperator(self, params, create_graph)
 
     def grad(self, params: Mapping[str, np.ndarray] | None = None) -> tuple[float, dict[str, np.ndarray]]:
@@ -65,13 +66,14 @@ class TorchObjective:
         for many at the same point use :meth:`linearize`)."""
         op = self.linearize(params)
         flat = np.concatenate([np.asarray(vec[n], dtype=np.float64).ravel() for n in op.names])
-        out = op.hvp(op.vector(flat)).cpu().numpy()
+        out = op.hvp(op.vector(flat)).double().cpu().numpy()
         return {n: out[op.offsets[i]:op.offsets[i + 1]].reshape(op.shapes[i]) for i, n in enumerate(op.names)}
 
 
 class TorchOperator:
-    """The Hessian of a :class:`TorchObjective` at fixed parameters, on flat float64 tensors of length ``dim``
-    (parameters in ``named_parameters()`` order) on the model's device.
+    """The Hessian of a :class:`TorchObjective` at fixed parameters, on flat tensors of length ``dim``
+    (parameters in ``named_parameters()`` order) of the parameters' dtype (``dtype``, float32 at least) on the
+    model's device.
 
     Built once per estimate: the forward pass and the gradient graph (``create_graph=True``); :meth:`hvp` is
     one ``torch.autograd.grad`` of the gradient with ``retain_graph=True``.  ``value`` is the loss (a tensor).
@@ -94,33 +96,38 @@ class TorchOperator:
         self.dim = int(self.offsets[-1])
         first = live[self.names[0]]
         self.device = first.device
-        self.tensors = []
-        for n in self.names:
-            ref = live[n]
-            value = ref.detach() if params is None else torch.as_tensor(np.asarray(params[n]), dtype=ref.dtype,
-                                                                        device=ref.device)
-            self.tensors.append(value.clone().requires_grad_(True))
-        self.dtypes = [t.dtype for t in self.tensors]
+        values = [live[n].detach() if params is None else
+                  torch.as_tensor(np.asarray(params[n]), dtype=live[n].dtype, device=live[n].device)
+                  for n in self.names]
+        self.dtypes = [v.dtype for v in values]
+        #: the vectors' dtype: the parameters' (float32 at least), so a product needs no conversion
+        self.dtype = torch.float32
+        for d in self.dtypes:
+            self.dtype = torch.promote_types(self.dtype, d)
+        # one flat leaf; the parameters are views of it, so the gradient and every product are one flat tensor
+        self.flat = torch.cat([v.reshape(-1).to(self.dtype) for v in values]).requires_grad_(True)
+        sizes = [int(b - a) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        devices = sorted({t.device.index for t in self.tensors if t.device.type == "cuda"})
+        devices = sorted({v.device.index for v in values if v.device.type == "cuda"})
         layers = linear_layers(model) if create_graph else None
         if layers is not None and sum(p.numel() for _, m in layers for p in m.parameters()) != self.dim:
             layers = None
         self._capture = LayerCapture(layers or [])
         with objective.paused(), _dropout_off(model), torch.enable_grad(), self._capture, \
                 torch.random.fork_rng(devices=devices, enabled=True):
-            out = torch.func.functional_call(model, {**dict(zip(self.names, self.tensors)), **buffers},
+            pieces = [piece.view(shape).to(dtype) for piece, shape, dtype in
+                      zip(self.flat.split(sizes), self.shapes, self.dtypes)]
+            out = torch.func.functional_call(model, {**dict(zip(self.names, pieces)), **buffers},
                                              objective.args, objective.kwargs)
             loss = objective.loss_fn(out, objective.y)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError("loss_fn(model(x), y) must return a scalar tensor (reduce the loss to its mean "
                                  "or sum)")
-            grads = torch.autograd.grad(loss, self.tensors, create_graph=create_graph, allow_unused=True)
+            grad = torch.autograd.grad(loss, self.flat, create_graph=create_graph, allow_unused=True)[0]
         self.value = loss.detach()
         self._out = out if layers is not None else None
-        self.grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, self.tensors)]
-        # parameters whose gradient depends on the parameters (the others have a zero Hessian row)
-        self._live = [i for i, g in enumerate(self.grads) if g.requires_grad]
+        self.flat_grad = grad if grad is not None else torch.zeros_like(self.flat)
+        self.grads = [g.view(shape) for g, shape in zip(self.flat_grad.detach().split(sizes), self.shapes)]
         self.n_hvp = 0
 
     def layer_traces(self) -> dict[str, float] | None:
@@ -137,21 +144,17 @@ class TorchOperator:
         return None if traces is None else float(sum(traces.values()))
 
     def vector(self, values: np.ndarray) -> torch.Tensor:
-        """A host float64 array as a float64 tensor on the model's device."""
-        return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float64, device=self.device)
+        """A host array as a tensor of the operator's dtype on the model's device."""
+        return torch.as_tensor(np.ascontiguousarray(values), dtype=self.dtype, device=self.device)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` for a float64 tensor of length ``dim`` (float64, same device)."""
+        """``H v`` for a flat tensor of length ``dim`` (returned in the operator's dtype, same device): one
+        ``torch.autograd.grad`` of the gradient graph built once."""
         self.n_hvp += 1
         self.objective.n_hvp += 1
-        o = self.offsets
-        if not self._live:
-            return torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        pieces = [v[o[i]:o[i + 1]].view(self.shapes[i]).to(self.dtypes[i]) for i in self._live]
-        out = torch.autograd.grad([self.grads[i] for i in self._live], self.tensors, grad_outputs=pieces,
-                                  retain_graph=True, allow_unused=True)
-        return torch.cat([(h if h is not None else torch.zeros_like(t)).reshape(-1).to(torch.float64)
-                          for h, t in zip(out, self.tensors)])
+        if not self.flat_grad.requires_grad:  # the gradient does not depend on the parameters
+            return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        return torch.autograd.grad(self.flat_grad, self.flat, grad_outputs=v.to(self.dtype), retain_graph=True)[0]
 
 
 class _dropout_off:

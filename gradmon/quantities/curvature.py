@@ -2,7 +2,8 @@
 error, and the stability threshold of gradient descent; one estimate is :func:`estimate_curvature`.
 
 An estimate works on a :class:`HessianOperator`: the Hessian of one fixed objective at fixed parameters, as
-a function of flat float64 vectors of length ``D`` (numpy arrays, or torch tensors on the model's device).
+a function of flat vectors of length ``D`` (float64 numpy arrays, or torch tensors of the parameters' dtype on
+the model's device).
 An objective *linearised* once per estimate (``objective.linearize()``: core's forward and backward pass,
 torch's gradient graph) serves every product of that estimate.  :func:`flat_hvp` and :class:`FlatOperator`
 wrap a plain dict-keyed or flat HVP (finite differences for loops that have only gradients).
@@ -34,8 +35,8 @@ from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F
 class HessianOperator(Protocol):
     """The Hessian of a fixed objective at fixed parameters (``D`` of them), built once per estimate.
 
-    ``hvp(v)`` maps a float64 vector of length ``D`` to ``H v`` (same kind: numpy, or a tensor on the
-    operator's device); ``vector(values)`` turns a host float64 array into that kind.  Optional:
+    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy, or a tensor of the
+    operator's dtype on its device); ``vector(values)`` turns a host float64 array into that kind.  Optional:
     ``exact_trace() -> float | None`` (None where no exact route applies) and ``trace_method`` naming it.
     """
 

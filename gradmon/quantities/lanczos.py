@@ -1,12 +1,12 @@
 """Top eigenvalues of a symmetric operator from its products: Lanczos with full reorthogonalisation, and
 power iteration (the baseline of PyHessian and Cockpit).
 
-Vectors are float64 arrays of length ``D`` of one kind: numpy arrays, or torch tensors on the model's
-device (then the basis lives there too and nothing crosses to the host but scalars).  Only the small
+Vectors are arrays of length ``D`` of one kind: float64 numpy arrays, or torch tensors of the parameters'
+dtype on the model's device (then the basis lives there too and nothing crosses to the host but scalars).  Only the small
 tridiagonal matrix ``T`` (at most ``max_iter`` square) is decomposed on the host.
 
-Lanczos builds an orthonormal Krylov basis ``Q`` (``(max_iter + 1) × D`` float64: the workspace the size
-check counts) and ``T = Qᵀ H Q``; the extreme eigenvalues of ``T`` (Ritz values) converge to those of ``H``
+Lanczos builds an orthonormal Krylov basis ``Q`` (``(max_iter + 1) × D``: float64 for core, the workspace
+the size check counts) and ``T = Qᵀ H Q``; the extreme eigenvalues of ``T`` (Ritz values) converge to those of ``H``
 in far fewer products than power iteration.  Started from a previous estimate's top eigenvector (a *warm
 start*), it converges in a few products when the operator moved little.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-Vector = Any  # numpy.ndarray or torch.Tensor, float64, shape (D,)
+Vector = Any  # numpy.ndarray (float64) or torch.Tensor (the parameters' dtype), shape (D,)
 FlatHVP = Callable[[Vector], Vector]
 
 
@@ -28,17 +28,17 @@ def rademacher(dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def like(ref: Vector, values: np.ndarray) -> Vector:
-    """``values`` (a host array) as an array of ``ref``'s kind: itself for numpy, a float64 tensor on
-    ``ref``'s device for torch."""
+    """``values`` (a host array) as an array of ``ref``'s kind: itself for numpy, a tensor of ``ref``'s dtype
+    on its device for torch."""
     if isinstance(ref, np.ndarray):
         return values
     import torch
 
-    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float64, device=ref.device)
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=ref.dtype, device=ref.device)
 
 
 def zeros_like_rows(ref: Vector, rows: int, dim: int) -> Vector:
-    """A ``(rows, dim)`` float64 zero array of ``ref``'s kind (and device)."""
+    """A ``(rows, dim)`` zero array of ``ref``'s kind (float64 for numpy; ``ref``'s dtype and device for torch)."""
     if isinstance(ref, np.ndarray):
         return np.zeros((rows, dim))
     return ref.new_zeros((rows, dim))
