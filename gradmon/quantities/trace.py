@@ -72,7 +72,7 @@ def deflated_trace(hvp: FlatHVP, basis: Vector, ritz_trace: float, samples: int,
         z = like(basis, rademacher(dim, rng))
         if m:
             for _ in range(2):  # twice: the projection must leave nothing of the deflated space
-                z = z - basis.T @ (basis @ z)
+                z = z - (basis @ z) @ basis
         values.append(float(z @ hvp(z)))
     mean, stderr = _mean_and_stderr(values)
     return TraceResult(float(ritz_trace) + mean, stderr, samples, "deflated")
