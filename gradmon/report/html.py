@@ -59,7 +59,8 @@ PLOTS = (
     ("loss", "training loss", "Training loss; dashed lines mark where findings opened.", False),
     ("curvature", "curvature against the stability threshold",
      "Top Hessian eigenvalue λmax (sharpness). For gradient descent, above the threshold line (shaded) "
-     "training cannot be stable at this learning rate.", False),
+     "training cannot be stable at this learning rate. Below, when measured: the Hessian's trace, with a band "
+     "of one standard error where it is estimated (none where it is exact).", False),
     ("activations", "saturation and dead units",
      "Fraction of units pinned near ±1 (sigmoid/tanh) or outputting zero for the whole batch (ReLU).", False),
 )
