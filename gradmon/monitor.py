@@ -30,7 +30,7 @@ from gradmon.history import History
 from gradmon.jury import Jury
 from gradmon.layout import Unit, units_from_run
 from gradmon.outputs import check_writable, spec_from_run, write_run_files
-from gradmon.quantities.curvature_meter import CurvatureMeter
+from gradmon.quantities.curvature_meter import DEFAULT_BUDGET, CurvatureMeter
 from gradmon.quantities.gradients import first_nonfinite
 from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes
 from gradmon.recorder import Recorder
@@ -55,8 +55,15 @@ class Monitor(Callback):
     logdir: where TensorBoard events, ``report.json``, ``report.html`` and ``history.npz`` go (None: keep
         everything in memory).
     every: steps between the cheap per-layer statistics (gradient norms, activation saturation, dead units).
-    curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace by
-        Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
+    curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace with its
+        standard error) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
+        None (the default): the steps follow ``curvature_budget``.
+    curvature_budget: without ``curvature_every``, curvature takes at most this share of the run's wall time
+        (0.05: 5%); the first estimate comes at the first step, later ones warm-started from the previous
+        top eigenvector.  When they happen depends on the machine's speed: pin ``curvature_every`` for runs
+        that must be reproducible step for step.  0 turns curvature off.
+    trace_samples: stochastic samples of the trace where no exact route applies (None: as many as the
+        λmax estimate took; 0: no trace).
     tensorboard_every: records between TensorBoard scalar writes (the history keeps every record); records
         that measure the slow quantities (see ``weight_every``) are written too.
     histogram_every: steps between gradient/activation histograms (default: ~20 per run; 0: none).
@@ -74,21 +81,27 @@ class Monitor(Callback):
         TensorBoard sink the monitor makes itself).
     """
 
-    def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1, curvature_every: int = 50,
+    def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1,
+                 curvature_every: int | None = None, curvature_budget: float = DEFAULT_BUDGET,
                  curvature_samples: int = 1024, tensorboard: bool = True, tensorboard_every: int = 10,
                  histogram_every: int | None = None, judge_every: int | None = None, window: int = 200,
                  capacity: int = 2048, console: bool = True, detectors: Sequence[str] | None = None,
-                 curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int = 4,
+                 curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int | None = None,
                  seed: int = 0, open_after: int | None = None, close_after: int | None = None,
                  weight_every: int = 10, stop_on_nonfinite: bool = True,
                  thresholds: Thresholds | Mapping[str, Mapping[str, float]] | None = None,
                  sinks: Sequence[Sink] = (), hparams: Sequence[str] | None = None) -> None:
-        for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
-                                 ("curvature_samples", curvature_samples, 1),
+        for name, value, low in (("every", every, 1), ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
-                                 ("trace_samples", trace_samples, 0), ("capacity", capacity, 4),
+                                 ("capacity", capacity, 4),
                                  ("weight_every", weight_every, 1), ("curvature_max_iter", curvature_max_iter, 2)):
             _check_int(name, value, low)
+        _check_int("curvature_every", curvature_every, 0, optional=True)
+        _check_int("trace_samples", trace_samples, 0, optional=True)
+        if isinstance(curvature_budget, bool) or not isinstance(curvature_budget, (int, float)) \
+                or not 0 <= curvature_budget < 1:
+            raise ValueError(f"Monitor curvature_budget must be a share of wall time in [0, 1) (0.05 is 5%), "
+                             f"got {curvature_budget!r}")
         _check_int("histogram_every", histogram_every, 0, optional=True)
         for name, value in (("judge_every", judge_every),
                             ("open_after", open_after), ("close_after", close_after)):
@@ -107,7 +120,8 @@ class Monitor(Callback):
         self.recorder = Recorder(every=every, weight_every=weight_every, window=window, capacity=capacity,
                                  dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin)
         self.meter = CurvatureMeter(every=curvature_every, samples=curvature_samples, rtol=curvature_rtol,
-                                    max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed)
+                                    max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed,
+                                    budget=curvature_budget)
         self.jury = Jury(default_detectors(list(detectors) if detectors is not None else None, self.thresholds),
                          self.thresholds, judge_every=judge_every, on_open=self._opened)
         self.console = ConsoleSink(enabled=console)
@@ -155,8 +169,11 @@ class Monitor(Callback):
 
     @property
     def curvature_every(self) -> int:
-        """Steps between curvature measurements (0 when off, or turned off by a failure)."""
-        return self.meter.every if self.meter.enabled else 0
+        """Steps between curvature measurements (0 when off, or turned off by a failure; 1 under a time
+        budget, which may measure at any step)."""
+        if not self.meter.enabled:
+            return 0
+        return 1 if self.meter.every is None else self.meter.every
 
     @property
     def findings(self) -> list[Finding]:

@@ -14,7 +14,8 @@ from gradmon.monitor import Monitor
 
 #: spec [monitor] keys -> Monitor arguments (``thresholds``: overrides of :mod:`gradmon.thresholds`, whose
 #: table and field names the Monitor checks)
-MONITOR_KEYS = ("every", "curvature_every", "curvature_samples", "thresholds", "tensorboard_every", "histogram_every")
+MONITOR_KEYS = ("every", "curvature_every", "curvature_budget", "curvature_samples", "thresholds", "tensorboard_every",
+                "histogram_every")
 #: the report files a monitored run writes into its logdir
 REPORT_FILES = ("report.html", "report.json")
 

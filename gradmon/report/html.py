@@ -16,7 +16,7 @@ from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
 from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, counts_phrase, severity_counts
 
 
@@ -59,7 +59,8 @@ PLOTS = (
     ("loss", "training loss", "Training loss; dashed lines mark where findings opened.", False),
     ("curvature", "curvature against the stability threshold",
      "Top Hessian eigenvalue λmax (sharpness). For gradient descent, above the threshold line (shaded) "
-     "training cannot be stable at this learning rate.", False),
+     "training cannot be stable at this learning rate. Below, when measured: the Hessian's trace, with a band "
+     "of one standard error where it is estimated (none where it is exact).", False),
     ("activations", "saturation and dead units",
      "Fraction of units pinned near ±1 (sigmoid/tanh) or outputting zero for the whole batch (ReLU).", False),
 )
@@ -151,10 +152,11 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
 def _curvature_table(curvature: list[dict[str, Any]]) -> str:
     if not curvature:
         return ""
-    head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
-    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k)))}</td>"
-                                     for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
-                   for c in curvature)
+    head = ("<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>± (1 s.e.)</th>"
+            "<th>HVPs</th></tr>")
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
+        c.get("step"), c.get("lambda_max"), c.get("threshold"), c.get("trace"), trace_error(c), c.get("hvps")))
+        + "</tr>" for c in curvature)
     return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
 
 

@@ -45,7 +45,8 @@ DESCRIPTIONS: dict[str, str] = {
     "clip_coef": "global norm after clipping / before clipping (1 = no clipping happened).",
     "lr": "learning rate of the step.",
     "curvature": "top Hessian eigenvalue (lambda_max, Lanczos), its 2/lr stability threshold, the Hessian "
-                 "trace (Hutchinson) and the Hessian-vector products used.",
+                 "trace (exact where the model allows, else deflated Hutchinson) with its standard error "
+                 "(trace_stderr), and the Hessian-vector products used.",
     "metrics": "final metrics of the run (HPARAMS): losses, accuracy, status 0 healthy / 1 warning / 2 error.",
 }
 
@@ -169,7 +170,7 @@ def layout(units: Sequence[Unit], findings: Iterable[Finding], shown: set[str] |
                         ("global gradient norm and clip coefficient", ("grad_norm/global", "clip_coef")),
                         ("learning rate", ("lr",)),
                         ("curvature: lambda_max vs 2/lr", ("curvature/lambda_max", "curvature/stability_threshold")),
-                        ("curvature: Hessian trace", ("curvature/trace",))):
+                        ("curvature: Hessian trace ± 1 s.e.", ("curvature/trace", "curvature/trace_stderr"))):
         kept = keep(tags)
         if kept:
             run.append(chart(title, kept))
