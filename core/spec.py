@@ -24,7 +24,9 @@ that file's directory (on the command line, to the working directory).  Sizes ar
 (``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
 (``--set monitor.thresholds.vanishing_gradients.min_drop=3``).  core checks only that shape and that the
 values are finite numbers; the table and field names are gradmon's (``gradmon.thresholds``), checked when
-its monitor is built.
+its monitor is built.  ``monitor.tensorboard_every`` (records between TensorBoard scalar writes, default 10)
+and ``monitor.histogram_every`` (steps between histograms; 0 = none; absent = about 20 per run) set the
+TensorBoard cadence.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ DEFAULTS: dict[str, Any] = {
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
     "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
               "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
-    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}},
+    # curvature_every None: the steps follow curvature_budget (a share of wall time); an integer wins (0: off)
+    "monitor": {"every": 1, "curvature_every": None, "curvature_budget": 0.05, "curvature_samples": 1024,
+                "thresholds": {}, "tensorboard_every": 10, "histogram_every": None},
 }
 SECTIONS = ("data", "model", "train", "monitor")
 #: optimizers that take train.momentum and train.nesterov
@@ -160,6 +164,14 @@ def _thresholds(key: str, v: Any) -> dict[str, dict[str, int | float]]:
     return out
 
 
+def _budget(key: str, v: Any) -> float:
+    value = _number(key, v)
+    if not 0 <= value < 1:
+        raise SpecError(f"{key}: expected a share of wall time in [0, 1) such as 0.05 (0 turns curvature off), "
+                        f"got {v!r}")
+    return float(value)
+
+
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, v: None if v is None else check(key, v)
 
@@ -207,8 +219,10 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
               "momentum": _optional(_unit),
               "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
               "clip_value": _nonneg, "l2": _nonneg},
-    "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
-                "curvature_samples": lambda k, v: _int(k, v, 1), "thresholds": _thresholds},
+    "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": _optional(lambda k, v: _int(k, v, 0)),
+                "curvature_budget": _budget, "curvature_samples": lambda k, v: _int(k, v, 1),
+                "thresholds": _thresholds, "tensorboard_every": lambda k, v: _int(k, v, 1),
+                "histogram_every": _optional(lambda k, v: _int(k, v, 0))},
 }
 
 

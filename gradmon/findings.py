@@ -153,6 +153,21 @@ class HealthReport:
         """The one fix to try first: the root cause's first suggestion."""
         return diagnosis.primary_fix(self.findings)
 
+    def __repr__(self) -> str:
+        """One line: status, steps, how it ended and the findings (code, severity, layer)."""
+        found = ", ".join(f"{f.code}({f.severity}{', ' + f.layer if f.layer else ''})" for f in self.worst("info"))
+        return (f"<HealthReport {self.status}: {self.steps} steps, {self.ended}; {len(self.findings)} findings"
+                + (f": {found}" if found else "") + ">")
+
+    def _repr_html_(self) -> str:
+        """The report's top for notebooks (Jupyter calls this): status and findings with their first fix."""
+        render = FRAGMENTS.get("html")
+        if render is None:  # the presentation layer was not imported
+            from html import escape
+
+            return f"<pre>{escape(repr(self))}</pre>"
+        return render(self)
+
     def worst(self, at_least: str = "info") -> list[Finding]:
         """Findings of severity ``at_least`` or worse, errors first."""
         floor = severity_rank(at_least)
@@ -254,3 +269,6 @@ def _entries(entries: Any, key: str) -> list[dict[str, Any]]:
 #: Report formats by file suffix: ``render(report, history) -> text``.  JSON is built in; the presentation
 #: layer (:mod:`gradmon.report`) adds Markdown and HTML when it is imported.
 RENDERERS: dict[str, Callable[[HealthReport, Any], str]] = {".json": lambda report, history: report.to_json()}
+#: Compact renderings for interactive display (``"html"``: :meth:`HealthReport._repr_html_`), filled by
+#: :mod:`gradmon.report` like :data:`RENDERERS`.
+FRAGMENTS: dict[str, Callable[[HealthReport], str]] = {}

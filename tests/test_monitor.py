@@ -258,14 +258,17 @@ def test_update_ratio_too_large_when_steps_rewrite_the_weights():
                 self.norm[state.step, k] = np.linalg.norm(w)
                 self.step_norm[state.step, k] = np.linalg.norm(np.asarray(state.params[k], np.float64) - w)
 
+    # SGD at lr 50 on a tanh net throws its last layer around by 15-30% of its norm per step (the exact figure
+    # drifts with the BLAS and numpy build): the finding's limit is set at 0.1 so the test judges the quantity
     X, y = moons(500)
-    monitor, probe = gradmon.Monitor(curvature_every=0, console=False), WeightSteps()
+    monitor = gradmon.Monitor(curvature_every=0, console=False, thresholds={"update_ratio": {"too_large": 0.1}})
+    probe = WeightSteps()
     trainer = core.Trainer(mlp("tanh", "normal", [32, 32], std=0.01), loss="cross_entropy",
                            optimizer=core.SGD(50.0), batch_size=32, callbacks=[monitor, probe], progress=False)
     trainer.fit(X, y, epochs=20)
     report = monitor.report()
     large = [f for f in report.findings if f.code == "update_ratio" and f.evidence["direction"] == "too_large"]
-    assert large and large[0].evidence["update_ratio"] > 0.2
+    assert large and large[0].evidence["update_ratio"] > 0.1
     # the evidence is ||ΔW|| / ||W|| of that layer, median over the detector's window: the last 50 records
     # up to the judgment that gave it (the finding's last step), at the records where the ratio was measured
     f, history = large[0], monitor.history

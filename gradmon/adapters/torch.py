@@ -68,6 +68,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 
 from core.callbacks import LayerInfo, RunInfo, StepState
+from gradmon.adapters.loss_names import loss_name
 from gradmon.adapters.torch_objective import TorchObjective
 from gradmon.monitor import Monitor
 from gradmon.outputs import spec_from_run
@@ -570,6 +571,8 @@ class Watcher:
         """
         t0 = time.perf_counter()
         value = float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if "loss" not in self.monitor.facts:  # the report's loss name and batch size, once
+            self.monitor.describe(loss=loss_name(loss), batch_size=len(target) if _sized(target) else None)
         if target is not None and self._inputs is not None:
             args, kwargs = self._inputs
             self._last_batch = (args, kwargs, target)
@@ -583,6 +586,19 @@ class Watcher:
         else:
             self._loss, self._loss_backwards = value, self._backwards
         self.hook_seconds += time.perf_counter() - t0
+
+    def log_metrics(self, **metrics: float) -> None:
+        """Validation (or any) metrics, e.g. ``watcher.log_metrics(val_loss=0.31, accuracy=0.92)``: charted in
+        TensorBoard (``loss/val``, ``accuracy/val``) and kept in the report (``extra["metrics"]``); see
+        :meth:`gradmon.monitor.Monitor.log_metrics`."""
+        self._start()
+        self.monitor.log_metrics(step=self._step, **metrics)
+
+    @property
+    def should_stop(self) -> str | None:
+        """Why the loop should stop now (NaN/Inf, or an open error finding), or None: ``if
+        watcher.should_stop: break``."""
+        return self.monitor.stop_reason("error")
 
     def _finish(self) -> None:
         """Close the pending step (``on_step_end``)."""
@@ -650,6 +666,12 @@ class Watcher:
 
 
 _ENGINE = torch.autograd.Variable._execution_engine
+
+
+def _sized(target: Any) -> bool:
+    """Whether ``target`` is a batch with a length (a tensor with a batch dimension, a list)."""
+    return target is not None and not (isinstance(target, torch.Tensor) and target.dim() == 0) and hasattr(
+        target, "__len__")
 
 
 def _dist_rank() -> tuple[int, int]:

@@ -334,7 +334,3 @@ class FindingTracker:
 
     def is_open(self, code: str, layer: str | None = None) -> bool:
         return (code, layer) in self._open
-
-    @property
-    def open_findings(self) -> list[Finding]:
-        return list(self._open.values())

@@ -17,8 +17,8 @@ from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
-from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, severity_counts
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
+from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, counts_phrase, severity_counts
 
 
 CSS = """
@@ -60,7 +60,8 @@ PLOTS = (
     ("loss", "training loss", "Training loss; dashed lines mark where findings opened.", False),
     ("curvature", "curvature against the stability threshold",
      "Top Hessian eigenvalue λmax (sharpness). For gradient descent, above the threshold line (shaded) "
-     "training cannot be stable at this learning rate.", False),
+     "training cannot be stable at this learning rate. Below, when measured: the Hessian's trace, with a band "
+     "of one standard error where it is estimated (none where it is exact).", False),
     ("activations", "saturation and dead units",
      "Fraction of units pinned near ±1 (sigmoid/tanh) or outputting zero for the whole batch (ReLU).", False),
 )
@@ -155,10 +156,11 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
 def _curvature_table(curvature: list[dict[str, Any]]) -> str:
     if not curvature:
         return ""
-    head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
-    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k)))}</td>"
-                                     for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
-                   for c in curvature)
+    head = ("<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>± (1 s.e.)</th>"
+            "<th>HVPs</th></tr>")
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
+        c.get("step"), c.get("lambda_max"), c.get("threshold"), c.get("trace"), trace_error(c), c.get("hvps")))
+        + "</tr>" for c in curvature)
     return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
 
 
@@ -238,3 +240,35 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(report.spec, indent=2, default=str))}</pre>")
     parts.append("</main></body></html>")
     return "".join(parts)
+
+
+def render_html_fragment(report: HealthReport) -> str:
+    """The report's top as a compact HTML fragment for notebooks (``HealthReport._repr_html_``): the status
+    banner, then one row per finding, worst first, with where it is and its first fix.  Inline styles only
+    (a notebook keeps no ``<style>`` of ours); every string is escaped."""
+    status = report.status
+    bg, fg = STATUS_COLOURS[status]
+    counts = severity_counts(f.severity for f in report.findings)
+    name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
+    cell = "border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top"
+    rows = []
+    for f in report.worst("info"):
+        colour = SEVERITY_TEXT_COLOURS.get(f.severity, "#555")
+        fix = ""
+        if f.suggestions:
+            s = f.suggestions[0]
+            fix = escape(s.text) + (f"<br><code>{escape(patch_to_cli(s.patch))}</code>" if s.patch else "")
+        rows.append(f'<tr class="finding" data-code="{escape(f.code)}"><td style="{cell};color:{colour};'
+                    f'font-weight:600">{escape(f.severity.upper())}</td><td style="{cell}"><code>{escape(f.code)}'
+                    f'</code></td><td style="{cell}">{escape(where(f))}</td><td style="{cell}">'
+                    f'{escape(f.message)}</td><td style="{cell}">{fix}</td></tr>')
+    table = ""
+    if rows:
+        head = "".join(f'<th style="{cell};background:#f0f0f0">{h}</th>'
+                       for h in ("severity", "finding", "where", "what was seen", "first fix"))
+        table = f'<table style="border-collapse:collapse;font-size:12.5px;margin-top:6px"><tr>{head}</tr>' \
+                f'{"".join(rows)}</table>'
+    return (f'<div class="gradmon-report" data-status="{escape(status)}" style="font-family:system-ui,sans-serif">'
+            f'<div style="background:{bg};color:{fg};border:2px solid {fg};border-radius:8px;padding:8px 12px">'
+            f'<b>gradmon: {escape(status.upper())}</b> — {escape(name)}, {int(report.steps)} steps '
+            f'({escape(str(report.ended))}); {escape(counts_phrase(counts) or "no findings")}</div>{table}</div>')

@@ -14,7 +14,7 @@ from typing import Any
 
 from gradmon import diagnosis
 from gradmon.findings import HealthReport
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where_phrase
 from gradmon.vocabulary import severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
@@ -146,11 +146,11 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
                        f"{cell(layer.get('dead_fraction', {}).get('median'))} |")
         out.append("")
     if report.curvature:
-        out += ["## Curvature", "", "| step | λmax | stability bound | trace | HVPs |",
-                "| --- | --- | --- | --- | --- |"]
+        out += ["## Curvature", "", "| step | λmax | stability bound | trace | ± (1 s.e.) | HVPs |",
+                "| --- | --- | --- | --- | --- | --- |"]
         for c in report.curvature:
             out.append(f"| {cell(c.get('step'))} | {cell(c.get('lambda_max'))} | {cell(c.get('threshold'))} | "
-                       f"{cell(c.get('trace'))} | {cell(c.get('hvps'))} |")
+                       f"{cell(c.get('trace'))} | {cell(trace_error(c))} | {cell(c.get('hvps'))} |")
         out.append("")
     if report.extra.get("doctor"):
         doc = report.extra["doctor"]
