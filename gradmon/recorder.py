@@ -106,7 +106,7 @@ class Recorder:
         self._weight_norms: np.ndarray = np.zeros(0)
         self.sizes: np.ndarray = np.zeros(0)
         self.inputs = InputScale(limit=int(input_examples))  # the first layer's inputs, per feature
-        self._input_sums: tuple[np.ndarray, np.ndarray, int, int] | None = None  # staged for the pending record
+        self._input_sums: tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None = None  # staged for the pending record
 
     # -- setup --------------------------------------------------------------------------------------------
     def begin(self, run: RunInfo, units: Sequence[Unit]) -> None:
@@ -224,11 +224,11 @@ class Recorder:
         sums = feature_sums(x, -1 if self.units[0].kind == "dense" else 1)
         if sums is None:
             return
-        total, total_sq, count = sums
+        total, total_sq, nonzero, count = sums
         n = int(math.prod(total.shape))
-        buffers = (np.zeros(n), np.zeros(n), count, int(x.shape[0]))
-        self._stage.put(total, buffers[0], slice(None))
-        self._stage.put(total_sq, buffers[1], slice(None))
+        buffers = (np.zeros(n), np.zeros(n), np.zeros(n), count, int(x.shape[0]))
+        for value, target in zip((total, total_sq, nonzero), buffers):
+            self._stage.put(value, target, slice(None))
         self._input_sums = buffers
 
     def set_loss(self, value: float) -> None:

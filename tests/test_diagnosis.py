@@ -691,14 +691,33 @@ def test_frozen_units_and_layers_without_updates_draw_no_update_ratio_finding():
 # -- 6. unscaled inputs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["moons_feature_x3000", "teacher_offset_adam", "spirals_tiny_feature"])
 def test_unscaled_inputs_are_measured_on_the_first_layers_inputs(name):
+    """The per-feature scale of the first layer's inputs against the data's own, and a sparse feature (an
+    image's rarely-lit pixel) is not taken for a tiny one."""
     report, _, monitor, _ = core_run(name)
     f = next(f for f in report.findings if f.code == U)
     _, X, _, _, _ = CORE[name][0]()
-    # the oracle: each feature's root mean square over the whole training set
-    rms = np.sqrt(np.mean(np.asarray(X, float) ** 2, axis=0))
+    # the oracle: each feature's root mean square over its non-zero values in the whole training set
+    X = np.asarray(X, float)
+    rms = np.sqrt((X ** 2).sum(axis=0) / (X != 0).sum(axis=0))
     assert f.evidence["spread_decades"] == pytest.approx(np.log10(rms.max() / rms.min()), abs=0.1)
     assert f.evidence["median_scale"] == pytest.approx(10 ** np.median(np.log10(rms)), rel=0.15)
     assert f.evidence["examples"] >= 1024 and report.primary_fix.patch == {"data.standardize": True}
+
+
+def test_sparse_features_are_not_unscaled():
+    """Digits in [0, 1]: most border pixels are zero in almost every image (their root mean square over all
+    images is 1e-3 of the others'), but when lit they are as large as any: no finding, and raw 0-255 pixel
+    values (a scale far from 1) are one."""
+    sklearn = pytest.importorskip("sklearn.datasets")
+    digits = sklearn.load_digits()
+    X = digits.data / 16.0
+    lit = X[:, (X != 0).any(axis=0)]
+    assert np.log10(np.sqrt((lit ** 2).mean(0)).max() / np.sqrt((lit ** 2).mean(0)).min()) > 2.5  # rarity
+    for scale, expect in ((1.0, False), (255.0, True)):
+        monitor = gradmon.Monitor(console=False, curvature_every=0)
+        core.Trainer(mlp("relu", "he_normal", [64], inp=64, out=10), optimizer=core.Adam(1e-3), callbacks=[monitor],
+                     progress=False).fit(X * scale, digits.target, epochs=3)
+        assert (U in {f.code for f in monitor.report().findings}) == expect
 
 
 def test_data_standardize_false_reproduces_raw_data_and_the_finding_and_true_fixes_it(tmp_path):

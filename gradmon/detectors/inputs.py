@@ -1,10 +1,11 @@
 """Unscaled inputs: the first layer's input features on scales that differ by orders of magnitude, or far
 from 1.
 
-A feature's scale is its root mean square over the examples measured (:mod:`gradmon.quantities.inputs`);
-features that are always zero (image borders) are left out.  The first layer's gradient is proportional to
-its inputs, so a feature a thousand times larger than another gets a thousand times the gradient: no
-learning rate suits both, and a scale far from 1 (raw pixel values, prices in dollars) puts the largest stable
+A feature's scale is the root mean square of its non-zero values over the examples measured
+(:mod:`gradmon.quantities.inputs`): a sparse feature (a border pixel, a rare category) is as large as its
+values, not as small as its rarity; features that are always zero are left out.  The first layer's gradient
+is proportional to its inputs, so a feature a thousand times larger than another gets a thousand times the
+gradient: no learning rate suits both, and a scale far from 1 (raw pixel values, prices in dollars) puts the largest stable
 step far from the usual ones.  Standardising each feature (subtract its mean, divide by its standard
 deviation, with the training set's statistics) removes both.  The numbers are in
 :class:`~gradmon.thresholds.UnscaledInputThresholds`.
@@ -31,7 +32,7 @@ class UnscaledInputs(Detector):
         scale = ctx.inputs
         if scale is None or scale.examples < t.min_examples or not scale.features:
             return []
-        rms = scale.rms
+        rms = scale.scale
         used = np.flatnonzero(np.isfinite(rms) & (rms > 0))
         if not used.size:
             return []
@@ -41,8 +42,8 @@ class UnscaledInputs(Detector):
         centre = float(np.median(logs))
         reasons = []
         if spread > t.max_spread:
-            reasons.append(f"their scales (root mean square) range over {spread:.1f} decades, from {rms[lo]:.2g} "
-                           f"(feature {lo}) to {rms[hi]:.2g} (feature {hi})")
+            reasons.append(f"their scales (root mean square of their values) range over {spread:.1f} decades, "
+                           f"from {rms[lo]:.2g} (feature {lo}) to {rms[hi]:.2g} (feature {hi})")
         if abs(centre) > t.max_offset:
             reasons.append(f"their typical scale is {10 ** centre:.2g}, {abs(centre):.1f} decades from 1")
         if not reasons:

@@ -56,7 +56,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 #: the series that show each finding (``{layers}`` = one anchored tag per unit; ``{layer}`` = its unit)
 FINDING_CHARTS: dict[str, tuple[str, ...]] = {
-    "vanishing_gradients": ("log10_grad_norm/{layers}", "log10_act_std/{layers}"),
+    "vanishing_gradients": ("log10_grad_norm/{layers}",),
     "exploding_gradients": ("log10_grad_norm/global", "log10_grad_norm/{layers}"),
     "nonfinite_values": ("loss/train", "log10_grad_norm/global"),
     "saturated_activations": ("saturation/{layers}",),
