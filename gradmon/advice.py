@@ -303,6 +303,10 @@ def not_standardized(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return ctx.standardize is not True or ctx.framework != "core"
 
 
+def init_caused_no_batchnorm(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
+    return f.evidence.get("cause") == "initialization" and no_batchnorm(ctx, f, t)
+
+
 def always(ctx: Context, f: Finding, t: AdviceThresholds) -> bool:
     return True
 
@@ -344,6 +348,8 @@ RULES: list[Rule] = [
     ("dead_units", caused_by("step"), lower_lr),
     ("dead_units", dead_relu, leaky_relu),
     ("dead_units", bias_caused_not_he, he_init),
+    ("dead_units", init_caused_not_he, he_init),
+    ("dead_units", init_caused_no_batchnorm, batchnorm),
     ("sharpness_above_stability", always, lower_lr),
     ("sharpness_above_stability", plain_sgd, adam),
     ("loss_divergence", always, lower_lr),

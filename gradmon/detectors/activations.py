@@ -53,9 +53,10 @@ class SaturatedActivations(Detector):
 
 
 class DeadUnits(Detector):
-    """ReLU units silent for a whole batch; the cause is read from the biases: negative ones at
-    initialisation (the user's ``bias_init``) switch units off from the start (cause ``bias``); otherwise the
-    steps of training did, pushing biases negative or weights off (cause ``step``).  A forward collapse or a
+    """ReLU units silent for a whole batch; the cause is read from the biases and the run's first records:
+    negative initial biases (the user's ``bias_init``) switch units off from the start (cause ``bias``); units
+    already dead in the first records died of the initialisation (``initialization``); otherwise the steps of
+    training did, pushing biases negative or weights off (``step``).  A forward collapse or a
     blow-up that explains them is linked by the jury (:mod:`gradmon.causes`)."""
 
     codes = ("dead_units",)
@@ -67,23 +68,32 @@ class DeadUnits(Detector):
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         dead = ctx.medians("dead_fraction")
         bias = ctx.medians("bias_mean")
+        early = ctx.early.get("dead_fraction")
         out = []
         for unit, frac, b in zip(ctx.units, dead, bias):
             if not np.isfinite(frac) or frac < self.t.warn_fraction:
                 continue
             severity = "error" if frac >= self.t.error_fraction else "warning"
             n = f" ({round(frac * unit.units)} of {unit.units})" if unit.units else ""
+            at_start = float(early[unit.index]) if early is not None and len(early) == ctx.depth else float("nan")
             if unit.bias_init is not None and unit.bias_init < 0:
                 cause, why = "bias", f"their biases started at {unit.bias_init:g}, which switches units off"
+            elif np.isfinite(at_start) and at_start >= self.t.warn_fraction:
+                cause, why = "initialization", (f"{at_start:.0%} were already dead in the run's first steps, "
+                                                f"before any large step: the network switched them off from its "
+                                                f"initialization (a narrow or deep rectifier stack, or a forward "
+                                                f"signal too small to cross their biases)")
             elif np.isfinite(b) and b < 0:
                 cause, why = "step", (f"the steps of training (lr {ctx.lr:g} with {ctx.run.optimizer}) pushed their "
                                       f"biases negative (mean {b:.2g})")
             else:
-                cause, why = "step", f"a large step (lr {ctx.lr:g} with {ctx.run.optimizer}) pushed them off"
+                cause, why = "step", (f"they were alive in the run's first steps, so the steps of training (lr "
+                                      f"{ctx.lr:g} with {ctx.run.optimizer}) switched them off")
             message = (f"{frac:.0%} of {unit.name}'s ReLU units{n} output zero for every example of a batch: "
                        f"they get no gradient and cannot recover; {why}.")
             out.append(Observation("dead_units", unit.name, severity, message,
                                    {"dead_fraction": sig(float(frac)), "units": unit.units, "cause": cause,
                                     "bias_mean": sig(float(b)), "bias_init": unit.bias_init,
+                                    "dead_at_start": sig(at_start),
                                     "lr": sig(ctx.lr), "optimizer": ctx.run.optimizer}))
         return out

@@ -11,14 +11,17 @@ and steadily (rank correlation between depth and log RMS of at least ``min_stead
 gradient loses a seventh of a decade per layer qualifies as surely as a shallow one losing a decade per
 layer.  The finding belongs to the input-most layer of the profile (where the gradient is weakest, and a
 place that does not move as training goes on); its evidence names the onset, the output-most layer already
-``onset_drop`` (a decade) below the top, so the vanishing span runs from the first layer to the onset.  It says which way the signal dies: *forward* when the activations' scale (std) shrinks with depth
-(the gradients, proportional to it, shrink with it), *backward* when the activations keep their scale and
-each layer's derivative shrinks the gradient on its way back (tanh/sigmoid), or that it is unknown where the
-activation statistics were not measured (functional activations in a PyTorch model).  The cause is named
-from that: the activation (saturated or sigmoid units), the initialisation (a forward collapse with an
-initialisation that does not suit the activation: He for the ReLU family, Xavier for tanh/sigmoid), training
-(the profile was healthy in the run's first records: the steps broke it), depth (the initialisation already
-suits the activation), or unknown.
+``onset_drop`` (a decade) below the top, so the vanishing span runs from the first layer to the onset.
+
+It says which way the signal dies: *forward* when the activations' scale (std) shrinks with depth (each
+layer's gradient, proportional to its input, shrinks with it), *backward* when the activations keep their
+scale and each layer shrinks the gradient it passes back, or that it is unknown where the activation
+statistics were not measured (functional activations in a PyTorch model: the cause there is said to be
+unknown, never guessed).  The cause: the activation (saturated or sigmoid units, or tanh units saturated
+since the start), the initialisation (its name, or each hidden layer's measured gain ``||W|| / sqrt(fan_out)``,
+below what the activation needs: sqrt(2) for the ReLU family, 1 for tanh), training (the profile was healthy
+in the run's first records, or the units saturated since: the steps broke it), or depth (the initialisation
+already suits the activation).
 
 Exploding: the global norm jumps far above its early-training level (suddenly, orders of magnitude above
 its window median, or while the loss is above where it started: gradients that grow from a tiny
@@ -116,7 +119,7 @@ class VanishingGradients(Detector):
         onset = names[onset_at]
         span = units[: onset_at + 1]  # the layers whose gradient has vanished, input first
         direction, act_logs, fall = self._direction(ctx, keep)
-        cause, why, extra = self._cause(ctx, keep, span, direction, act_logs, fall, drop)
+        cause, why, extra = self._cause(ctx, keep, span)
         ratio = 10 ** (log_rms[0] - top)
         message = (f"Gradients vanish towards the input: {names[0]}'s are {ratio:.1e} of {top_layer}'s, a steady "
                    f"fall of {drop:.1f} decades across {keep.size} layers (one decade down by {onset}); "
@@ -167,8 +170,7 @@ class VanishingGradients(Detector):
             return "too few layers have an activation to tell which way the signal dies"
         return "which way the signal dies is unknown (activation scales were not measured)"
 
-    def _cause(self, ctx: JudgeContext, keep: np.ndarray, span: list[Any], direction: str,
-               act_logs: dict[str, float], fall: float, drop: float) -> tuple[str, str, dict[str, Any]]:
+    def _cause(self, ctx: JudgeContext, keep: np.ndarray, span: list[Any]) -> tuple[str, str, dict[str, Any]]:
         """``(cause, the sentence saying why, evidence)`` for the vanishing span (input side up to the
         onset); see the module docstring for the causes.  The initialisation's scale is read from its name
         where the loop gives one, and measured as each hidden layer's gain (:func:`weight_gain`)."""
