@@ -410,7 +410,7 @@ def test_console_json_html_markdown_tensorboard_check_and_doctor_name_the_same_r
     from gradmon.doctor import doctor, render_doctor
     from gradmon.report.markdown import md_text
     from gradmon.report.text import patch_to_cli
-    from tests.tbutil import read_texts
+    from tests.tbutil import custom_scalar_layout, read_scalars, read_texts
 
     logdir, console = dead_relu_run
     doc = json.loads((logdir / "report.json").read_text())
@@ -432,6 +432,14 @@ def test_console_json_html_markdown_tensorboard_check_and_doctor_name_the_same_r
     for text in (md, tb):
         assert f"**Root cause:** `{root['code']}` in `{root['layer']}`" in text
         assert f"**First fix:** {md_text(fix['text'])}" in text
+    # TensorBoard's diagnosis text (on top of the alerts) and its first chart are the root's
+    alerts = read_texts(logdir)["alerts/text_summary"][-1][1]
+    assert f"**Root cause:** `{name}`; **first fix:** {md_text(fix['text'])}" in alerts
+    first_chart = next(iter(custom_scalar_layout(logdir)))
+    assert first_chart.startswith(f"{root['severity'].upper()} {root['code']}") and \
+        patch_to_cli(fix["patch"]) in first_chart
+    # the activations' scale per layer is charted (a forward collapse shows there)
+    assert any(tag.startswith("log10_act_std/") for tag in read_scalars(logdir))
     # gradmon check, text and JSON
     for fmt in ("text", "json"):
         out = io.StringIO()

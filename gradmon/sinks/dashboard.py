@@ -159,8 +159,11 @@ def layout(units: Sequence[Unit], findings: Iterable[Finding], shown: set[str] |
     root = diagnosis.primary(findings)  # the root cause's chart first
     worst = sorted((f for f in findings if f.severity in ("warning", "error") or f is root),
                    key=lambda f: (f is not root, -severity_rank(f.severity), f.first_step))
-    charts = []
+    charts, shown_codes = [], set()
     for f in worst:
+        if diagnosis.cause_of(f) is not None and f.code in shown_codes:
+            continue  # consequences of one kind share a chart: the cause's is the one to read
+        shown_codes.add(f.code)
         tags = finding_tags(f, units, width, shown)
         if tags:
             charts.append(chart(finding_title(f, width, units), tags))
