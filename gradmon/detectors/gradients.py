@@ -164,8 +164,7 @@ class VanishingGradients(Detector):
                     f"from {first} ({10 ** act_logs[first]:.2g}) to {last} ({10 ** act_logs[last]:.2g}), and each "
                     f"layer's gradient, proportional to its input, shrinks with it")
         if direction == "backward":
-            return ("the activations keep their scale, so the signal dies on its way back: each layer shrinks the "
-                    "gradient it passes back")
+            return "the activations keep their scale, so the signal dies on its way back"
         if direction == "too few":
             return "too few layers have an activation to tell which way the signal dies"
         return "which way the signal dies is unknown (activation scales were not measured)"
@@ -217,8 +216,8 @@ class VanishingGradients(Detector):
                 return "training", (f"{'/'.join(saturating)} units {state} now but were {max(at_start):.0%} "
                                     f"saturated in the run's first steps: steps of lr {ctx.lr:g} with "
                                     f"{ctx.run.optimizer} pushed them there{unknown_part}"), evidence
-            return "activation", (f"{'/'.join(saturating)} units {state}, so each layer shrinks the gradient: the "
-                                  f"activation is the cause{unknown_part}"), evidence
+            return "activation", (f"{'/'.join(saturating)} units {state}, so each layer shrinks the gradient it passes "
+                                  f"back: the activation is the cause{unknown_part}"), evidence
         needed = NEEDED_GAIN["rectified" if rectified else "saturating"]
         evidence["needed_gain"] = needed
         named = bool(inits) and not all(i in (HE_INITS if rectified else XAVIER_INITS) for i in inits)

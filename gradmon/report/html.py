@@ -18,7 +18,7 @@ from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
 from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
-from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, counts_phrase, severity_counts
+from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, count_phrase, counts_phrase, severity_counts
 
 
 CSS = """
@@ -207,8 +207,8 @@ def render_html(report: HealthReport, history: Any = None) -> str:
              f"{escape(status)}</title><style>{CSS}</style></head><body><main>",
              f'<section id="status" data-status="{escape(status)}" style="background:{bg};border-color:{fg};'
              f'color:{fg}"><h1>{escape(status.upper())}: {escape(headline)}</h1>',
-             f'<div class="counts"><span>{counts["error"]} errors</span><span>{counts["warning"]} warnings</span>'
-             f'<span>{counts["info"]} info</span><span>{int(report.steps)} steps</span>'
+             '<div class="counts">' + "".join(f"<span>{count_phrase(n, sev)}</span>" for sev, n in counts.items())
+             + f'<span>{int(report.steps)} steps</span>'
              f"<span>run: {escape(name)}</span><span>ended: {escape(str(report.ended))}</span></div>{first}</section>"]
     findings = report.worst("info")
     if findings:

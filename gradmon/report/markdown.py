@@ -15,7 +15,7 @@ from typing import Any
 from gradmon import diagnosis
 from gradmon.findings import HealthReport
 from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where_phrase
-from gradmon.vocabulary import severity_counts
+from gradmon.vocabulary import count_phrase, severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
 NOT_APPLICABLE = "–"
@@ -112,8 +112,8 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
     the doctor's trials and the spec.  ``history`` is accepted for symmetry with HTML (no plots here)."""
     counts = severity_counts(f.severity for f in report.findings)
     out = [f"# gradmon health report: {report.status.upper()}", "",
-           f"{report.steps} steps, ended: {md_text(report.ended)}; findings: {counts['error']} errors, "
-           f"{counts['warning']} warnings, {counts['info']} info.", ""]
+           f"{report.steps} steps, ended: {md_text(report.ended)}; findings: "
+           f"{', '.join(count_phrase(n, sev) for sev, n in counts.items())}.", ""]
     out += _diagnosis(report)
     if report.findings:
         out += ["## Findings", ""]
