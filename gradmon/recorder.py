@@ -8,7 +8,9 @@ run's :class:`History` (bounded, the whole run) and :class:`Window` (the recent 
 
 Cadences: every ``every`` steps the cheap statistics (gradient norms, saturation, dead units); every
 ``weight_every`` records the slow ones (weight norms, update ratios, mean biases, activation moments: weights
-move slowly, and these cost as much again).
+move slowly, and these cost as much again).  The first layer's inputs (``StepState.inputs``, when the loop
+gives them) are measured per feature over the first ``input_examples`` examples only
+(:class:`~gradmon.quantities.inputs.InputScale`): the data does not change.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gradmon.history import LAYER_QUANTITIES, SCALARS, History, Record, Window
 from gradmon.layout import Unit
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
+from gradmon.quantities.inputs import InputScale, feature_sums
 from gradmon.quantities.xp import Array, all_finite, namespace, to_host
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.vocabulary import RECTIFIERS, SATURATING
@@ -78,7 +81,7 @@ class Recorder:
     """
 
     def __init__(self, *, every: int = 1, weight_every: int = 10, window: int = 200, capacity: int = 2048,
-                 dead_pool: int = 64, saturation_margin: float = 0.01) -> None:
+                 dead_pool: int = 64, saturation_margin: float = 0.01, input_examples: int = 1024) -> None:
         self.every, self.weight_every = int(every), int(weight_every)
         self.window_size, self.capacity = int(window), int(capacity)
         self.dead_pool, self.saturation_margin = int(dead_pool), float(saturation_margin)
@@ -102,6 +105,8 @@ class Recorder:
         self._weight_groups: np.ndarray = np.zeros((0, 0))
         self._weight_norms: np.ndarray = np.zeros(0)
         self.sizes: np.ndarray = np.zeros(0)
+        self.inputs = InputScale(limit=int(input_examples))  # the first layer's inputs, per feature
+        self._input_sums: tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None = None  # staged for the pending record
 
     # -- setup --------------------------------------------------------------------------------------------
     def begin(self, run: RunInfo, units: Sequence[Unit]) -> None:
@@ -127,6 +132,8 @@ class Recorder:
         self._weighed = False                 # weight norms measured at least once this run
         self.grad_keys, self._groups = (), np.zeros((len(self.units), 0))
         self.sizes = np.zeros(0)
+        self.inputs.reset()
+        self._input_sums = None
 
     # -- cadence ------------------------------------------------------------------------------------------
     def measures(self, step: int) -> bool:
@@ -174,11 +181,14 @@ class Recorder:
         finite = True
         if state.activations is not None:
             finite = self._activations(state)
+        inputs = getattr(state, "inputs", None)
+        if inputs is not None and not self.inputs.full and self.units:
+            self._stage_inputs(inputs)
         if not self.sizes.size:
             self.sizes = np.array([sum(int(math.prod(state.params[k].shape)) for k in u.params if k in state.params)
                                    for u in self.units], dtype=float)
-        if not self.batch:
-            self.batch = int(state.batch_size or 1)
+        if not self.batch and state.batch_size:
+            self.batch = int(state.batch_size)
         self._pending = rec
         return finite
 
@@ -208,6 +218,19 @@ class Recorder:
                 stage.put(std, rows["act_std"], j)
         return finite
 
+    def _stage_inputs(self, x: Array) -> None:
+        """Stage the per-feature sums of the first layer's inputs ``x`` (features along the last axis for
+        dense layers, axis 1 for convolutions)."""
+        sums = feature_sums(x, -1 if self.units[0].kind == "dense" else 1)
+        if sums is None:
+            return
+        total, total_sq, nonzero, count = sums
+        n = int(math.prod(total.shape))
+        buffers = (np.zeros(n), np.zeros(n), np.zeros(n), count, int(x.shape[0]))
+        for value, target in zip((total, total_sq, nonzero), buffers):
+            self._stage.put(value, target, slice(None))
+        self._input_sums = buffers
+
     def set_loss(self, value: float) -> None:
         """The loss of the pending step, for loops that learn it after ``on_after_backward``."""
         if self._pending is not None:
@@ -226,6 +249,9 @@ class Recorder:
                             slice(None))
         self._stage.put(state.clip_coef if state is not None else 1.0, rec.scalars, _CLIP)
         self._stage.flush()
+        if self._input_sums is not None:
+            self.inputs.add(*self._input_sums)
+            self._input_sums = None
         rows = self._rows
         rows["grad_norm"][:] = gradq.combine(self.last_tensor_norms, self._groups)
         if math.isnan(rec.scalars[_GRAD_NORM]):

@@ -6,7 +6,8 @@
 >>> # in the loop, after opt.step():  watcher.log_loss(loss, target=y)         # doctest: +SKIP
 >>> report = watcher.report(); watcher.close()                                  # doctest: +SKIP
 
-See :mod:`gradmon.adapters.torch` for what is read where (pre-clip gradient norms, activations by call order,
+``gradmon.torch.curvature(model, loss_fn, (x, y))`` measures a model's curvature in one call
+(:mod:`gradmon.adapters.torch_curvature`).  See :mod:`gradmon.adapters.torch` for what is read where (pre-clip gradient norms, activations by call order,
 curvature on a probe or the last batch, data-parallel runs).
 """
 
@@ -19,5 +20,6 @@ except ImportError as exc:
                       "`pip install torch==2.13.0` (or any torch), or `pip install \"gradmon[torch]\"`") from exc
 
 from gradmon.adapters.torch import TorchObjective, Watcher, display_names, layer_infos, watch
+from gradmon.adapters.torch_curvature import curvature
 
-__all__ = ["TorchObjective", "Watcher", "display_names", "layer_infos", "watch"]
+__all__ = ["TorchObjective", "Watcher", "curvature", "display_names", "layer_infos", "watch"]

@@ -68,6 +68,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 
 from core.callbacks import LayerInfo, RunInfo, StepState
+from gradmon.adapters.loss_names import loss_name
 from gradmon.adapters.torch_objective import TorchObjective
 from gradmon.monitor import Monitor
 from gradmon.outputs import spec_from_run
@@ -269,6 +270,7 @@ class Watcher:
         self._acts: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._first_input: Any = None                     # the first unit's input on a capture step
         self._last_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
 
         self._handles: list[Any] = []
@@ -325,10 +327,27 @@ class Watcher:
             if any(i.kind == "dense" for i in infos):
                 self.run = self._run_info(infos)
         self.monitor.on_train_begin(self.run)
+        self._hook_first_unit()
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
             self._note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and "
                        "watcher.log_loss(loss, target=y) to measure it on the last batch, or "
                        "watch(..., probe=(x, y), loss_fn=...) for a fixed probe batch", console=True)
+
+    def _hook_first_unit(self) -> None:
+        """Capture the first unit's input on capture steps (its per-feature scale: unscaled inputs)."""
+        units = self.monitor.units
+        if not units or not units[0].params:
+            return
+        qual = units[0].params[0].rpartition(".")[0]
+        module = dict(self.model.named_modules()).get(qual)
+        if module is None:
+            return
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self._capture and not self._paused and self._first_input is None and torch.is_grad_enabled() \
+                    and args and isinstance(args[0], torch.Tensor):
+                self._first_input = args[0].detach()
+        self._handles.append(module.register_forward_pre_hook(hook))
 
     def _note(self, text: str, console: bool = False) -> None:
         self.monitor.add_note(text, console=console)
@@ -361,6 +380,8 @@ class Watcher:
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._paused:
             return
+        if not self._batch and args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self._batch = int(args[0].shape[0])  # the batch size, even when no activation module is seen
         if self._tracing:  # the layout is traced from one whole forward pass of the model
             self._trace = []
         if self.loss_fn is not None and self.probe is None and torch.is_grad_enabled():
@@ -378,6 +399,7 @@ class Watcher:
         self._capture = "activations" in self.monitor.requests(self._step)
         self._acts = {}
         self._calls = {}
+        self._first_input = None
 
     def _grad_ready(self, param: torch.Tensor) -> None:
         """A parameter's ``.grad`` was accumulated: read every gradient once this backward is over (one pass
@@ -482,7 +504,7 @@ class Watcher:
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
                           batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
-                          grad_sq_norms=sq)
+                          grad_sq_norms=sq, inputs=self._first_input if self._capture else None)
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
@@ -549,6 +571,8 @@ class Watcher:
         """
         t0 = time.perf_counter()
         value = float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if "loss" not in self.monitor.facts:  # the report's loss name and batch size, once
+            self.monitor.describe(loss=loss_name(loss), batch_size=len(target) if _sized(target) else None)
         if target is not None and self._inputs is not None:
             args, kwargs = self._inputs
             self._last_batch = (args, kwargs, target)
@@ -562,6 +586,19 @@ class Watcher:
         else:
             self._loss, self._loss_backwards = value, self._backwards
         self.hook_seconds += time.perf_counter() - t0
+
+    def log_metrics(self, **metrics: float) -> None:
+        """Validation (or any) metrics, e.g. ``watcher.log_metrics(val_loss=0.31, accuracy=0.92)``: charted in
+        TensorBoard (``loss/val``, ``accuracy/val``) and kept in the report (``extra["metrics"]``); see
+        :meth:`gradmon.monitor.Monitor.log_metrics`."""
+        self._start()
+        self.monitor.log_metrics(step=self._step, **metrics)
+
+    @property
+    def should_stop(self) -> str | None:
+        """Why the loop should stop now (NaN/Inf, or an open error finding), or None: ``if
+        watcher.should_stop: break``."""
+        return self.monitor.stop_reason("error")
 
     def _finish(self) -> None:
         """Close the pending step (``on_step_end``)."""
@@ -629,6 +666,12 @@ class Watcher:
 
 
 _ENGINE = torch.autograd.Variable._execution_engine
+
+
+def _sized(target: Any) -> bool:
+    """Whether ``target`` is a batch with a length (a tensor with a batch dimension, a list)."""
+    return target is not None and not (isinstance(target, torch.Tensor) and target.dim() == 0) and hasattr(
+        target, "__len__")
 
 
 def _dist_rank() -> tuple[int, int]:
