@@ -1,7 +1,10 @@
 """Exploding gradients in a deep ReLU regressor under momentum SGD, tamed by clipping the global norm.
 
 The first run blows up; gradmon's exploding_gradients finding suggests a clip_norm measured from the
-run's early gradient norms, and the second run, clipped at that norm, trains and is healthy.
+run's early gradient norms, and the second run, clipped at that norm, trains (with ``--quick`` it is also
+healthy).  At full length some of the clipped run's ReLU units die late in training, and gradmon says so
+with a lower learning rate as the fix: clipping stops one bad batch from throwing the weights away, it does
+not make a step size that is too large right.
 
     python examples/exploding_clipping.py [--logdir runs/examples] [--quick]
 """

@@ -3,7 +3,6 @@ runs named after their fix or grid values, one HPARAMS experiment per group, and
 
 from __future__ import annotations
 
-import pytest
 
 from core.progress import StepLines
 from gradmon.scenarios import scenario_path

@@ -52,7 +52,7 @@ class UnscaledInputs(Detector):
         severity = "error" if worst >= t.error_decades else "warning"
         first = ctx.units[0].name if ctx.units else "the first layer"
         message = (f"The inputs of {first} are not standardised: " + "; ".join(reasons) + ".  The first layer's "
-                   f"gradient scales with its inputs, so no single learning rate suits every feature.")
+                   "gradient scales with its inputs, so no single learning rate suits every feature.")
         evidence = {"features": int(scale.features), "measured_features": int(used.size),
                     "examples": int(scale.examples), "spread_decades": sig(spread),
                     "median_scale": sig(10 ** centre), "min_scale": sig(float(rms[lo])), "min_feature": lo,
