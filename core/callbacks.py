@@ -73,7 +73,8 @@ class RunInfo:
     ``batch_mode`` is ``"batch"``, ``"mini-batch"`` or ``"stochastic"``.  ``probe(n, seed)`` returns an
     :class:`Objective` over ``n`` training examples drawn once (all of them when fewer), used for
     curvature; it is ``None`` where the loop cannot provide it.  ``spec`` is the resolved run spec when the
-    run came from one.
+    run came from one.  ``frozen`` names what the loop holds but does not train (PyTorch parameters with
+    ``requires_grad=False``, as ``"layer (param, ...)"``): listed in reports, never measured.
     """
 
     layers: tuple[LayerInfo, ...]
@@ -94,6 +95,7 @@ class RunInfo:
     probe: Callable[[int, int], Objective] | None = None
     spec: Mapping[str, Any] | None = None
     framework: str = "core"
+    frozen: tuple[str, ...] = ()
 
     @property
     def total_steps(self) -> int:

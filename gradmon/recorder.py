@@ -23,7 +23,7 @@ from gradmon.history import LAYER_QUANTITIES, SCALARS, History, Record, Window
 from gradmon.layout import Unit
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
-from gradmon.quantities.xp import Array, all_finite, namespace, to_host
+from gradmon.quantities.xp import Array, all_finite, is_torch, namespace, to_host
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.vocabulary import RECTIFIERS, SATURATING
 
@@ -55,17 +55,32 @@ class Staged:
         if not self._device:
             return
         values = [v for v, _, _ in self._device]
-        xp = namespace(*values)
-        wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
-        dev = values[0].device
-        flat = to_host(xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,))
-                                  for v in values]))
+        flat = to_host(_gather(values))
         at = 0
         for value, target, index in self._device:
             n = int(math.prod(value.shape))
             target[index] = flat[at] if isinstance(index, int) else flat[at:at + n]
             at += n
         self._device.clear()
+
+
+def _gather(values: list[Any]) -> Any:
+    """One flat vector (float32, or float64 if any value is) of 0-d and 1-d device arrays, on the first one's
+    device.  Tensors take one ``torch.cat`` (the per-step path pays a few microseconds per torch call)."""
+    if is_torch(values[0]):
+        import torch
+
+        parts = torch.atleast_1d(*values) if len(values) > 1 else (torch.atleast_1d(values[0]),)
+        try:
+            flat = torch.cat(parts)
+        except RuntimeError:  # several devices (model parallel): gather on the first
+            dev = values[0].device
+            flat = torch.cat([p.to(dev) for p in parts])
+        return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    xp = namespace(*values)
+    wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
+    dev = values[0].device
+    return xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,)) for v in values])
 
 
 class Recorder:
@@ -90,6 +105,10 @@ class Recorder:
         self.batch = 0                       # examples per step, from the first measured step
         self.last_tensor_norms: np.ndarray = np.zeros(0)  # host: per gradient tensor, of the last record
         self.grad_keys: tuple[str, ...] = ()  # the gradient keys of the last measured step, in its order
+        self.unit_lrs: np.ndarray | None = None  # host: per unit, its learning rate (when parameter groups differ)
+        self.loss_staged = False             # the pending record's loss is a device value, on the host at commit
+        self._sq_staged = False              # last_tensor_norms holds squared norms until the flush
+        self._lrs_seen: Any = None
         self._pending: Record | None = None
         self._slow = False
         self._stage = Staged()
@@ -118,7 +137,7 @@ class Recorder:
         # per unit with an activation: (index, activation layer, activation, dead-unit tracker, channel axis)
         self._plan = [(u.index, u.activation_layer, u.activation,
                        actq.DeadUnitTracker(self.dead_pool) if u.activation in RECTIFIERS else None,
-                       -1 if u.kind == "dense" else 1) for u in self.units if u.activation_layer]
+                       u.channel_axis) for u in self.units if u.activation_layer]
         self._weight_keys = [k for u in self.units for k in u.weights]
         self._weight_groups = gradq.groups(self.units, self._weight_keys, weights_only=True)
         self._weight_tensor_norms = np.full(len(self._weight_keys), np.nan)
@@ -127,6 +146,7 @@ class Recorder:
         self._weighed = False                 # weight norms measured at least once this run
         self.grad_keys, self._groups = (), np.zeros((len(self.units), 0))
         self.sizes = np.zeros(0)
+        self.unit_lrs, self._lrs_seen, self.loss_staged, self._sq_staged = None, None, False, False
 
     # -- cadence ------------------------------------------------------------------------------------------
     def measures(self, step: int) -> bool:
@@ -151,19 +171,24 @@ class Recorder:
         input holds NaN or Inf (tanh(inf) = 1: neither the loss nor the gradients would show it)."""
         rec = self._record.reset(state.step)
         scalars, rows, stage = rec.scalars, self._rows, self._stage
-        scalars[_LOSS] = state.loss if state.loss_known else math.nan
+        self.loss_staged = state.loss_known and not isinstance(state.loss, _HOST_TYPES)
+        stage.put(state.loss if state.loss_known else math.nan, scalars, _LOSS)
         scalars[_LR] = state.lr
+        if state.lrs is not None and state.lrs is not self._lrs_seen:
+            self._unit_lrs(state.lrs)
         keys = tuple(state.grads)
         if keys != self.grad_keys:
             self.grad_keys, self._groups = keys, gradq.groups(self.units, keys)
             self.last_tensor_norms = np.full(len(keys), np.nan)
         sq = state.grad_sq_norms
+        self._sq_staged = False
         if sq is None:
             stage.put(gradq.tensor_norms(state.grads, keys), self.last_tensor_norms, slice(None))
         elif isinstance(sq, np.ndarray):
             np.sqrt(sq, out=self.last_tensor_norms)
-        else:
-            stage.put(namespace(sq).sqrt(sq), self.last_tensor_norms, slice(None))
+        else:  # squared norms on the device: their square roots are taken on the host, after the transfer
+            stage.put(sq, self.last_tensor_norms, slice(None))
+            self._sq_staged = True
         if state.grad_norm is not None:
             scalars[_GRAD_NORM] = state.grad_norm
         self._slow = self.records % self.weight_every == 0 or not self._weighed
@@ -208,10 +233,24 @@ class Recorder:
                 stage.put(std, rows["act_std"], j)
         return finite
 
-    def set_loss(self, value: float) -> None:
-        """The loss of the pending step, for loops that learn it after ``on_after_backward``."""
-        if self._pending is not None:
+    def set_loss(self, value: Any) -> None:
+        """The loss of the pending step, for loops that learn it after ``on_after_backward`` (a number, or a
+        0-d device array staged for the record's one transfer)."""
+        if self._pending is None:
+            return
+        if isinstance(value, _HOST_TYPES):
             self._pending.set_scalar("loss", float(value))
+        else:
+            self._stage.put(value, self._pending.scalars, _LOSS)
+            self.loss_staged = True
+
+    def _unit_lrs(self, lrs: Any) -> None:
+        """Each unit's learning rate (that of its first parameter), from the step's per-key rates."""
+        self._lrs_seen = lrs
+        if self.unit_lrs is None:
+            self.unit_lrs = np.full(len(self.units), np.nan)
+        for u in self.units:
+            self.unit_lrs[u.index] = float(lrs.get(u.params[0], math.nan)) if u.params else math.nan
 
     def commit(self, state: StepState | None) -> Record | None:
         """Finish the pending record with the step's update and clip coefficient (``state`` is None for loops
@@ -226,6 +265,9 @@ class Recorder:
                             slice(None))
         self._stage.put(state.clip_coef if state is not None else 1.0, rec.scalars, _CLIP)
         self._stage.flush()
+        if self._sq_staged:
+            np.sqrt(self.last_tensor_norms, out=self.last_tensor_norms)
+            self._sq_staged = False
         rows = self._rows
         rows["grad_norm"][:] = gradq.combine(self.last_tensor_norms, self._groups)
         if math.isnan(rec.scalars[_GRAD_NORM]):

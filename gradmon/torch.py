@@ -6,8 +6,8 @@
 >>> # in the loop, after opt.step():  watcher.log_loss(loss, target=y)         # doctest: +SKIP
 >>> report = watcher.report(); watcher.close()                                  # doctest: +SKIP
 
-See :mod:`gradmon.adapters.torch` for what is read where (pre-clip gradient norms, activations by call order,
-curvature on a probe or the last batch, data-parallel runs).
+See :mod:`gradmon.adapters.torch` for what is read where (units from modules, activations from modules and
+functions, pre-clip gradient norms on the device, curvature on a probe or the last batch, data-parallel runs).
 """
 
 from __future__ import annotations
