@@ -64,6 +64,12 @@ class Staged:
         self._device.clear()
 
 
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
 def _gather(values: list[Any]) -> Any:
     """One flat vector (float32, or float64 if any value is) of 0-d and 1-d device arrays, on the first one's
     device.  Tensors take one ``torch.cat`` (the per-step path pays a few microseconds per torch call)."""
@@ -134,10 +140,16 @@ class Recorder:
         self.records = self.batch = 0
         self._pending, self._slow = None, False
         self._stage.clear()
-        # per unit with an activation: (index, activation layer, activation, dead-unit tracker, channel axis)
-        self._plan = [(u.index, u.activation_layer, u.activation,
-                       actq.DeadUnitTracker(self.dead_pool) if u.activation in RECTIFIERS else None,
-                       u.channel_axis) for u in self.units if u.activation_layer]
+        # per unit with an activation: (index, activation layer, activation, rectifier, channel axis); the
+        # rectifier units are judged together (their units end to end): one pool, a few reductions in all
+        self._plan = [(u.index, u.activation_layer, u.activation, u.activation in RECTIFIERS, u.channel_axis)
+                      for u in self.units if u.activation_layer]
+        self._dead = actq.DeadUnitTracker(self.dead_pool)
+        self._dead_layout: tuple = ()       # (unit indices, widths) of the rectifier units fed last
+        self._dead_ends: Any = None          # their last positions end to end, on the activations' device
+        self._dead_counts = np.zeros(0)      # host: cumulative dead units at each end (staged)
+        self._dead_widths = np.zeros(0)      # host: the units of each rectifier layer
+        self._dead_units: list[int] = []     # the units whose dead fractions the pending record holds
         self._weight_keys = [k for u in self.units for k in u.weights]
         self._weight_groups = gradq.groups(self.units, self._weight_keys, weights_only=True)
         self._weight_tensor_norms = np.full(len(self._weight_keys), np.nan)
@@ -210,7 +222,8 @@ class Recorder:
     def _activations(self, state: StepState) -> bool:
         finite = True
         activations, alive, stage, rows = state.activations, state.alive or {}, self._stage, self._rows
-        for j, layer, activation, tracker, axis in self._plan:
+        parts, units, examples = [], [], 0
+        for j, layer, activation, rectifier, axis in self._plan:
             y = activations.get(layer)
             if y is None:
                 continue
@@ -222,16 +235,34 @@ class Recorder:
                 # input shows in the output, the loss and the gradients anyway); host arrays only
                 if pre is not None and isinstance(sat, _HOST_TYPES) and float(sat) > 0:
                     finite = finite and all_finite(pre)
-            if tracker is not None:
+            if rectifier:
                 mask = alive.get(layer)
-                if mask is None:
-                    mask = actq.alive_units(y, axis)
-                stage.put(tracker.add(mask, actq.examples_in(y)), rows["dead_fraction"], j)
+                parts.append(mask if mask is not None else actq.channel_max(y, axis))
+                units.append(j)
+                examples = examples or actq.examples_in(y)
             if self._slow:
                 mean, std = actq.moments(y)
                 stage.put(mean, rows["act_mean"], j)
                 stage.put(std, rows["act_std"], j)
+        if parts:
+            self._dead_units_of(parts, units, examples)
         return finite
+
+    def _dead_units_of(self, parts: list[Any], units: list[int], examples: int) -> None:
+        """Stage the dead units of the rectifier ``units`` (``parts``: each one's alive mask or largest output
+        per unit) over the pooled examples: one vector end to end, a cumulative count per unit."""
+        layout = (tuple(units), tuple(int(p.shape[0]) for p in parts))
+        xp = namespace(*parts)
+        if layout != self._dead_layout:  # other units than last time: a new pool
+            self._dead, self._dead_layout = actq.DeadUnitTracker(self.dead_pool), layout
+            self._dead_ends = xp.asarray(np.cumsum(layout[1]) - 1, device=_device(parts[0]))
+            self._dead_counts = np.zeros(len(units))
+            self._dead_widths = np.asarray(layout[1], dtype=float)
+        alive = (xp.concat(parts) if len(parts) > 1 else parts[0]) > 0
+        dead = self._dead.dead(alive, examples)
+        if dead is not None:
+            self._stage.put(actq.dead_counts(dead, self._dead_ends), self._dead_counts, slice(None))
+            self._dead_units = units
 
     def set_loss(self, value: Any) -> None:
         """The loss of the pending step, for loops that learn it after ``on_after_backward`` (a number, or a
@@ -265,10 +296,15 @@ class Recorder:
                             slice(None))
         self._stage.put(state.clip_coef if state is not None else 1.0, rec.scalars, _CLIP)
         self._stage.flush()
+        rows = self._rows
         if self._sq_staged:
             np.sqrt(self.last_tensor_norms, out=self.last_tensor_norms)
             self._sq_staged = False
-        rows = self._rows
+        if self._dead_units:  # cumulative counts -> each unit's dead fraction
+            counts = self._dead_counts
+            counts[1:] -= counts[:-1].copy()
+            rows["dead_fraction"][self._dead_units] = counts / self._dead_widths
+            self._dead_units = []
         rows["grad_norm"][:] = gradq.combine(self.last_tensor_norms, self._groups)
         if math.isnan(rec.scalars[_GRAD_NORM]):
             rec.scalars[_GRAD_NORM] = math.sqrt(float(np.dot(self.last_tensor_norms, self.last_tensor_norms)))

@@ -97,10 +97,16 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
             return model, compiled
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing the code that calls this (hooks then do nothing: the compiled
+    graph would not run them eagerly)."""
+    return torch.compiler.is_compiling()
+
+
 def guarded(method: Callable) -> Callable:
     """A watcher entry point that never raises into the user's loop: an error stops the watcher, once."""
     def run(self: "Watcher", *args: Any, **kwargs: Any) -> Any:
-        if self.error is not None:
+        if _compiling() or self.error is not None:  # (hooks traced by torch.compile do nothing)
             return None
         t0 = time.perf_counter()
         try:
@@ -210,8 +216,9 @@ class Watcher:
         self._tracer: Tracer | None = None if self.compiled else Tracer(self._cands, self._names)
         if self._tracer is not None:
             self._tracer.install(model)
-        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
-        self._handles.append(model.register_forward_hook(self._root_hook, always_call=True))
+        # the root module's hooks: the trace, then only what the run needs (each hook costs microseconds)
+        self._root_handles = [model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True),
+                              model.register_forward_hook(self._root_hook, always_call=True)]
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(lambda opt, a, k: self._optimizer_pre_step()))
             self._handles.append(optimizer.register_step_post_hook(lambda opt, a, k: self._optimizer_post_step()))
@@ -230,19 +237,27 @@ class Watcher:
         untraced = None
         if self.compiled:
             untraced = "the model runs under torch.compile, whose compiled code runs no hooks"
+        elif tracer is not None and tracer.failed:
+            untraced = f"the forward pass could not be traced ({tracer.failed})"
         elif not traced:
-            untraced = ("the forward pass could not be traced" + (f" ({tracer.failed})" if tracer and tracer.failed
-                                                                  else ""))
+            untraced = ("no forward pass with gradients ran eagerly before the first step (a model under "
+                        "torch.compile runs no hooks)")
         layout = build_layout(self.model, self._cands, tracer.rank() if traced else None)
         if not layout.units:  # trainable parameters the traced pass never used: watch them anyway
             layout = build_layout(self.model, self._cands, None)
         plan = plan_capture(tracer, layout.units, self._names) if traced else Plan("modules", {}, {})
         feeds_bn = tracer.feeds_batchnorm if traced else set()
-        cover = coverage(layout, plan.attributed, feeds_bn, untraced)
+        cover = coverage(layout, plan.attributed, tracer.flows if traced else {},
+                         {c.key: c.name for c in self._cands}, untraced)
         self.layout = layout
-        self.units = make_units(layout, plan.attributed, feeds_bn, {k: why for k, (_, why) in cover.items()})
+        self.units = make_units(layout, plan.attributed, feeds_bn, {k: mine for k, (_, _, mine) in cover.items()})
         self._capture.remove()
         self._capture = Capture(plan, self.model)
+        inputs = self.loss_fn is not None and self.probe is None  # curvature on the last batch keeps its inputs
+        if not (inputs or self._capture.functional):
+            for h in self._root_handles:
+                h.remove()
+            self._root_handles = []
         named = layout.parameters(self.model)
         self._keys, self._tensors = tuple(k for k, _ in named), [p for _, p in named]
         self._rates = GroupRates(self.optimizer, self._keys, self._tensors)
@@ -277,7 +292,7 @@ class Watcher:
                       frozen=tuple(layout.frozen))
         return dataclasses.replace(run, spec={"name": self._run_name, **spec_from_run(run)})
 
-    def _describe(self, layout: Layout, cover: dict[str, tuple[str, str]]) -> None:
+    def _describe(self, layout: Layout, cover: dict[str, tuple[str, str, str]]) -> None:
         """Notes for the report (and the console, once) on what is not measured and why."""
         note = self.monitor.add_note
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
@@ -295,8 +310,8 @@ class Watcher:
                  "curvature is compared with the binding group's bound")
         names = {c.key: c.name for c in layout.units}
         by_reason: dict[tuple[str, str], list[str]] = {}
-        for key, reason in cover.items():
-            by_reason.setdefault(reason, []).append(names[key])
+        for key, (kind, why, _) in cover.items():
+            by_reason.setdefault((kind, why), []).append(names[key])
         for (kind, why), units in by_reason.items():  # the console hears of activations gradmon cannot see
             note(f"no activation statistics for {_listing(units)}: {why}", console=kind == HIDDEN)
 
@@ -321,8 +336,8 @@ class Watcher:
             self._capture.begin_forward()
         if grad and self.loss_fn is not None and self.probe is None:
             self._inputs = (args, kwargs)  # (not evaluation passes)
-        if grad and args and isinstance(args[0], torch.Tensor) and args[0].dim():
-            self._batch = int(args[0].shape[0])
+        if grad and not self._batch and args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self._batch = int(args[0].shape[0])  # examples per step, from the first forward (captures update it)
 
     @guarded
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -369,6 +384,9 @@ class Watcher:
         clipped), one fused reduction where they live; the version counters tell later changes."""
         self._queued = False
         self._backwards += 1
+        if not self.monitor.recorder.measures(self._step):  # the coming step is not measured: nothing to read
+            self._bw = None
+            return
         grads = [p.grad for p in self._tensors]
         values = self._norms(grads)
         if self.scaler is not None and self.scaler.is_enabled():
@@ -387,10 +405,11 @@ class Watcher:
             out[[i for i, g in enumerate(grads) if g is not None]] = got.to(out.device)
         return out
 
-    def _gradients(self) -> tuple[dict[str, torch.Tensor], Any, Any]:
+    def _gradients(self, measured: bool) -> tuple[dict[str, torch.Tensor], Any, Any]:
         """The unit gradients as they are now (zeros where a parameter has none), their squared norms as
         read at the end of the last backward (pre-clip; read now if no backward was seen) as one vector
-        on their device, and the clip coefficient (1.0 when no gradient changed since)."""
+        on their device, and the clip coefficient (1.0 when no gradient changed since).  Norms only for a
+        ``measured`` step."""
         now = [p.grad for p in self._tensors]
         grads: dict[str, torch.Tensor] = {}
         for key, p, g in zip(self._keys, self._tensors, now):
@@ -401,6 +420,8 @@ class Watcher:
             grads[key] = g
         bw, self._bw = self._bw, None
         self._queued = False  # (a backward that raised never ran its end-of-backward callback)
+        if not measured:
+            return grads, None, 1.0
         if bw is None:
             values = self._norms(now)
             return grads, values * values, 1.0
@@ -430,8 +451,9 @@ class Watcher:
         self._finish()  # the previous step, if its loss never came
         step = self._step
         self._step += 1
-        grads, sq, clip_coef = self._gradients()
+        grads, sq, clip_coef = self._gradients(self.monitor.recorder.measures(step))
         params = self._params()
+        self._batch = self._capture.batch or self._batch
         rate, lrs = self._rates.now()
         # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
         # would otherwise be this one's, and every loss after it one step late)
@@ -511,7 +533,9 @@ class Watcher:
             if loss.numel() != 1:
                 raise ValueError(f"watcher.log_loss() needs a scalar loss, got a tensor of shape "
                                  f"{tuple(loss.shape)}; reduce it first (loss.mean())")
-            value: Any = loss.detach().reshape(())
+            value: Any = loss.detach()
+            if value.dim():
+                value = value.reshape(())
         else:
             value = float(loss)
         self._log_loss(value, target)
@@ -584,9 +608,9 @@ class Watcher:
         self.monitor.on_train_end({"steps": self._step, "stopped": None})
 
     def _remove_hooks(self) -> None:
-        for h in self._handles:
+        for h in self._handles + self._root_handles:
             h.remove()
-        self._handles = []
+        self._handles, self._root_handles = [], []
         self._capture.remove()
         if self._tracer is not None:
             self._tracer.remove()

@@ -94,7 +94,9 @@ class Tracer(TorchFunctionMode):
         self.started: dict[str, int] = {}      # candidate -> event its module's forward started
         self.origin: dict[int, tuple[str, torch.Tensor]] = {}  # id(tensor) -> (candidate, the tensor)
         self.calls: list[ActivationCall] = []
-        self.feeds_batchnorm: set[str] = set()
+        #: where each candidate's output went first: ("into", unit) when another unit consumed it, ("merge",
+        #: unit) when it was added (or joined) to another unit's output, e.g. a residual sum
+        self.flows: dict[str, tuple[str, str]] = {}
         self._inside: list[tuple[str, int]] = []  # activation modules being called (qualified name, call)
         self._module_calls: dict[str, int] = {}
         self._handles: list[Any] = []
@@ -140,21 +142,20 @@ class Tracer(TorchFunctionMode):
 
     def _unit_pre(self, group: list[Candidate]):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if not self.active:
+            if torch.compiler.is_compiling() or not self.active:
                 return
             for c in group:
                 self.started.setdefault(c.key, self._event())
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                src = self._source(args, kwargs, data_only=True)
-                if src is not None:
-                    self.feeds_batchnorm.add(src)
+            src = self._source(args, kwargs, data_only=True)
+            if src is not None and src != group[0].key:
+                self.flows.setdefault(src, ("into", group[0].key))
         return hook
 
     def _unit_post(self, group: list[Candidate], qual: str):
         key = last_layer(group, qual) if group[0].recurrent and len(group) > 1 else group[0].key
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.active:
+            if torch.compiler.is_compiling() or not self.active:
                 return
             first = next(_outputs(output), None)  # a module's (first) output comes from it
             if first is not None:
@@ -163,7 +164,7 @@ class Tracer(TorchFunctionMode):
 
     def _act_pre(self, qual: str):
         def hook(module: nn.Module, args: Any) -> None:
-            if not self.active:
+            if torch.compiler.is_compiling() or not self.active:
                 return
             call = self._module_calls.get(qual, 0)
             self._module_calls[qual] = call + 1
@@ -171,7 +172,7 @@ class Tracer(TorchFunctionMode):
         return hook
 
     def _act_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.active:
+        if torch.compiler.is_compiling() or not self.active:
             return
         if self._inside:
             self._inside.pop()
@@ -181,19 +182,27 @@ class Tracer(TorchFunctionMode):
         self.events += 1
         return self.events
 
+    def _origins(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+        """The unit of the first parameter among a call's arguments (None if none), and the origins of its
+        data inputs, in argument order."""
+        param, data = None, []
+        for t in _tensors(args, kwargs):
+            key = self.owner.get(id(t))
+            if key is not None:
+                param = key if param is None else param
+                continue
+            hit = self.origin.get(id(t))
+            if hit is not None and hit[1] is t:
+                data.append(hit[0])
+        return param, data
+
     def _source(self, args: Sequence[Any], kwargs: Mapping[str, Any], data_only: bool = False) -> str | None:
         """Where the output of a call with these arguments comes from: the unit of the first parameter
         among them, else the origin of the first input with a known one."""
-        data = None
-        for t in _tensors(args, kwargs):
-            key = None if data_only else self.owner.get(id(t))
-            if key is not None:
-                return key
-            if data is None:
-                hit = self.origin.get(id(t))
-                if hit is not None and hit[1] is t:
-                    data = hit[0]
-        return data
+        param, data = self._origins(args, kwargs)
+        if param is not None and not data_only:
+            return param
+        return data[0] if data else None
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: Mapping[str, Any] | None = None) -> Any:
@@ -210,7 +219,11 @@ class Tracer(TorchFunctionMode):
             key = self.owner.get(id(t))
             if key is not None and key not in self.first_use:
                 self.first_use[key] = self._event()
-        source = self._source(args, kwargs)
+        param, data = self._origins(args, kwargs)
+        source = param if param is not None else (data[0] if data else None)
+        for origin in data:  # data that goes into another unit's operation, or joins another unit's data
+            if origin != source and source is not None:
+                self.flows.setdefault(origin, ("into" if param is not None else "merge", source))
         if func in ACTIVATION_FUNCTIONS:
             kind = function_kind(func, args, kwargs)
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -225,6 +238,12 @@ class Tracer(TorchFunctionMode):
                 self.origin[id(t)] = (source, t)
 
     # -- results -----------------------------------------------------------------------------------------------
+    @property
+    def feeds_batchnorm(self) -> set[str]:
+        """Candidates whose output a BatchNorm normalises first."""
+        bn = {c.key for c in self.cands if isinstance(c.module, nn.modules.batchnorm._BatchNorm)}
+        return {src for src, (how, target) in self.flows.items() if how == "into" and target in bn}
+
     def rank(self) -> dict[str, float]:
         """Candidate key -> position in the forward pass (the first use of its own parameters, else the
         start of its module's forward); candidates never called are absent.  The layers of a recurrent
@@ -348,7 +367,7 @@ class Capture:
 
     def _module_hook(self, qual: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.armed or not torch.is_grad_enabled():
+            if torch.compiler.is_compiling() or not self.armed or not torch.is_grad_enabled():
                 return
             call = self._calls.get(qual, 0)
             self._calls[qual] = call + 1

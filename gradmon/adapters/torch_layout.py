@@ -47,7 +47,9 @@ ACTIVATION_FUNCTIONS: dict[Any, str] = {
     torch.sigmoid: "sigmoid", torch.sigmoid_: "sigmoid", torch.Tensor.sigmoid: "sigmoid",
     torch.Tensor.sigmoid_: "sigmoid", torch.tanh: "tanh", torch.tanh_: "tanh", torch.Tensor.tanh: "tanh",
     torch.Tensor.tanh_: "tanh", F.hardtanh: "hardtanh", F.hardtanh_: "hardtanh", F.hardsigmoid: "hardsigmoid",
-    F.softplus: "softplus", F.softsign: "softsign",
+    F.softplus: "softplus", F.softsign: "softsign", torch.clamp: "clamp", torch.Tensor.clamp: "clamp",
+    torch.clip: "clamp", torch.Tensor.clip: "clamp", torch.clamp_min: "clamp", torch.Tensor.clamp_min: "clamp",
+    torch.Tensor.clamp_: "clamp", torch.Tensor.clamp_min_: "clamp",
 }
 ACTIVATION_FUNCTIONS = {f: k for f, k in ACTIVATION_FUNCTIONS.items() if f is not None}
 
@@ -74,6 +76,10 @@ def activation_kind(module: nn.Module) -> str | None:
 def function_kind(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
     """The activation family of a torch function call (None when it is not an activation)."""
     kind = ACTIVATION_FUNCTIONS.get(func)
+    if kind == "clamp":  # x.clamp(min=0) is a ReLU; other clamps are no activation gradmon judges
+        low = kwargs.get("min", args[1] if len(args) > 1 else None)
+        high = kwargs.get("max", args[2] if len(args) > 2 else None)
+        return "relu" if isinstance(low, (int, float)) and low == 0 and high is None else None
     if kind == "hardtanh":
         low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
         high = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
@@ -325,30 +331,49 @@ def layer_infos(model: nn.Module, units: Sequence[Unit] | None = None) -> list[L
 HIDDEN, ABSENT = "hidden", "absent"
 
 
-def coverage(layout: Layout, attributed: Mapping[str, Any], feeds_batchnorm: set[str],
-             untraced: str | None = None) -> dict[str, tuple[str, str]]:
-    """Candidate key -> ``(HIDDEN or ABSENT, why)`` for each unit without activation statistics.
+def coverage(layout: Layout, attributed: Mapping[str, Any], flows: Mapping[str, tuple[str, str]],
+             names: Mapping[str, str], untraced: str | None = None) -> dict[str, tuple[str, str, str]]:
+    """Candidate key -> ``(HIDDEN or ABSENT, why in general, why for this unit)`` for each unit without
+    activation statistics.
 
-    ``untraced`` is the reason no forward pass could be traced (then no unit has activation statistics)."""
-    out: dict[str, tuple[str, str]] = {}
+    ``flows[key]`` is where a candidate's output went in the traced pass (``("into", other)``: another unit
+    consumed it; ``("merge", other)``: it joined another unit's output, a residual sum); ``names`` the
+    candidates' names; ``untraced`` the reason no forward pass could be traced (then no unit has activation
+    statistics)."""
+    out: dict[str, tuple[str, str, str]] = {}
     last = layout.units[-1].key if layout.units else None
+    bn = {c.key for c in layout.units if isinstance(c.module, nn.modules.batchnorm._BatchNorm)}
     for c in layout.units:
         if c.key in attributed:
             continue
         if untraced is not None:
-            out[c.key] = (HIDDEN, untraced)
+            out[c.key] = (HIDDEN, untraced, untraced)
         elif c.recurrent:
             kind = type(c.module).__name__
-            gates = "" if kind in ("RNN", "RNNCell") else " and sigmoid gates"
-            out[c.key] = (HIDDEN, f"its {recurrent_activation(c.module)}{gates} run inside the {kind} kernel, "
-                                  f"out of reach of hooks")
+            inside = f"{recurrent_activation(c.module)} runs" if kind in ("RNN", "RNNCell") else \
+                "tanh and sigmoid gates run"
+            why = f"the activations of recurrent layers run inside their fused kernel, out of reach of hooks"
+            out[c.key] = (HIDDEN, why, f"its {inside} inside the {kind} kernel, out of reach of hooks")
         elif isinstance(c.module, nn.MultiheadAttention):
-            out[c.key] = (ABSENT, "attention: its softmax is inside the module, no elementwise activation")
-        elif c.key in feeds_batchnorm:
-            out[c.key] = (ABSENT, "a BatchNorm normalises its output first (the activation is measured there)")
+            why = "attention: the softmax is inside the module, with no elementwise activation"
+            out[c.key] = (ABSENT, why, why)
+        elif c.key in flows:
+            how, target = flows[c.key]
+            other = names.get(target, target)
+            if how == "into" and target in bn:
+                why = "a BatchNorm normalises the output first (the activation after it is measured there)"
+                out[c.key] = (ABSENT, why, f"{other} normalises its output first (the activation after it is "
+                                           f"measured there)")
+            elif how == "into":
+                out[c.key] = (ABSENT, "no activation before the next layer",
+                              f"no activation between it and {other}")
+            else:
+                out[c.key] = (ABSENT, "the output joins another layer's (a residual sum) before any activation",
+                              f"its output joins {other}'s (a residual sum) before any activation")
         elif c.key == last:
-            out[c.key] = (ABSENT, "the network's output: no activation follows it")
+            why = "the network's output: no activation follows it"
+            out[c.key] = (ABSENT, why, why)
         else:
-            out[c.key] = (HIDDEN, "no activation gradmon knows is applied to its output (none, or a custom "
-                                  "operation)")
+            why = "no activation gradmon knows is applied to the output (none, or a custom operation)"
+            out[c.key] = (HIDDEN, why, why.replace("the output", "its output"))
     return out
