@@ -390,7 +390,8 @@ class Watcher:
         grads = [p.grad for p in self._tensors]
         values = self._norms(grads)
         if self.scaler is not None and self.scaler.is_enabled():
-            values = values / self.scaler.get_scale()
+            scale = getattr(self.scaler, "_scale", None)  # the scale on the device (get_scale() would sync)
+            values = values / (scale.to(values.device) if isinstance(scale, torch.Tensor) else self.scaler.get_scale())
         self._bw = (grads, [g._version if g is not None else -1 for g in grads], values)
 
     def _norms(self, grads: list[torch.Tensor | None]) -> torch.Tensor:
