@@ -56,11 +56,11 @@ from gradmon.adapters.torch_activations import Capture, Plan, Tracer, plan_captu
 from gradmon.adapters.torch_layout import HIDDEN, Layout, build_layout, candidates, coverage, display_names, \
     layer_infos, make_units
 from gradmon.adapters.torch_objective import TorchObjective
+from gradmon.adapters.torch_gradients import GradientReader
 from gradmon.adapters.torch_optim import GroupRates
 from gradmon.layout import Unit
 from gradmon.monitor import Monitor
 from gradmon.outputs import spec_from_run
-from gradmon.quantities.xp import norms
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -80,9 +80,6 @@ LOSS_NAMES: dict[Any, str] = {
     torch.nn.functional.binary_cross_entropy_with_logits: "binary_cross_entropy",
     nn.BCEWithLogitsLoss: "binary_cross_entropy",
 }
-
-_ENGINE = torch.autograd.Variable._execution_engine
-
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The module whose layers to watch under ``DistributedDataParallel`` and ``torch.compile`` wrappers,
@@ -191,17 +188,12 @@ class Watcher:
         self._settled = False                             # the pending step's update is known
         self._loss: Any = None                            # a loss logged before its step began
         self._loss_backwards = 0                          # backward passes done when it was logged
-        self._backwards = 0                               # backward passes done so far
-        # the unit parameters (set at the start), their gradients read at the end of backward
-        self._keys: tuple[str, ...] = ()
-        self._tensors: list[torch.Tensor] = []
+        # the unit parameters' gradients and learning rates (set at the start)
+        self._reader: GradientReader | None = None
         self._rates: GroupRates | None = None
-        self._bw: tuple[list[Any], list[int], Any] | None = None
-        self._queued = False
-        self._zeros: dict[int, torch.Tensor] = {}
         self._all = list(model.named_parameters())
         self._batch = 0
-        self._param_ptrs: tuple[int, ...] = ()
+        self._param_ptrs: tuple[Any, ...] = ()
         self._param_views: dict[str, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
         self._snapshot = False
@@ -259,10 +251,10 @@ class Watcher:
                 h.remove()
             self._root_handles = []
         named = layout.parameters(self.model)
-        self._keys, self._tensors = tuple(k for k, _ in named), [p for _, p in named]
-        self._rates = GroupRates(self.optimizer, self._keys, self._tensors)
-        for p in self._tensors:
-            self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+        keys, tensors = [k for k, _ in named], [p for _, p in named]
+        self._rates = GroupRates(self.optimizer, keys, tensors)
+        self._reader = GradientReader(keys, tensors, scaler=self.scaler, on_error=self._fail,
+                                      measured=lambda: self.monitor.recorder.measures(self._step))
         self._run = self._run_info(layout, self.units, self._rates)
         self.monitor.on_train_begin(self._run)
         self._describe(layout, cover)
@@ -355,91 +347,26 @@ class Watcher:
         """Context manager: hooks ignore the forward and backward passes inside (curvature probes)."""
         before = self._paused
         self._paused = True
+        if self._reader is not None:
+            self._reader.paused = True
         try:
             yield
         finally:
             self._paused = before
+            if self._reader is not None:
+                self._reader.paused = before
 
     def _arm(self) -> None:
         """After a step (and at the start): capture the next training forward pass's activations if the
         monitor measures the coming step."""
         self._capture.arm("activations" in self.monitor.requests(self._step))
 
-    # -- gradients ----------------------------------------------------------------------------------------------
-    def _grad_ready(self, param: torch.Tensor) -> None:
-        """A unit parameter's ``.grad`` was accumulated: read every gradient once this backward is over."""
-        if self._queued or self._paused:
-            return
-        self._queued = True
-        # queued twice: DDP queues its own end-of-backward callback (which writes the averaged gradients
-        # into p.grad) during the backward pass; a callback queued by a callback runs after it
-        _ENGINE.queue_callback(self._queue_read)
-
-    def _queue_read(self) -> None:
-        _ENGINE.queue_callback(self._backward_done)
-
-    @guarded
-    def _backward_done(self) -> None:
-        """End of a ``backward()``: the norm of every unit gradient (averaged over ranks under DDP, not yet
-        clipped), one fused reduction where they live; the version counters tell later changes."""
-        self._queued = False
-        self._backwards += 1
-        if not self.monitor.recorder.measures(self._step):  # the coming step is not measured: nothing to read
-            self._bw = None
-            return
-        grads = [p.grad for p in self._tensors]
-        values = self._norms(grads)
-        if self.scaler is not None and self.scaler.is_enabled():
-            scale = getattr(self.scaler, "_scale", None)  # the scale on the device (get_scale() would sync)
-            values = values / (scale.to(values.device) if isinstance(scale, torch.Tensor) else self.scaler.get_scale())
-        self._bw = (grads, [g._version if g is not None else -1 for g in grads], values)
-
-    def _norms(self, grads: list[torch.Tensor | None]) -> torch.Tensor:
-        """The norm of each gradient as one vector on their device (0 for a parameter without one)."""
-        present = [g for g in grads if g is not None]
-        if len(present) == len(grads):
-            return norms(present)
-        out = torch.zeros(len(grads), device=self._tensors[0].device)
-        if present:
-            got = norms(present)
-            out = out.to(got.dtype)
-            out[[i for i, g in enumerate(grads) if g is not None]] = got.to(out.device)
-        return out
-
-    def _gradients(self, measured: bool) -> tuple[dict[str, torch.Tensor], Any, Any]:
-        """The unit gradients as they are now (zeros where a parameter has none), their squared norms as
-        read at the end of the last backward (pre-clip; read now if no backward was seen) as one vector
-        on their device, and the clip coefficient (1.0 when no gradient changed since).  Norms only for a
-        ``measured`` step."""
-        now = [p.grad for p in self._tensors]
-        grads: dict[str, torch.Tensor] = {}
-        for key, p, g in zip(self._keys, self._tensors, now):
-            if g is None:
-                g = self._zeros.get(id(p))
-                if g is None or g.shape != p.shape or g.device != p.device:
-                    g = self._zeros[id(p)] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            grads[key] = g
-        bw, self._bw = self._bw, None
-        self._queued = False  # (a backward that raised never ran its end-of-backward callback)
-        if not measured:
-            return grads, None, 1.0
-        if bw is None:
-            values = self._norms(now)
-            return grads, values * values, 1.0
-        read, versions, values = bw
-        changed = any(g is not r or (g is not None and g._version != v) for g, r, v in zip(now, read, versions))
-        clip_coef: Any = 1.0
-        if changed:
-            current = self._norms(now)
-            total_pre, total_now = torch.linalg.vector_norm(values), torch.linalg.vector_norm(current)
-            clip_coef = torch.where(torch.isfinite(total_pre) & (total_pre > 0), total_now / total_pre,
-                                    torch.ones_like(total_pre))
-        return grads, values * values, clip_coef
-
     def _params(self) -> dict[str, torch.Tensor]:
         """Detached aliases of every parameter (frozen ones too: curvature evaluates the whole model), cached
-        while their storage stays the same (``model.to(...)`` replaces it, and the aliases are rebuilt)."""
-        ptrs = tuple(p.data_ptr() for _, p in self._all)
+        while their storage stays the same (``model.to(...)`` or ``.half()`` replace it, and the aliases are
+        rebuilt; the first and last parameters tell)."""
+        first, last = self._all[0][1], self._all[-1][1]
+        ptrs = (first.data_ptr(), last.data_ptr(), first.dtype, last.dtype)
         if ptrs != self._param_ptrs:
             self._param_views = {n: p.detach() for n, p in self._all}
             self._param_ptrs = ptrs
@@ -452,13 +379,13 @@ class Watcher:
         self._finish()  # the previous step, if its loss never came
         step = self._step
         self._step += 1
-        grads, sq, clip_coef = self._gradients(self.monitor.recorder.measures(step))
+        grads, sq, clip_coef = self._reader.take(self.monitor.recorder.measures(step))
         params = self._params()
         self._batch = self._capture.batch or self._batch
         rate, lrs = self._rates.now()
         # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
         # would otherwise be this one's, and every loss after it one step late)
-        loss_known = self._loss is not None and self._loss_backwards == self._backwards
+        loss_known = self._loss is not None and self._loss_backwards == self._reader.backwards
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
                           batch_size=self._batch, params=params, grads=grads,
                           lr=float(lr) if lr is not None else rate, activations=self._capture.taken(),
@@ -554,7 +481,7 @@ class Watcher:
             if self._settled:
                 self._finish()
         else:
-            self._loss, self._loss_backwards = value, self._backwards
+            self._loss, self._loss_backwards = value, (self._reader.backwards if self._reader else 0)
 
     def _finish(self) -> None:
         """Close the pending step (``on_step_end``)."""
@@ -612,6 +539,8 @@ class Watcher:
         for h in self._handles + self._root_handles:
             h.remove()
         self._handles, self._root_handles = [], []
+        if self._reader is not None:
+            self._reader.remove()
         self._capture.remove()
         if self._tracer is not None:
             self._tracer.remove()
