@@ -234,6 +234,8 @@ class Watcher:
         elif not traced:
             untraced = ("no forward pass with gradients ran eagerly before the first step (a model under "
                         "torch.compile runs no hooks)")
+        # (again: lazy modules have their parameters and final classes only after the first forward pass)
+        self._cands, self._names = candidates(self.model), display_names(self.model)
         layout = build_layout(self.model, self._cands, tracer.rank() if traced else None)
         if not layout.units:  # trainable parameters the traced pass never used: watch them anyway
             layout = build_layout(self.model, self._cands, None)
@@ -345,14 +347,14 @@ class Watcher:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Context manager: hooks ignore the forward and backward passes inside (curvature probes)."""
-        before = self._paused
-        self._paused = True
+        before, armed = self._paused, self._capture.armed
+        self._paused, self._capture.armed = True, False
         if self._reader is not None:
             self._reader.paused = True
         try:
             yield
         finally:
-            self._paused = before
+            self._paused, self._capture.armed = before, armed
             if self._reader is not None:
                 self._reader.paused = before
 
