@@ -135,7 +135,9 @@ class StepState:
     - ``grad_norm``: the global norm of ``grads`` (float64-exact; ``inf``/``nan`` only when a gradient
       value is).
     - ``alive``: for each rectifier activation layer (ReLU, LeakyReLU), a boolean ``(units,)``: the unit was
-      positive for at least one example of the batch (kept from the forward pass, with activations).
+      positive for at least one example of the batch (kept from the forward pass, with activations); or, as
+      the PyTorch adapter gives it, each unit's largest output over the batch (positive: alive), reduced
+      while the activation was fresh in memory.
 
     Core's Trainer gives ``grad_sq_norms`` and ``grad_norm`` with the ``grad_norms`` request (and at every
     step when it clips by norm: it computes them anyway), ``alive`` with ``activations``, never ``lrs``.

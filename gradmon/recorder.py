@@ -161,6 +161,11 @@ class Recorder:
         self.unit_lrs, self._lrs_seen, self.loss_staged, self._sq_staged = None, None, False, False
 
     # -- cadence ------------------------------------------------------------------------------------------
+    def set_every(self, n: int, start: int) -> None:
+        """Measure every ``n`` steps from step ``start`` on (loops that adapt their cadence to a cost budget)."""
+        self.every = int(n)
+        self._schedule = every_schedule(self.every, start)
+
     def measures(self, step: int) -> bool:
         return self._schedule(step)
 
@@ -226,6 +231,10 @@ class Recorder:
         for j, layer, activation, rectifier, axis in self._plan:
             y = activations.get(layer)
             if y is None:
+                mask = alive.get(layer) if rectifier else None
+                if mask is not None:  # (the output changed in place since: what was reduced from it stands)
+                    parts.append(mask)
+                    units.append(j)
                 continue
             if activation in SATURATING:
                 sat = actq.saturation_fraction(y, activation, self.saturation_margin)
@@ -245,7 +254,7 @@ class Recorder:
                 stage.put(mean, rows["act_mean"], j)
                 stage.put(std, rows["act_std"], j)
         if parts:
-            self._dead_units_of(parts, units, examples)
+            self._dead_units_of(parts, units, examples or int(state.batch_size or 0))
         return finite
 
     def _dead_units_of(self, parts: list[Any], units: list[int], examples: int) -> None:
@@ -258,8 +267,12 @@ class Recorder:
             self._dead_ends = xp.asarray(np.cumsum(layout[1]) - 1, device=_device(parts[0]))
             self._dead_counts = np.zeros(len(units))
             self._dead_widths = np.asarray(layout[1], dtype=float)
-        alive = (xp.concat(parts) if len(parts) > 1 else parts[0]) > 0
-        dead = self._dead.dead(alive, examples)
+        joined = xp.concat(parts) if len(parts) > 1 else parts[0]
+        if examples >= self.dead_pool:  # one batch is enough (no pool): dead where the largest output is <= 0
+            self._dead.clear()
+            dead = xp.logical_not(joined) if joined.dtype == xp.bool else joined <= 0
+        else:
+            dead = self._dead.dead(joined > 0, examples)
         if dead is not None:
             self._stage.put(actq.dead_counts(dead, self._dead_ends), self._dead_counts, slice(None))
             self._dead_units = units

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -619,3 +621,64 @@ def test_on_a_gpu_statistics_stay_on_the_device_and_agree_with_the_cpu():
     np.testing.assert_allclose(b.layer("grad_norm"), a.layer("grad_norm"), rtol=1e-3)
     np.testing.assert_allclose(b.layer("dead_fraction"), a.layer("dead_fraction"), atol=0.02)
     np.testing.assert_allclose(b.scalar("loss"), a.scalar("loss"), rtol=1e-3)
+
+
+# -- the cost budget of the statistics ---------------------------------------------------------------------------
+def test_the_budget_chooses_the_sparsest_cadence_that_fits():
+    from gradmon.adapters.torch_budget import AIM, StatisticsBudget
+
+    def run(budget, cost_measured, cost_unmeasured, bare, steps):
+        """Feed ``steps`` intervals measured at the budget's own cadence; the cadence it ends with."""
+        for s in range(steps):
+            every = budget.every
+            measured = s % every == 0
+            cost = cost_measured if measured else cost_unmeasured
+            budget.record(bare + cost, cost)
+        return budget.every
+
+    # a tiny model: measuring costs 300 us on a 2 ms step (15%): thinned to the cadence the cost model gives
+    budget = StatisticsBudget(0.05, warmup=40, period=30)
+    every = run(budget, 300e-6, 20e-6, 2e-3, 400)
+    room = AIM * 0.05 * 2e-3
+    assert every == math.ceil((300e-6 - 20e-6) / (room - 20e-6)) == 5
+    # (the first 20 intervals hold one-off costs; the first decision comes after a full period of 30 more)
+    assert budget.unmeasured_cost == pytest.approx(20e-6, rel=0.2) and budget.thinned_at == 20 + 30
+    assert "every 5 steps" in budget.describe() and "15%" in budget.describe()
+    # a large model: the same cost is under 1% of a 40 ms step: every step, and nothing to say
+    big = StatisticsBudget(0.05, warmup=40, period=30)
+    assert run(big, 300e-6, 20e-6, 40e-3, 400) == 1 and big.describe() is None
+    with pytest.raises(ValueError, match="statistics_budget"):
+        StatisticsBudget(1.5)
+
+
+def test_a_fast_model_is_measured_within_the_budget_and_every_is_a_promise():
+    from gradmon.adapters.torch_budget import StatisticsBudget
+
+    X, y = xor_data(512)
+
+    def train(**options):
+        net = small_relu_net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False,
+                                      **options)
+        for s in range(160):
+            i = (s * 32) % 480
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+            loss.backward()
+            opt.step()
+            watcher.log_loss(loss)
+        report = watcher.report()
+        watcher.close()
+        return watcher, report
+
+    # measuring a step of this 2-layer net costs about as much as the step itself: far above 5%
+    watcher, report = train(statistics_budget=StatisticsBudget(0.05, warmup=40, period=20))
+    steps = watcher.monitor.history.steps
+    assert list(steps[:40]) == list(range(40))  # the warm-up: every step
+    assert watcher.monitor.recorder.every > 1 and len(steps) < 120
+    assert any("statistics were measured at every step until step" in n for n in report.extra["notes"])
+    for options in ({"every": 1}, {"statistics_budget": None}):
+        watcher, report = train(**options)
+        assert list(watcher.monitor.history.steps) == list(range(160))
+        assert not any("statistics were measured" in n for n in report.extra.get("notes", []))

@@ -56,6 +56,7 @@ from gradmon.adapters.torch_activations import Capture, Plan, Tracer, plan_captu
 from gradmon.adapters.torch_layout import HIDDEN, Layout, build_layout, candidates, coverage, display_names, \
     layer_infos, make_units
 from gradmon.adapters.torch_objective import TorchObjective
+from gradmon.adapters.torch_budget import StatisticsBudget
 from gradmon.adapters.torch_gradients import GradientReader
 from gradmon.adapters.torch_optim import GroupRates
 from gradmon.layout import Unit
@@ -100,13 +101,20 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def guarded(method: Callable) -> Callable:
-    """A watcher entry point that never raises into the user's loop: an error stops the watcher, once."""
+def guarded(method: Callable | None = None, *, no_grad: bool = False) -> Callable:
+    """A watcher entry point that never raises into the user's loop: an error stops the watcher, once.
+    ``no_grad``: it runs under ``torch.no_grad()`` (it computes on the user's tensors)."""
+    if method is None:
+        return lambda m: guarded(m, no_grad=no_grad)
+
     def run(self: "Watcher", *args: Any, **kwargs: Any) -> Any:
         if _compiling() or self.error is not None:  # (hooks traced by torch.compile do nothing)
             return None
         t0 = time.perf_counter()
         try:
+            if no_grad:
+                with torch.no_grad():  # what the watcher computes never enters an autograd graph
+                    return method(self, *args, **kwargs)
             return method(self, *args, **kwargs)
         except Exception as exc:
             self._fail(exc)
@@ -135,6 +143,10 @@ class Watcher:
     expected_steps: the number of steps if known (0: unknown), so findings are judged at a fitting cadence.
     scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (its scale is divided out of the norms;
         a step it skips is not a step).
+    statistics_budget: the share of the training time measuring may cost (default 5%): every step is
+        measured for the first 200 steps, then, on models whose steps are so short that measuring each one
+        would cost more, every k-th step (the report says so).  ``every=...`` (a fixed cadence) or None
+        turns it off (:mod:`gradmon.adapters.torch_budget`).
     monitor_options: passed to :class:`~gradmon.monitor.Monitor` (``every``, ``curvature_every``,
         ``console``, ``tensorboard``...).
     """
@@ -142,7 +154,8 @@ class Watcher:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  logdir: str | os.PathLike | None = None, *, probe: tuple[Any, Any] | None = None,
                  loss_fn: Callable | None = None, loss: str = "unknown", name: str | None = None,
-                 expected_steps: int = 0, scaler: Any = None, **monitor_options: Any) -> None:
+                 expected_steps: int = 0, scaler: Any = None,
+                 statistics_budget: float | StatisticsBudget | None = 0.05, **monitor_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         model, self.compiled = unwrap(model)
@@ -171,6 +184,12 @@ class Watcher:
             sink = RankAverageTensorBoard(logdir, self.world,
                                           scalar_every=int(monitor_options.get("tensorboard_every", 10)))
             monitor_options["sinks"] = [*monitor_options.get("sinks", ()), sink]
+        if "every" in monitor_options or statistics_budget is None:  # a cadence the user chose
+            self._budget: StatisticsBudget | None = None
+        else:
+            self._budget = statistics_budget if isinstance(statistics_budget, StatisticsBudget) \
+                else StatisticsBudget(statistics_budget)
+        self._tick_at: tuple[float, float] | None = None
         self.units: list[Unit] = []
         self.monitor = Monitor(logdir=logdir, units=lambda run: self.units, **monitor_options)
         self.hook_seconds = 0.0  # wall time spent inside the watcher's hooks and methods
@@ -388,9 +407,10 @@ class Watcher:
         # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
         # would otherwise be this one's, and every loss after it one step late)
         loss_known = self._loss is not None and self._loss_backwards == self._reader.backwards
+        activations, alive = self._capture.taken()
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
-                          batch_size=self._batch, params=params, grads=grads,
-                          lr=float(lr) if lr is not None else rate, activations=self._capture.taken(),
+                          batch_size=self._batch, params=params, grads=grads, alive=alive,
+                          lr=float(lr) if lr is not None else rate, activations=activations,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
                           grad_sq_norms=sq, lrs=lrs if lr is None else None)
         self._loss = None
@@ -421,11 +441,24 @@ class Watcher:
         self._snapshot = False
         self._settled = True
 
-    @guarded
+    @guarded(no_grad=True)
     def _optimizer_pre_step(self) -> None:
+        self._tick()
         self._begin_step(None)
 
-    @guarded
+    def _tick(self) -> None:
+        """A step begins: the previous step's wall time and the watcher's time in it go to the budget, which
+        may change the cadence from the next step on."""
+        if self._budget is None or self._reader is None:
+            return
+        now, spent = time.perf_counter(), self.hook_seconds + self._reader.seconds
+        if self._tick_at is not None:
+            every = self._budget.record(now - self._tick_at[0], spent - self._tick_at[1])
+            if every is not None:
+                self.monitor.recorder.set_every(every, start=self._step + 1)
+        self._tick_at = (now, spent)
+
+    @guarded(no_grad=True)
     def _optimizer_post_step(self) -> None:
         self._settle()
         if self._pending is not None and self._pending.loss_known:
@@ -444,10 +477,11 @@ class Watcher:
                                "watcher.step() only in loops without an optimizer")
         self._manual_step(float(lr) if lr is not None else float("nan"))
 
-    @guarded
+    @guarded(no_grad=True)
     def _manual_step(self, lr: float) -> None:
         self._settle()
         self._finish()
+        self._tick()
         self._begin_step(lr)
         self._arm()
 
@@ -463,14 +497,12 @@ class Watcher:
             if loss.numel() != 1:
                 raise ValueError(f"watcher.log_loss() needs a scalar loss, got a tensor of shape "
                                  f"{tuple(loss.shape)}; reduce it first (loss.mean())")
-            value: Any = loss.detach()
-            if value.dim():
-                value = value.reshape(())
+            value: Any = loss if not loss.dim() else loss.reshape(())  # read under no_grad, with the step
         else:
             value = float(loss)
         self._log_loss(value, target)
 
-    @guarded
+    @guarded(no_grad=True)
     def _log_loss(self, value: Any, target: Any) -> None:
         if target is not None and self._inputs is not None:
             args, kwargs = self._inputs
@@ -504,10 +536,18 @@ class Watcher:
         return TorchObjective(self, x[:n], y[:n], self.loss_fn)
 
     # -- results --------------------------------------------------------------------------------------------------
+    def _budget_note(self) -> None:
+        """Say in the report how often the statistics were measured, when the budget thinned them out."""
+        said = self._budget.describe() if self._budget is not None else None
+        if said is not None:
+            self.monitor.notes[:] = [n for n in self.monitor.notes if not n.startswith(said[:40])]
+            self.monitor.add_note(said)
+
     def report(self):
         """The health report so far (see :class:`gradmon.HealthReport`)."""
+        self._budget_note()
         if self.error is None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), torch.no_grad():
                 self._start()
                 if self._pending is not None and self.optimizer is not None:
                     self._finish()
@@ -521,11 +561,13 @@ class Watcher:
         self._closed = True
         if self.error is None:
             try:
-                self._start()
-                self._finish()  # without an optimizer the last step's update stays unknown (NaN)
+                with torch.no_grad():
+                    self._start()
+                    self._finish()  # without an optimizer the last step's update stays unknown (NaN)
             except Exception as exc:
                 self._fail(exc)
         self._remove_hooks()
+        self._budget_note()
         if (self.monitor.curvature_every > 0 and not self.monitor.curvature and self.probe is None
                 and self.loss_fn is not None and self._step > self.monitor.curvature_every):
             self.monitor.add_note("curvature was not measured: pass the targets with "
@@ -553,7 +595,7 @@ class Watcher:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is not None:
             self._closed = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), torch.no_grad():
                 self._start()
                 self._finish()
             self._remove_hooks()

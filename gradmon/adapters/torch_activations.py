@@ -34,6 +34,8 @@ from torch.overrides import TorchFunctionMode
 
 from gradmon.adapters.torch_layout import ACTIVATION_FUNCTIONS, Candidate, activation_kind, call_name, \
     function_kind, last_layer
+from gradmon.quantities.activations import channel_max
+from gradmon.vocabulary import RECTIFIERS
 
 
 @dataclass
@@ -258,13 +260,14 @@ class Tracer(TorchFunctionMode):
 
 @dataclass
 class Plan:
-    """What to capture: ``layers[key]`` is ``(activation layer name, ndim, channel axis, width)`` for a
-    module call key ``(qualified name, call)`` (``modules`` strategy) or a function call index
+    """What to capture: ``layers[key]`` is ``(activation layer name, ndim, channel axis, width, rectifier)``
+    for a module call key ``(qualified name, call)`` (``modules`` strategy) or a function call index
     (``functions``): an output is kept when its number of dimensions and its width along the unit's channel
-    axis are the traced ones.  ``attributed[candidate] = (layer, family, width)``."""
+    axis are the traced ones; a rectifier's largest output per unit is reduced at once, while the output is
+    fresh in memory.  ``attributed[candidate] = (layer, family, width)``."""
 
     strategy: str
-    layers: dict[Any, tuple[str, int, int, int]]
+    layers: dict[Any, tuple[str, int, int, int, bool]]
     attributed: dict[str, tuple[str, str, int | None]]
 
 
@@ -291,7 +294,7 @@ def plan_capture(tracer: Tracer, units: Sequence[Candidate], names: Mapping[str,
         axis = unit.channel_axis % len(call.shape)
         width = int(call.shape[axis])
         attributed[unit.key] = (layer, call.kind, width)
-        chosen.append((call, (layer, len(call.shape), axis, width)))
+        chosen.append((call, (layer, len(call.shape), axis, width, call.kind in RECTIFIERS)))
     if all(call.module is not None for call, _ in chosen):
         return Plan("modules", {(call.module, call.module_call): what for call, what in chosen}, attributed)
     return Plan("functions", {call.index: what for call, what in chosen}, attributed)
@@ -326,6 +329,7 @@ class Capture:
         self.armed = False
         self.batch = 0                          # examples in the last captured forward pass
         self._kept: dict[str, tuple[torch.Tensor, int]] = {}
+        self._alive: dict[str, torch.Tensor] = {}   # rectifier layers: each unit's largest output
         self._calls: dict[str, int] = {}
         self._mode: _FunctionCapture | None = None
         self._handles: list[Any] = []
@@ -342,7 +346,7 @@ class Capture:
     def arm(self, on: bool) -> None:
         """Capture the next training forward pass (or not); forgets what was kept."""
         self.armed = on and bool(self.plan.layers)
-        self._kept = {}
+        self._kept, self._alive = {}, {}
         self._calls = {}
 
     def seed(self, tracer: Tracer) -> None:
@@ -358,12 +362,14 @@ class Capture:
         planned = self.plan.layers.get(key)
         if planned is None or not isinstance(out, torch.Tensor):
             return
-        layer, ndim, axis, width = planned
+        layer, ndim, axis, width, rectifier = planned
         if layer in self._kept or out.dim() != ndim or out.shape[axis] != width:
             return
-        self._kept[layer] = (out.detach(), out._version)
-        if out.dim():
-            self.batch = int(out.shape[0])
+        self._kept[layer] = (out, out._version)  # (read under no_grad: no detach needed)
+        if rectifier:
+            with torch.no_grad():
+                self._alive[layer] = channel_max(out, axis)
+        self.batch = int(out.shape[0])
 
     def _module_hook(self, qual: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -391,12 +397,12 @@ class Capture:
         elif self.armed and self._kept:
             self.armed = False
 
-    def taken(self) -> dict[str, torch.Tensor] | None:
-        """Layer -> captured output, without the ones changed in place after the capture (None when nothing
-        was captured)."""
+    def taken(self) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+        """Layer -> captured output, without the ones changed in place after the capture, and rectifier layer
+        -> each unit's largest output (Nones when nothing was captured)."""
         if not self._kept:
-            return None
-        return {layer: t for layer, (t, version) in self._kept.items() if t._version == version}
+            return None, None
+        return {layer: t for layer, (t, version) in self._kept.items() if t._version == version}, self._alive
 
     def remove(self) -> None:
         self.end_forward()

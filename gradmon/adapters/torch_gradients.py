@@ -13,6 +13,7 @@ the scale is divided out on the device.  Nothing is read on the steps the monito
 from __future__ import annotations
 
 import operator
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -59,6 +60,7 @@ class GradientReader:
         self.grads = Gradients(keys, tensors)
         self.measured, self.on_error, self.scaler = measured, on_error, scaler
         self.backwards = 0          # backward passes seen
+        self.seconds = 0.0          # wall time spent reading gradients
         self.paused = False         # curvature probes run their own backward passes
         self._queued = False
         self._read: tuple[list[Any], list[int], Any] | None = None
@@ -85,6 +87,7 @@ class GradientReader:
     def _backward_done(self) -> None:
         self._queued = False
         self.backwards += 1
+        t0 = time.perf_counter()
         try:
             if not self.measured():  # the coming step is not measured: nothing to read
                 self._read = None
@@ -99,6 +102,8 @@ class GradientReader:
         except Exception as exc:  # a monitor never breaks training
             self._read = None
             self.on_error(exc)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def norms(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """The norm of each gradient, one vector on their device (0 for a parameter without one)."""

@@ -76,9 +76,7 @@ def moments(y: Array, max_rows: int = 16) -> tuple[Array, Array]:
     sample = xp.reshape(y[:max_rows], (-1,))
     if sample.dtype not in (xp.float32, xp.float64):
         sample = xp.astype(sample, xp.float32)
-    mean = xp.mean(sample)
-    centred = sample - mean
-    return mean, xp.sqrt(xp.mean(centred * centred))
+    return xp.mean(sample), xp.std(sample)
 
 
 class DeadUnitTracker:
@@ -107,6 +105,12 @@ class DeadUnitTracker:
             return None
         return self._xp.count_nonzero(dead) / alive.shape[0]
 
+    def clear(self) -> None:
+        """Forget the pool (a batch of ``min_examples`` or more is judged on its own)."""
+        self._sizes.clear()
+        self._seen = 0
+        self._fired = None
+
     def dead(self, alive: Array, n: int) -> Array | None:
         """Feed one batch's ``alive`` vector over ``n`` examples; returns which units are dead over the pool
         (a boolean vector like ``alive``), or None until ``min_examples`` examples were seen.  ``alive`` may
@@ -118,9 +122,7 @@ class DeadUnitTracker:
             return None
         if n >= self.min_examples:  # one batch is enough: nothing to pool
             if self._fired is not None:
-                self._sizes.clear()
-                self._seen = 0
-                self._fired = None
+                self.clear()
             return xp.logical_not(alive)
         if self._fired is None or tuple(self._fired.shape) != tuple(alive.shape):
             self._sizes.clear()

@@ -73,11 +73,12 @@ def to_host(x: Array) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
     import torch
 
-    with torch.no_grad():
-        host = x.detach().to(dtype=torch.float64, device="cpu")
     HOST_TRANSFERS.calls += 1
-    HOST_TRANSFERS.elements += int(host.numel())
-    return host.numpy()
+    HOST_TRANSFERS.elements += int(x.numel())
+    if x.device.type == "cpu" and not x.requires_grad:  # already in host memory: numpy's view, widened there
+        return x.numpy().astype(np.float64)
+    with torch.no_grad():
+        return x.detach().to(dtype=torch.float64, device="cpu").numpy()
 
 
 def _numpy_norm(a: np.ndarray) -> float:
