@@ -1,5 +1,8 @@
 """PyTorch adapter: watch any ``nn.Module`` training loop with the same monitor, findings and reports.
 
+(About 550 lines, above the house's 450: one class, the watcher's lifecycle from the first forward pass to
+``close()``, whose parts each live in a ``torch_*`` module of this package.)
+
 >>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1",         # doctest: +SKIP
 ...                               loss_fn=F.cross_entropy)    # optional: curvature on the last batch
 >>> for x, y in loader:                                                              # doctest: +SKIP
@@ -8,36 +11,32 @@
 ...     watcher.log_loss(loss, target=y)               # the loss series (and the targets, for curvature)
 >>> report = watcher.report(); watcher.close()                                       # doctest: +SKIP
 
-How it reads the loop:
+How it reads the loop (each part in its own module):
 
-- **Units** are the modules that own parameters (any layer type, custom modules included; one per layer
-  and direction of a recurrent module), in the order the first forward pass with gradients uses them;
-  tied parameters are counted once, frozen ones (``requires_grad=False``) are listed, never measured
-  (:mod:`gradmon.adapters.torch_layout`).  Activations, by module (``nn.ReLU``) or by function
-  (``F.relu``), are attributed to the unit whose output they consume (:mod:`gradmon.adapters.
-  torch_activations`); the console and the report say which units have none and why.
-- **Gradients, before any clipping.**  A post-accumulate-grad hook on every unit parameter notes that a
-  ``backward()`` is running; at its end (after DDP has averaged the gradients) the watcher computes the
-  norm of every ``p.grad`` in one fused reduction on their device.  ``clip_grad_norm_`` between
-  ``backward()`` and ``step()`` does not hide exploding gradients; with gradient accumulation the last
-  reading is the accumulated gradient.  ``state.clip_coef`` is ``‖g at step‖ / ‖g after backward‖`` (1.0
-  when no version counter moved in between).  Frozen parameters' stale ``.grad`` is never read.
-- **On the device.**  Every statistic is computed where the tensors live (:mod:`gradmon.quantities`); a
-  recorded step brings one small vector (per-tensor and per-unit scalars, and the loss) to the host.
-  ``log_loss(loss)`` keeps the loss tensor for that transfer: no synchronisation of its own.
+- **Units** (:mod:`~gradmon.adapters.torch_layout`): every module owning parameters (one per layer and
+  direction of a recurrent module), in the order the first forward pass with gradients uses them; tied
+  parameters once, frozen ones listed, never measured.  **Activations**
+  (:mod:`~gradmon.adapters.torch_activations`), from modules or functions, belong to the unit whose output
+  they consume; the console and the report say which units have none and why (:mod:`~gradmon.adapters.
+  torch_run`).
+- **Gradients** (:mod:`~gradmon.adapters.torch_gradients`), read at the end of each ``backward()``, before
+  any clipping, in one fused reduction on their device.  Every statistic is computed where the tensors
+  live; a recorded step brings one small vector to the host (``log_loss(loss)`` keeps the loss tensor for
+  it: no synchronisation of its own).
 - **Steps.**  With an optimizer, its step pre-hook measures the step and its post-hook reads the update
   ``θ_after - θ_before`` (weights are copied only on the steps whose record holds update ratios).  Without
   one, call :meth:`Watcher.step` once per step after ``backward()``; a step's update is then the change
-  until the next ``step()`` call (the last one is unknown: NaN, never 0).  Learning rates come from the
-  parameter groups at every step (schedulers followed, :mod:`gradmon.adapters.torch_optim`).
-- **Curvature** (top Hessian eigenvalue, trace) uses exact Hessian-vector products by double backward on a
-  fixed probe batch (``watch(..., probe=(x, y), loss_fn=...)``) or on the last batch (``loss_fn`` and
-  ``log_loss(loss, target=y)``); without ``loss_fn`` it is off and the report says so.
+  until the next ``step()`` call (the last one is unknown: NaN, never 0).  Learning rates come from each
+  unit's parameter group, schedulers followed (:mod:`~gradmon.adapters.torch_optim`).  Measuring stays
+  within a budget of the step time (:mod:`~gradmon.adapters.torch_budget`).
+- **Curvature**: exact Hessian-vector products by double backward on a fixed probe batch (``probe=(x, y)``
+  and ``loss_fn``) or on the last batch (``loss_fn`` and ``log_loss(loss, target=y)``); without ``loss_fn``
+  it is off and the report says so.
 - **Data-parallel** (``torch.distributed``): each rank measures and judges locally; at ``close()`` rank 0
   gathers every rank's per-unit series (never a tensor of the model) and alone writes
-  (:mod:`gradmon.adapters.distributed`).
+  (:mod:`~gradmon.adapters.distributed`).
 - **A monitor never breaks training**: an error inside the watcher is printed once, the watcher stops
-  watching (``watcher.error`` says why) and training goes on.
+  (``watcher.error`` says why) and training goes on.
 
 Cost: ``watcher.hook_seconds`` is the wall time spent inside the watcher (``benchmarks/torch_overhead.py``).
 """
@@ -45,23 +44,21 @@ Cost: ``watcher.hook_seconds`` is the wall time spent inside the watcher (``benc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 import time
 from typing import Any, Callable, Iterator
 
 from core.callbacks import RunInfo, StepState
-from gradmon.adapters.torch_activations import Capture, Plan, Tracer, plan_capture
-from gradmon.adapters.torch_layout import HIDDEN, Layout, build_layout, candidates, coverage, display_names, \
-    layer_infos, make_units
+from gradmon.adapters.torch_activations import Capture, Plan, Tracer
+from gradmon.adapters.torch_layout import Layout, build_layout, candidates, display_names, layer_infos, make_units
 from gradmon.adapters.torch_objective import TorchObjective
 from gradmon.adapters.torch_budget import StatisticsBudget
 from gradmon.adapters.torch_gradients import GradientReader
 from gradmon.adapters.torch_optim import GroupRates
+from gradmon.adapters.torch_run import LOSS_NAMES, lay_out, notes, run_info
 from gradmon.layout import Unit
 from gradmon.monitor import Monitor
-from gradmon.outputs import spec_from_run
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -71,16 +68,6 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
                       "or pip install \"gradmon[torch]\"") from exc
 
 __all__ = ["TorchObjective", "Watcher", "display_names", "layer_infos", "watch"]
-
-#: loss names (as core spells them) of common torch losses, for the run description
-LOSS_NAMES: dict[Any, str] = {
-    torch.nn.functional.cross_entropy: "cross_entropy", nn.CrossEntropyLoss: "cross_entropy",
-    torch.nn.functional.nll_loss: "cross_entropy", nn.NLLLoss: "cross_entropy",
-    torch.nn.functional.mse_loss: "mse", nn.MSELoss: "mse",
-    torch.nn.functional.binary_cross_entropy: "binary_cross_entropy", nn.BCELoss: "binary_cross_entropy",
-    torch.nn.functional.binary_cross_entropy_with_logits: "binary_cross_entropy",
-    nn.BCEWithLogitsLoss: "binary_cross_entropy",
-}
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The module whose layers to watch under ``DistributedDataParallel`` and ``torch.compile`` wrappers,
@@ -215,6 +202,7 @@ class Watcher:
         self._param_ptrs: tuple[Any, ...] = ()
         self._param_views: dict[str, torch.Tensor] = {}
         self._before: list[torch.Tensor] = []
+        self._weight_keys: list[str] = []
         self._snapshot = False
         # forward passes: the trace, activation capture, last inputs
         self._paused = False
@@ -242,46 +230,34 @@ class Watcher:
             return
         self._started = True
         tracer, self._tracer = self._tracer, None
-        traced = tracer is not None and tracer.done and tracer.failed is None
         if tracer is not None:
             tracer.end()
-        untraced = None
-        if self.compiled:
-            untraced = "the model runs under torch.compile, whose compiled code runs no hooks"
-        elif tracer is not None and tracer.failed:
-            untraced = f"the forward pass could not be traced ({tracer.failed})"
-        elif not traced:
-            untraced = ("no forward pass with gradients ran eagerly before the first step (a model under "
-                        "torch.compile runs no hooks)")
-        # (again: lazy modules have their parameters and final classes only after the first forward pass)
-        self._cands, self._names = candidates(self.model), display_names(self.model)
-        layout = build_layout(self.model, self._cands, tracer.rank() if traced else None)
-        if not layout.units:  # trainable parameters the traced pass never used: watch them anyway
-            layout = build_layout(self.model, self._cands, None)
-        plan = plan_capture(tracer, layout.units, self._names) if traced else Plan("modules", {}, {})
-        feeds_bn = tracer.feeds_batchnorm if traced else set()
-        cover = coverage(layout, plan.attributed, tracer.flows if traced else {},
-                         {c.key: c.name for c in self._cands}, untraced)
-        self.layout = layout
-        self.units = make_units(layout, plan.attributed, feeds_bn, {k: mine for k, (_, _, mine) in cover.items()})
+        start = lay_out(self.model, tracer, self.compiled)
+        self._cands, self.layout, self.units = start.cands, start.layout, start.units
         self._capture.remove()
-        self._capture = Capture(plan, self.model)
+        self._capture = Capture(start.plan, self.model)
         inputs = self.loss_fn is not None and self.probe is None  # curvature on the last batch keeps its inputs
         if not (inputs or self._capture.functional):
             for h in self._root_handles:
                 h.remove()
             self._root_handles = []
-        named = layout.parameters(self.model)
+        named = start.layout.parameters(self.model)
         keys, tensors = [k for k, _ in named], [p for _, p in named]
         self._rates = GroupRates(self.optimizer, keys, tensors)
         self._reader = GradientReader(keys, tensors, scaler=self.scaler, on_error=self._fail,
                                       measured=lambda: self.monitor.recorder.measures(self._step))
-        self._run = self._run_info(layout, self.units, self._rates)
+        self._weight_keys = [k for u in self.units for k in u.weights]
+        self._run = self._run_info(start.layout, self.units, self._rates)
         self.monitor.on_train_begin(self._run)
-        self._describe(layout, cover)
+        if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
+            self.monitor.add_note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and watcher.log_loss("
+                                  "loss, target=y) to measure it on the last batch, or watch(..., probe=(x, y), "
+                                  "loss_fn=...) for a fixed probe batch", console=True)
+        for text, console in notes(start, self._rates):
+            self.monitor.add_note(text, console=console)
         self._arm()
         if tracer is not None:
-            if traced and self._capture.armed:  # the traced pass is the first step's
+            if tracer.done and self._capture.armed:  # the traced pass is the first step's
                 self._capture.seed(tracer)
             tracer.remove()
 
@@ -297,36 +273,9 @@ class Watcher:
         return self._run_info(layout, make_units(layout, {}, set(), {}), rates)
 
     def _run_info(self, layout: Layout, units: list[Unit], rates: GroupRates) -> RunInfo:
-        name, hyper = rates.hyperparams()
-        run = RunInfo(layers=tuple(layer_infos(self.model, units)), loss=self._loss_name, optimizer=name,
-                      hyperparams=hyper, batch_size=0, batch_mode="mini-batch", n_train=0, epochs=1,
-                      steps_per_epoch=self._expected_steps,
-                      probe=self._probe_objective if self.probe is not None else None, framework="torch",
-                      frozen=tuple(layout.frozen))
-        return dataclasses.replace(run, spec={"name": self._run_name, **spec_from_run(run)})
-
-    def _describe(self, layout: Layout, cover: dict[str, tuple[str, str, str]]) -> None:
-        """Notes for the report (and the console, once) on what is not measured and why."""
-        note = self.monitor.add_note
-        if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
-            note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and watcher.log_loss(loss, "
-                 "target=y) to measure it on the last batch, or watch(..., probe=(x, y), loss_fn=...) for a "
-                 "fixed probe batch", console=True)
-        if layout.frozen:
-            note(f"frozen (requires_grad=False), not monitored: {_listing(layout.frozen)}", console=True)
-        if layout.unused:
-            note(f"never called in the traced forward pass, not monitored: {_listing(layout.unused)}", console=True)
-        for line in layout.tied:
-            note(f"tied: {line}")
-        if self._rates.several:
-            note("parameter groups with different learning rates: each unit's rate is in the report's layers; "
-                 "curvature is compared with the binding group's bound")
-        names = {c.key: c.name for c in layout.units}
-        by_reason: dict[tuple[str, str], list[str]] = {}
-        for key, (kind, why, _) in cover.items():
-            by_reason.setdefault((kind, why), []).append(names[key])
-        for (kind, why), units in by_reason.items():  # the console hears of activations gradmon cannot see
-            note(f"no activation statistics for {_listing(units)}: {why}", console=kind == HIDDEN)
+        return run_info(self.model, layout, units, rates, loss=self._loss_name, name=self._run_name,
+                        expected_steps=self._expected_steps,
+                        probe=self._probe_objective if self.probe is not None else None)
 
     def _fail(self, exc: BaseException) -> None:
         """An error inside the watcher: say it once, stop watching, let training go on."""
@@ -417,7 +366,7 @@ class Watcher:
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
         if self._snapshot:
-            weights = [params[k] for u in self.units for k in u.weights]
+            weights = [params[k] for k in self._weight_keys]
             if len(self._before) != len(weights) or any(b.shape != w.shape or b.device != w.device
                                                         for b, w in zip(self._before, weights)):
                 self._before = [torch.empty_like(w) for w in weights]
@@ -432,12 +381,10 @@ class Watcher:
         if state is None or self._settled:
             return
         if self._snapshot:
-            params = self._params()
-            keys = [k for u in self.units for k in u.weights]
-            with torch.no_grad():  # before - after, negated in place: the buffers hold the update
-                torch._foreach_sub_(self._before, [params[k] for k in keys])
-                torch._foreach_neg_(self._before)
-            state.update = dict(zip(keys, self._before))
+            params, keys = self._params(), self._weight_keys
+            with torch.no_grad():  # after - before (one pass; the copies of the weights are reused)
+                update = torch._foreach_sub([params[k] for k in keys], self._before)
+            state.update = dict(zip(keys, update))
         self._snapshot = False
         self._settled = True
 
@@ -602,12 +549,6 @@ class Watcher:
             self.monitor.on_exception(exc, None)
         else:
             self.close()
-
-
-def _listing(names: list[str], most: int = 6) -> str:
-    """``a, b, c`` (and ``and N more`` past ``most``)."""
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _dist_rank() -> tuple[int, int]:

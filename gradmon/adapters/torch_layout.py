@@ -352,7 +352,7 @@ def coverage(layout: Layout, attributed: Mapping[str, Any], flows: Mapping[str, 
             kind = type(c.module).__name__
             inside = f"{recurrent_activation(c.module)} runs" if kind in ("RNN", "RNNCell") else \
                 "tanh and sigmoid gates run"
-            why = f"the activations of recurrent layers run inside their fused kernel, out of reach of hooks"
+            why = "the activations of recurrent layers run inside their fused kernel, out of reach of hooks"
             out[c.key] = (HIDDEN, why, f"its {inside} inside the {kind} kernel, out of reach of hooks")
         elif isinstance(c.module, nn.MultiheadAttention):
             why = "attention: the softmax is inside the module, with no elementwise activation"
