@@ -424,3 +424,60 @@ def test_an_unused_module_is_listed_not_monitored():
     assert [u.name for u in watcher.monitor.units] == ["fc"]
     assert any("never called" in n and "spare" in n for n in report.extra["notes"])
     assert not [f for f in report.findings if f.code == "update_ratio"]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_convolution_activations_are_judged_per_channel(dims):
+    """Conv1d/2d/3d: a channel is dead when it is zero for every example and every position."""
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+
+    class ConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv(2, 8, 3, padding=1)
+            self.head = nn.Linear(8, 2)
+            with torch.no_grad():
+                self.conv.bias[:3] = -50.0  # three of eight channels never fire
+
+        def forward(self, x):
+            return self.head(F.relu(self.conv(x)).flatten(2).mean(2))
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 2, *([6] * dims))
+    watcher, _, _ = fit(ConvNet(), (x, (x.flatten(1)[:, 0] > 0).long()), steps=5, lr=0.01)
+    unit = watcher.monitor.units[0]
+    assert (unit.name, unit.channel_axis, unit.units) == ("conv", 1, 8)
+    np.testing.assert_allclose(watcher.monitor.history.layer("dead_fraction")[:, 0], 3 / 8)
+
+
+def test_every_layer_type_is_a_unit_and_every_parameter_belongs_to_one():
+    class Zoo(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(16, 8, mode="mean")
+            self.up = nn.ConvTranspose1d(1, 4, 3, stride=2)
+            self.group = nn.GroupNorm(2, 4)
+            self.inst = nn.InstanceNorm1d(4, affine=True)
+            self.rms = nn.RMSNorm(8)
+            self.cell = nn.GRUCell(8, 8)
+            self.prelu = nn.PReLU()
+            self.scale = nn.Parameter(torch.ones(()))
+            self.out = nn.Linear(8 + 4, 2)
+
+        def forward(self, tokens):
+            e = self.rms(self.bag(tokens))
+            h = self.cell(e)
+            u = self.inst(self.group(self.up(e[:, None, :4])))
+            return self.out(torch.cat([self.prelu(h), u.mean(2)], 1)) * self.scale
+
+    torch.manual_seed(0)
+    x, y = sequences(length=6, classes=2)
+    model = Zoo()
+    watcher, report, saved = fit(model, (x, y), steps=8, lr=0.01)
+    assert_units(watcher, saved, model, ["bag", "rms", "cell", "up", "group", "inst", "prelu", "out", "zoo"])
+    kinds = {u.name: u.kind for u in watcher.monitor.units}
+    assert kinds["bag"] == "embeddingbag" and kinds["up"] == "convtranspose1d" and kinds["rms"] == "rmsnorm"
+    units = {u.name: u for u in watcher.monitor.units}
+    # the PReLU is a unit of its own (it has a parameter) and the activation of the cell whose output it takes
+    assert (units["cell"].activation_layer, units["cell"].activation) == ("prelu", "prelu")
+    assert units["up"].channel_axis == 1 and units["group"].channel_axis == 1

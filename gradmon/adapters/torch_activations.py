@@ -129,7 +129,7 @@ class Tracer(TorchFunctionMode):
             if group:
                 self._handles.append(module.register_forward_pre_hook(self._unit_pre(group), with_kwargs=True))
                 self._handles.append(module.register_forward_hook(self._unit_post(group, qual), always_call=True))
-            elif activation_kind(module) is not None:
+            if activation_kind(module) is not None:  # (a PReLU is both: a unit and an activation)
                 self._handles.append(module.register_forward_pre_hook(self._act_pre(qual)))
                 self._handles.append(module.register_forward_hook(self._act_post, always_call=True))
 
