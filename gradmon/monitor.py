@@ -414,7 +414,7 @@ class Monitor(Callback):
             for u in self.units:
                 entry = {"name": u.name, "activation": u.activation}
                 entry.update({q: summaries[q][u.index] for q in summaries})
-                if u.kind != "dense" or u.note or u.aliases:  # what other loops' units add (PyTorch)
+                if self.run.framework != "core":  # other loops' units come in many kinds (conv2d, lstm...)
                     entry["kind"] = u.kind
                 if lrs is not None:
                     entry["lr"] = float(lrs[u.index])

@@ -75,8 +75,8 @@ def to_host(x: Array) -> np.ndarray:
 
     HOST_TRANSFERS.calls += 1
     HOST_TRANSFERS.elements += int(x.numel())
-    if x.device.type == "cpu" and not x.requires_grad:  # already in host memory: numpy's view, widened there
-        return x.numpy().astype(np.float64)
+    if x.device.type == "cpu" and not x.requires_grad and x.dtype in (torch.float32, torch.float64):
+        return x.numpy().astype(np.float64)  # already in host memory: numpy's view of it, widened there
     with torch.no_grad():
         return x.detach().to(dtype=torch.float64, device="cpu").numpy()
 
