@@ -133,7 +133,8 @@ class Watcher:
     statistics_budget: the share of the training time measuring may cost (default 5%): every step is
         measured for the first 200 steps, then, on models whose steps are so short that measuring each one
         would cost more, every k-th step (the report says so).  ``every=...`` (a fixed cadence) or None
-        turns it off (:mod:`gradmon.adapters.torch_budget`).
+        turns it off, and so does data-parallel training, whose ranks must record the same steps
+        (:mod:`gradmon.adapters.torch_budget`).
     monitor_options: passed to :class:`~gradmon.monitor.Monitor` (``every``, ``curvature_every``,
         ``console``, ``tensorboard``...).
     """
@@ -171,7 +172,8 @@ class Watcher:
             sink = RankAverageTensorBoard(logdir, self.world,
                                           scalar_every=int(monitor_options.get("tensorboard_every", 10)))
             monitor_options["sinks"] = [*monitor_options.get("sinks", ()), sink]
-        if "every" in monitor_options or statistics_budget is None:  # a cadence the user chose
+        # a cadence the user chose, or ranks that must record the same steps: no budget
+        if "every" in monitor_options or statistics_budget is None or self.world > 1:
             self._budget: StatisticsBudget | None = None
         else:
             self._budget = statistics_budget if isinstance(statistics_budget, StatisticsBudget) \
