@@ -25,6 +25,7 @@ one.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -94,7 +95,9 @@ class Tracer(TorchFunctionMode):
         self.events = 0
         self.first_use: dict[str, int] = {}    # candidate -> event of the first use of its own parameters
         self.started: dict[str, int] = {}      # candidate -> event its module's forward started
-        self.origin: dict[int, tuple[str, torch.Tensor]] = {}  # id(tensor) -> (candidate, the tensor)
+        # id(tensor) -> (candidate, a weak reference to the tensor: an id may be reused once it is freed, and
+        # the trace must not keep the forward pass's temporaries alive)
+        self.origin: dict[int, tuple[str, weakref.ref]] = {}
         self.calls: list[ActivationCall] = []
         #: where each candidate's output went first: ("into", unit) when another unit consumed it, ("merge",
         #: unit) when it was added (or joined) to another unit's output, e.g. a residual sum
@@ -138,7 +141,7 @@ class Tracer(TorchFunctionMode):
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.origin.clear()  # (the trace held references to the forward pass's tensors)
+        self.origin.clear()
         for call in self.calls:
             call.output = None
 
@@ -161,7 +164,7 @@ class Tracer(TorchFunctionMode):
                 return
             first = next(_outputs(output), None)  # a module's (first) output comes from it
             if first is not None:
-                self.origin[id(first)] = (key, first)
+                self.origin[id(first)] = (key, weakref.ref(first))
         return hook
 
     def _act_pre(self, qual: str):
@@ -193,10 +196,15 @@ class Tracer(TorchFunctionMode):
             if key is not None:
                 param = key if param is None else param
                 continue
-            hit = self.origin.get(id(t))
-            if hit is not None and hit[1] is t:
-                data.append(hit[0])
+            origin = self.origin_of(t)
+            if origin is not None:
+                data.append(origin)
         return param, data
+
+    def origin_of(self, t: torch.Tensor) -> str | None:
+        """The candidate a tensor of the traced pass came from (None: unknown)."""
+        hit = self.origin.get(id(t))
+        return hit[0] if hit is not None and hit[1]() is t else None
 
     def _source(self, args: Sequence[Any], kwargs: Mapping[str, Any], data_only: bool = False) -> str | None:
         """Where the output of a call with these arguments comes from: the unit of the first parameter
@@ -229,15 +237,14 @@ class Tracer(TorchFunctionMode):
         if func in ACTIVATION_FUNCTIONS:
             kind = function_kind(func, args, kwargs)
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            hit = self.origin.get(id(x)) if x is not None else None
-            consumed = hit[0] if hit is not None and hit[1] is x else None
+            consumed = self.origin_of(x) if x is not None else None
             module, call = self._inside[-1] if self._inside else (None, 0)
             if isinstance(out, torch.Tensor):
                 self.calls.append(ActivationCall(len(self.calls), kind or "", consumed, module, call,
                                                  tuple(out.shape), out.detach()))
         if source is not None:
             for t in _outputs(out):
-                self.origin[id(t)] = (source, t)
+                self.origin[id(t)] = (source, weakref.ref(t))
 
     # -- results -----------------------------------------------------------------------------------------------
     @property
