@@ -374,8 +374,7 @@ class Capture:
             return
         self._kept[layer] = (out, out._version)  # (read under no_grad: no detach needed)
         if rectifier:
-            with torch.no_grad():
-                self._alive[layer] = channel_max(out, axis)
+            self._alive[layer] = channel_max(out.detach(), axis)
         self.batch = int(out.shape[0])
 
     def _module_hook(self, qual: str):

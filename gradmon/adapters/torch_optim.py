@@ -65,7 +65,8 @@ class GroupRates:
         else:
             self.binding = max(used, key=lambda g: (_number(groups[g].get("lr"), -math.inf), -g))
         self.several = len({g for g in self.group_of}) > 1
-        self._last: tuple[float, ...] | None = None
+        self._raw: tuple[Any, ...] | None = None   # the groups' rates as last seen (floats or tensors)
+        self._lr = math.nan
         self._lrs: dict[str, float] | None = None
 
     def hyperparams(self) -> tuple[str, dict[str, Any]]:
@@ -96,11 +97,11 @@ class GroupRates:
         when they agree); rebuilt only when a rate changed (schedulers)."""
         if self.binding < 0:
             return math.nan, None
-        groups = self.optimizer.param_groups
-        rates = tuple(_number(group.get("lr"), math.nan) for group in groups)
-        lr = rates[self.binding]
-        if rates != self._last:
-            self._last = rates
+        raw = tuple(group.get("lr") for group in self.optimizer.param_groups)
+        if raw is not self._raw and raw != self._raw:
+            self._raw = raw
+            rates = [_number(r, math.nan) for r in raw]
+            self._lr = rates[self.binding]
             mine = [rates[g] if g >= 0 else math.nan for g in self.group_of]
             self._lrs = dict(zip(self.keys, mine)) if len(set(mine)) > 1 else None
-        return lr, self._lrs
+        return self._lr, self._lrs
