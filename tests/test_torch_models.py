@@ -293,6 +293,22 @@ def test_frozen_backbone_with_a_leftover_grad(tmp_path):
     assert report.status == "healthy" and not loud(report)
 
 
+def test_a_backbone_left_out_of_the_optimizer_is_not_trained_and_not_monitored():
+    """Freezing by leaving parameters out of the optimizer: they still get (ever accumulating) gradients,
+    which are not the run's gradients."""
+    torch.manual_seed(0)
+    model = FineTune()
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1, momentum=0.9)
+    norms = []
+    watcher, report, saved = fit(model, images(), opt=opt, before_step=lambda s: norms.append(math.sqrt(sum(
+        float(p.grad.double().pow(2).sum()) for p in model.head.parameters()))))
+    assert [u.name for u in watcher.monitor.units] == ["head.linear0", "head.linear2"]
+    assert saved["extra"]["frozen"][0] == "backbone.conv1 (weight, bias) outside the optimizer"
+    assert any("outside the optimizer's parameter groups" in n for n in saved["extra"]["notes"])
+    np.testing.assert_allclose(watcher.monitor.history.scalar("grad_norm"), norms, rtol=1e-6)
+    assert report.status == "healthy" and not loud(report)
+
+
 def test_parameter_groups_give_each_unit_its_rate(tmp_path):
     torch.manual_seed(0)
     model = FineTune()

@@ -235,7 +235,7 @@ class Watcher:
         tracer, self._tracer = self._tracer, None
         if tracer is not None:
             tracer.end()
-        start = lay_out(self.model, tracer, self.compiled)
+        start = lay_out(self.model, tracer, self.compiled, self.optimizer)
         self._cands, self.layout, self.units = start.cands, start.layout, start.units
         self._capture.remove()
         self._capture = Capture(start.plan, self.model)

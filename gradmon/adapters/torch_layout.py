@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -225,8 +225,9 @@ class Layout:
 
     ``units`` are :class:`Candidate` objects in forward order with their trainable keys (``keys[c.key]``,
     torch's canonical parameter keys) and ``aliases[c.key]`` (other keys of the same tensors);
-    ``frozen`` lists ``"name (param, ...)"`` for frozen parameters; ``unused`` the names of modules with
-    trainable parameters that the traced forward pass never called."""
+    ``frozen`` lists ``"name (param, ...)"`` for frozen parameters, ``idle`` for parameters that require
+    gradients but that the optimizer does not update; ``unused`` the names of modules with trainable
+    parameters that the traced forward pass never called."""
 
     units: list[Candidate]
     keys: dict[str, tuple[str, ...]]
@@ -234,6 +235,7 @@ class Layout:
     frozen: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
+    idle: list[str] = field(default_factory=list)
 
     def parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """``(key, parameter)`` of every unit's trainable parameters, in unit order."""
@@ -241,10 +243,12 @@ class Layout:
         return [(k, live[k]) for c in self.units for k in self.keys[c.key]]
 
 
-def build_layout(model: nn.Module, cands: Sequence[Candidate], rank: Mapping[str, float] | None) -> Layout:
+def build_layout(model: nn.Module, cands: Sequence[Candidate], rank: Mapping[str, float] | None,
+                 trained: Callable[[nn.Parameter], bool] | None = None) -> Layout:
     """Units from ``cands`` ordered by ``rank`` (candidate key -> position in the traced forward pass; None:
     no forward was traced, registration order, every candidate used), each parameter in the first unit
-    holding it (by identity), frozen parameters and unused modules set aside."""
+    holding it (by identity), frozen parameters and unused modules set aside.  ``trained(p)``: whether the
+    optimizer updates ``p`` (a parameter it does not hold is not trained: listed as ``idle``)."""
     canonical = {id(p): k for k, p in model.named_parameters()}
     position = {c.key: i for i, c in enumerate(cands)}
     if rank is None:
@@ -256,23 +260,28 @@ def build_layout(model: nn.Module, cands: Sequence[Candidate], rank: Mapping[str
     keys: dict[str, tuple[str, ...]] = {}
     aliases: dict[str, list[str]] = {}
     frozen: list[str] = []
+    idle: list[str] = []
     tied: list[str] = []
     units: list[Candidate] = []
     for c in ordered:
-        mine, cold = [], []
+        mine, cold, still = [], [], []
         for local, p in c.params:
             if id(p) in owner:
                 first = owner[id(p)]
                 aliases.setdefault(first, []).append(local)
                 tied.append(f"{local} is {canonical[id(p)]} (counted once, in {_name_of(cands, first)})")
-            elif not p.requires_grad:
+                continue
+            owner[id(p)] = c.key
+            if not p.requires_grad:
                 cold.append(local.rsplit(".", 1)[-1])
-                owner[id(p)] = c.key
+            elif trained is not None and not trained(p):
+                still.append(local.rsplit(".", 1)[-1])
             else:
-                owner[id(p)] = c.key
                 mine.append(canonical[id(p)])
         if cold:
             frozen.append(f"{c.name} ({', '.join(cold)})")
+        if still:
+            idle.append(f"{c.name} ({', '.join(still)})")
         if mine:
             keys[c.key] = tuple(mine)
             units.append(c)
@@ -284,7 +293,7 @@ def build_layout(model: nn.Module, cands: Sequence[Candidate], rank: Mapping[str
         if cold:
             frozen.append(f"{c.name} ({', '.join(cold)})")
     return Layout(units=units, keys=keys, aliases={k: tuple(v) for k, v in aliases.items()}, frozen=frozen,
-                  unused=unused_names, tied=tied)
+                  unused=unused_names, tied=tied, idle=idle)
 
 
 def _name_of(cands: Sequence[Candidate], key: str) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,10 +47,12 @@ class Start:
     cover: dict[str, tuple[str, str, str]]
 
 
-def lay_out(model: nn.Module, tracer: Tracer | None, compiled: bool) -> Start:
+def lay_out(model: nn.Module, tracer: Tracer | None, compiled: bool,
+            optimizer: torch.optim.Optimizer | None = None) -> Start:
     """The units of ``model`` in the order the traced forward pass used them, with the activations it saw
     attributed; without a usable trace, every module owning trainable parameters in registration order,
-    with no activation statistics (and the reason)."""
+    with no activation statistics (and the reason).  With an ``optimizer``, the parameters it does not hold
+    are not trained: set aside like frozen ones."""
     traced = tracer is not None and tracer.done and tracer.failed is None
     untraced = None
     if compiled:
@@ -60,8 +63,12 @@ def lay_out(model: nn.Module, tracer: Tracer | None, compiled: bool) -> Start:
         untraced = ("no forward pass with gradients ran eagerly before the first step (a model under "
                     "torch.compile runs no hooks)")
     cands, names = candidates(model), display_names(model)
-    layout = build_layout(model, cands, tracer.rank() if traced else None)
-    if not layout.units:  # trainable parameters the traced pass never used: watch them anyway
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]} if optimizer is not None else None
+    trained = (lambda p: id(p) in held) if held is not None else None
+    layout = build_layout(model, cands, tracer.rank() if traced else None, trained)
+    if not layout.units:  # trainable parameters the traced pass never used (or the optimizer's): watch them
+        layout = build_layout(model, cands, None, trained)
+    if not layout.units:
         layout = build_layout(model, cands, None)
     plan = plan_capture(tracer, layout.units, names) if traced else Plan("modules", {}, {})
     cover = coverage(layout, plan.attributed, tracer.flows if traced else {}, {c.key: c.name for c in cands},
@@ -77,6 +84,9 @@ def notes(start: Start, rates: GroupRates) -> list[tuple[str, bool]]:
     layout, out = start.layout, []
     if layout.frozen:
         out.append((f"frozen (requires_grad=False), not monitored: {listing(layout.frozen)}", True))
+    if layout.idle:
+        out.append((f"outside the optimizer's parameter groups (not updated), not monitored: "
+                    f"{listing(layout.idle)}", True))
     if layout.unused:
         out.append((f"never called in the traced forward pass, not monitored: {listing(layout.unused)}", True))
     out.extend((f"tied: {line}", False) for line in layout.tied)
@@ -99,7 +109,8 @@ def run_info(model: nn.Module, layout: Layout, units: list[Unit], rates: GroupRa
     optimizer, hyper = rates.hyperparams()
     run = RunInfo(layers=tuple(layer_infos(model, units)), loss=loss, optimizer=optimizer, hyperparams=hyper,
                   batch_size=0, batch_mode="mini-batch", n_train=0, epochs=1, steps_per_epoch=expected_steps,
-                  probe=probe, framework="torch", frozen=tuple(layout.frozen))
+                  probe=probe, framework="torch",
+                  frozen=(*layout.frozen, *(f"{entry} outside the optimizer" for entry in layout.idle)))
     return dataclasses.replace(run, spec={"name": name, **spec_from_run(run)})
 
 
