@@ -41,7 +41,14 @@ class Activation(Layer):
     def forward(self, x: np.ndarray, p: Params, ctx: Context) -> np.ndarray:
         c = ctx.store(self.name)
         c["x"] = x
+        c["derivatives"] = None  # f' and f'' of this pass, computed once by the first R-operator product
         return self._f(x, c, ctx)
+
+    def _derivatives(self, c: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        d = c.get("derivatives")
+        if d is None:
+            d = c["derivatives"] = (self._df(c), self._d2f(c))
+        return d
 
     def backward(self, g: np.ndarray, p: Params, ctx: Context, grads: Params) -> np.ndarray:
         df = self._df(ctx.cache[self.name])
@@ -53,13 +60,13 @@ class Activation(Layer):
     def forward_dot(self, dx: np.ndarray, p: Params, v: Params, ctx: Context) -> np.ndarray:
         c = ctx.cache[self.name]
         c["dx"] = dx
-        return self._df(c) * dx
+        return self._derivatives(c)[0] * dx
 
     def backward_dot(self, g: np.ndarray, dg: np.ndarray, p: Params, v: Params, ctx: Context,
                      hv: Params) -> np.ndarray:
         c = ctx.cache[self.name]
-        out = dg * self._df(c)
-        d2 = self._d2f(c)
+        df, d2 = self._derivatives(c)
+        out = dg * df
         if d2 is not None:
             out = out + g * d2 * c["dx"]
         return out
@@ -186,12 +193,6 @@ ACTIVATIONS: dict[str, type[Activation]] = {
     "leaky_relu": LeakyReLU,
     "elu": ELU,
 }
-
-#: activations whose units saturate near asymptotes (monitored for saturation)
-SATURATING: frozenset[str] = frozenset({"sigmoid", "tanh"})
-#: activations with a flat zero-gradient region (monitored for dead units)
-RECTIFIED: frozenset[str] = frozenset({"relu"})
-
 
 def get_activation(name: str, **kwargs: Any) -> Activation:
     """An activation layer by registry name (ValueError listing the valid names otherwise)."""

@@ -30,7 +30,7 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
     try:  # the task validate checked against train.loss; a file's targets decide only when nothing says
         data = load_dataset(d["name"], d["path"], n_samples=d["n_samples"], noise=d["noise"],
                             test_fraction=d["test_fraction"], seed=spec["seed"], task=resolved_task(d, t),
-                            n_classes=d["n_classes"])
+                            n_classes=d["n_classes"], standardize=d["standardize"])
     except ValueError as exc:
         raise SpecError(f"data: {exc}") from None
     if d["path"] is not None:

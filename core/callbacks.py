@@ -142,6 +142,8 @@ class StepState:
     Core's Trainer gives ``grad_sq_norms`` and ``grad_norm`` with the ``grad_norms`` request (and at every
     step when it clips by norm: it computes them anyway), ``alive`` with ``activations``, never ``lrs``.
     - ``lrs``: the learning rate of each parameter key where parameter groups differ (None: ``lr`` for all).
+    - ``inputs``: the batch as the first layer receives it, ``(batch, features)`` (``(batch, channels,
+      *spatial)`` for convolutions); core gives it with ``activations``.
 
     Lifetime: every array is a read-only view of the loop's own storage, valid only during the hook call.
     ``activations``, ``preactivations`` and ``alive`` are buffers the next step overwrites (the hot path
@@ -166,6 +168,7 @@ class StepState:
     grad_sq_norms: Any = None
     grad_norm: float | None = None
     lrs: Mapping[str, float] | None = None
+    inputs: Any = None
 
     def grad_fn(self, params: Arrays) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients of this batch at ``params`` (see ARCHITECTURE.md)."""

@@ -298,8 +298,12 @@ N_DIGITS = 1797
 
 def load_dataset(name: str | None = None, path: str | os.PathLike | None = None, n_samples: int = 1000,
                  noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0, task: str = "auto",
-                 n_classes: int | None = None) -> Dataset:
+                 n_classes: int | None = None, standardize: bool = True) -> Dataset:
     """A built-in data set by ``name`` or a file by ``path``, shuffled and split; deterministic per seed.
+
+    ``standardize``: files and the generated 2-D sets (:data:`STANDARDISE`) get each feature standardised with
+    the training split's mean and standard deviation (a constant feature is only centred); False keeps the raw
+    values.  The teacher and the digits are used as generated either way (already on a scale near 1).
 
     ``task`` (files only; ``auto`` infers it, see :func:`file_task`).  ``n_classes``: the class count of
     spirals and blobs; for a classification file, the number of classes its labels range over (default:
@@ -335,7 +339,7 @@ def load_dataset(name: str | None = None, path: str | os.PathLike | None = None,
     n_test = int(round(test_fraction * len(X)))
     if len(X) - n_test < 1:
         raise ValueError(f"{label}: no training examples left after the test split")
-    if path is not None or name in STANDARDISE:
+    if standardize and (path is not None or name in STANDARDISE):
         mean, std = X[n_test:].mean(0), X[n_test:].std(0)
         std[std == 0] = 1.0
         X -= mean

@@ -176,17 +176,28 @@ class Dense(Layer):
         np.matmul(g, w.T, out=gx)
         return gx
 
-    def forward_dot(self, dx: np.ndarray, p: Params, v: Params, ctx: Context) -> np.ndarray:
+    def forward_dot(self, dx: np.ndarray | None, p: Params, v: Params, ctx: Context) -> np.ndarray:
+        """``dx`` None: the input does not move (the first layer), so its product with ``W`` is skipped."""
         x = ctx.cache[self.name]["x"]
         ctx.cache[self.name]["dx"] = dx
-        return dx @ p["weight"] + x @ v["weight"] + v["bias"]
+        out = x @ v["weight"]
+        if dx is not None:
+            out += dx @ p["weight"]
+        out += v["bias"]
+        return out
 
     def backward_dot(self, g: np.ndarray, dg: np.ndarray, p: Params, v: Params, ctx: Context,
-                     hv: Params) -> np.ndarray:
+                     hv: Params) -> np.ndarray | None:
+        """Returns None for the first layer (whose input tangent nothing reads)."""
         c = ctx.cache[self.name]
         x, dx = c["x"], c["dx"]
-        hv["weight"] = dx.T @ g + x.T @ dg
+        hw = x.T @ dg
+        if dx is not None:
+            hw += dx.T @ g
+        hv["weight"] = hw
         hv["bias"] = dg.sum(axis=0)
+        if c.get("first", False):
+            return None
         return dg @ p["weight"].T + g @ v["weight"].T
 
 

@@ -27,6 +27,11 @@ class Loss:
     def dot(self, z: np.ndarray, y: np.ndarray, dz: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def gauss_newton_factor(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``S`` of shape ``(batch, outputs, k)`` with ``Sₙ Sₙᵀ`` the Hessian of the loss in example ``n``'s
+        outputs (the batch mean included), for exact Gauss-Newton traces."""
+        raise NotImplementedError
+
     def predictions(self, z: np.ndarray) -> np.ndarray:
         """Class predictions from outputs (classification losses only)."""
         raise NotImplementedError(f"{self.name} is a regression loss: no class predictions")
@@ -47,6 +52,10 @@ class MSE(Loss):
 
     def dot(self, z, y, dz):
         return (2.0 / z.size) * dz
+
+    def gauss_newton_factor(self, z, y):
+        n, k = z.shape
+        return np.broadcast_to(np.sqrt(2.0 / z.size) * np.eye(k), (n, k, k))
 
     def check_targets(self, y, n_outputs):
         width = 1 if y.ndim == 1 else y.shape[1]
@@ -70,6 +79,11 @@ class BinaryCrossEntropy(Loss):
     def dot(self, z, y, dz):
         s = _sigmoid(z)
         return s * (1.0 - s) * dz / z.size
+
+    def gauss_newton_factor(self, z, y):
+        s = _sigmoid(z)
+        root = np.sqrt(s * (1.0 - s) / z.size)  # (n, k): the Hessian is diagonal
+        return root[:, :, None] * np.eye(z.shape[1])
 
     def predictions(self, z):
         return (z[:, 0] > 0).astype(np.int64)
@@ -103,6 +117,13 @@ class CrossEntropy(Loss):
     def dot(self, z, y, dz):
         _, p, _ = self._softmax(z)
         return p * (dz - (p * dz).sum(axis=1, keepdims=True)) / z.shape[0]
+
+    def gauss_newton_factor(self, z, y):
+        # (diag(p) - p pᵀ)/n = S Sᵀ with S = (diag(√p) - p √pᵀ)/√n, since Σ p = 1
+        _, p, _ = self._softmax(z)
+        root = np.sqrt(p)
+        factor = root[:, None, :] * (np.eye(z.shape[1])[None] - p[:, :, None])
+        return factor / np.sqrt(z.shape[0])
 
     def predictions(self, z):
         return z.argmax(axis=1)

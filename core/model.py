@@ -221,33 +221,33 @@ class Sequential:
                 grads[key][...] = arr
         return grads
 
+    def linearize(self, loss, x: np.ndarray, y: np.ndarray, params: Mapping[str, np.ndarray],
+                  ctx: Context) -> "Linearization":
+        """One forward and backward pass at ``params``, keeping what every Hessian-vector product at that
+        point needs (the layers' caches in ``ctx``, the output and the gradient at each layer's output), so
+        that each product is only the R-operator's two passes (:meth:`Linearization.hvp`)."""
+        per_layer = self._split(params)
+        z = self.forward(x, ctx=ctx, params=params)
+        value, g = loss(z, y)
+        outputs: list[np.ndarray] = [g] * len(self.layers)
+        layer_grads: dict[str, Params] = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            outputs[i] = g
+            g = layer.backward(g, per_layer[i], ctx, layer_grads.setdefault(layer.name, {}))
+        grads = {key: layer_grads[l.name][pn] for key, (l, pn) in self._owner.items()}
+        return Linearization(self, loss, y, per_layer, ctx, z, outputs, value, grads)
+
     def hvp(self, loss, x: np.ndarray, y: np.ndarray, params: Mapping[str, np.ndarray],
             vec: Mapping[str, np.ndarray], ctx: Context) -> tuple[float, dict[str, np.ndarray],
                                                                  dict[str, np.ndarray]]:
-        """Loss, gradient and exact Hessian-vector product ``H vec`` by the R-operator.
+        """Loss, gradient and exact Hessian-vector product ``H vec`` by the R-operator (one product; for
+        many at the same point, :meth:`linearize` once and call its ``hvp``).
 
         ``params`` and ``vec`` are keyed like ``parameters()``; all work is done in their dtype.
         """
-        per_layer = self._split(params)
-        per_vec = self._split(vec)
-        z = self.forward(x, ctx=ctx, params=params)
-        value, g = loss(z, y)
-        dz = np.zeros_like(x, dtype=z.dtype)
-        for layer, p, v in zip(self.layers, per_layer, per_vec):
-            dz = layer.forward_dot(dz, p, v, ctx)
-        dg = loss.dot(z, y, dz)
-        layer_grads: dict[str, Params] = {}
-        layer_hv: dict[str, Params] = {}
-        for layer, p, v in zip(reversed(self.layers), reversed(per_layer), reversed(per_vec)):
-            lg = layer_grads.setdefault(layer.name, {})
-            lh = layer_hv.setdefault(layer.name, {})
-            ctx.cache[layer.name]["first"] = False
-            g_next = layer.backward(g, p, ctx, lg)
-            dg = layer.backward_dot(g, dg, p, v, ctx, lh)
-            g = g_next
-        grads = {key: layer_grads[l.name][pn] for key, (l, pn) in self._owner.items()}
-        hv = {key: layer_hv[l.name][pn] for key, (l, pn) in self._owner.items()}
-        return value, grads, hv
+        lin = self.linearize(loss, x, y, params, ctx)
+        return lin.value, lin.grads, lin.hvp(vec)
 
     def predict(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Outputs in eval mode (running BatchNorm statistics, no dropout), in chunks."""
@@ -264,3 +264,69 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(l) for l in self.layers)
         return f"Sequential([{inner}], dtype={self.dtype.name})"
+
+
+class Linearization:
+    """A network's loss linearised at fixed parameters (see :meth:`Sequential.linearize`): ``hvp(vec)`` is the
+    exact Hessian-vector product by the R-operator (Pearlmutter 1994), a forward pass of tangents and a
+    backward pass of their gradients (the layer's ``forward_dot``/``backward_dot``), reusing the one forward
+    and backward pass of the linearisation.  ``value`` and ``grads`` are the loss and gradient there."""
+
+    def __init__(self, model: Sequential, loss, y: np.ndarray, per_layer: list[Params], ctx: Context,
+                 z: np.ndarray, outputs: list[np.ndarray], value: float, grads: dict[str, np.ndarray]) -> None:
+        self.model, self.loss, self.y, self.ctx = model, loss, y, ctx
+        self.per_layer, self.z, self.outputs = per_layer, z, outputs
+        self.value, self.grads = value, grads
+
+    def hvp(self, vec: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``H vec`` keyed like the parameters (``vec`` likewise)."""
+        model, ctx = self.model, self.ctx
+        per_vec = model._split(vec)
+        layers = model.layers
+        # the input does not move: a first Dense layer skips its product with a zero tangent
+        dz = None if isinstance(layers[0], Dense) else np.zeros_like(ctx.cache[layers[0].name].get(
+            "x", self.z), dtype=self.z.dtype)
+        for layer, p, v in zip(layers, self.per_layer, per_vec):
+            dz = layer.forward_dot(dz, p, v, ctx)
+        dg = self.loss.dot(self.z, self.y, dz)
+        layer_hv: dict[str, Params] = {}
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            dg = layer.backward_dot(self.outputs[i], dg, self.per_layer[i], per_vec[i], ctx,
+                                    layer_hv.setdefault(layer.name, {}))
+        return {key: layer_hv[l.name][pn] for key, (l, pn) in model._owner.items()}
+
+    def gauss_newton_trace(self, factor: np.ndarray) -> dict[str, float] | None:
+        """The exact trace of the Hessian per layer, for networks where it equals the trace of the
+        Gauss-Newton matrix ``Σₙ Jₙᵀ Sₙ Sₙᵀ Jₙ``: Dense layers with piecewise-linear activations (ReLU,
+        LeakyReLU) and dropout, where the output is linear in each layer's own parameters, so the Hessian's
+        diagonal blocks carry no second derivative of the network.  None for other layers (smooth
+        activations, BatchNorm).
+
+        ``factor``: ``(batch, outputs, k)``, ``Sₙ`` with ``Sₙ Sₙᵀ`` the Hessian of the loss in example ``n``'s
+        outputs (:meth:`core.losses.Loss.gauss_newton_factor`).  Each column of each ``Sₙ`` is propagated back
+        (``k`` backward passes of input gradients, batched); a Dense layer's trace is then
+        ``Σₙ (‖aₙ‖² + 1) Σ_c ‖δₙ,c‖²`` (weight and bias) for its input ``aₙ`` and back-propagated ``δ``.
+        """
+        from core.activations import LeakyReLU, ReLU
+        from core.layers import Dropout
+
+        layers = self.model.layers
+        if not all(isinstance(l, (Dense, ReLU, LeakyReLU, Dropout)) for l in layers):
+            return None
+        delta = np.ascontiguousarray(np.moveaxis(factor, 2, 0))  # (k, batch, outputs)
+        out: dict[str, float] = {}
+        for i in range(len(layers) - 1, -1, -1):
+            layer, c = layers[i], self.ctx.cache[layers[i].name]
+            if isinstance(layer, Dense):
+                per_example = np.einsum("kno,kno->n", delta, delta)
+                a = c["x"]
+                out[layer.name] = float(per_example @ np.einsum("ni,ni->n", a, a) + per_example.sum())
+                if i:
+                    delta = delta @ self.per_layer[i]["weight"].T
+            elif isinstance(layer, Dropout):
+                if c.get("mask") is not None:
+                    delta = delta * c["mask"]
+            else:
+                delta = delta * layer._df(c)
+        return out

@@ -2,7 +2,9 @@
 
 Evaluation happens in float64 on copies, through the model's functional layers, so it never disturbs
 training: the model's parameters, gradients, buffers and BatchNorm running statistics are untouched.
-Hessian-vector products are exact (R-operator, see :mod:`core.layers`).
+Hessian-vector products are exact (R-operator, see :mod:`core.layers`).  For many products at the same
+point (one curvature estimate), :meth:`BatchObjective.linearize` runs the forward and backward pass once and
+returns a :class:`BatchOperator` whose every product is only the R-operator's two passes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from core.activations import LeakyReLU, ReLU
 from core.layers import Context
 from core.losses import Loss
-from core.model import Sequential
+from core.model import Linearization, Sequential
 from core.regularization import add_l2_gradient, l2_penalty, weight_keys
 
 Arrays = Mapping[str, np.ndarray]
@@ -92,6 +94,12 @@ class BatchObjective:
             add_l2_gradient(hv, v, self.l2, weight_keys(p))
         return hv
 
+    def linearize(self, params: Arrays | None = None) -> "BatchOperator":
+        """The Hessian at ``params`` (current parameters when None) as an operator on flat float64 vectors:
+        one forward and backward pass now, the R-operator's two passes per product."""
+        p = self._params(params)
+        return BatchOperator(self, p, self.model.linearize(self.loss, self.x, self.y, p, self._context()))
+
     def kinks(self, params: Arrays | None = None) -> np.ndarray:
         """Sign pattern of every ReLU/LeakyReLU pre-activation on this batch (flat bool array).
 
@@ -107,3 +115,57 @@ class BatchObjective:
         if not record:
             return np.zeros(0, dtype=bool)
         return np.concatenate([m.ravel() for m in record.values()])
+
+
+class BatchOperator:
+    """The Hessian of a :class:`BatchObjective` at fixed parameters, on flat float64 vectors of length ``dim``
+    (parameters in ``model.parameters()`` order): a curvature estimate's operator (see
+    :class:`gradmon.quantities.curvature.HessianOperator`).  ``value`` and ``grads`` are the loss and
+    gradient at that point."""
+
+    #: how :meth:`exact_trace` gets the trace
+    trace_method = "exact (Gauss-Newton)"
+
+    def __init__(self, objective: BatchObjective, params: dict[str, np.ndarray], lin: Linearization) -> None:
+        self.objective, self.params, self.lin = objective, params, lin
+        self.keys = list(params)
+        self.shapes = [params[k].shape for k in self.keys]
+        self.offsets = np.cumsum([0] + [params[k].size for k in self.keys])
+        self.dim = int(self.offsets[-1])
+        self.weights = weight_keys(params) if objective.l2 else []
+        self.value, self.grads = lin.value, lin.grads
+        self.n_hvp = 0
+
+    def _split(self, v: np.ndarray) -> dict[str, np.ndarray]:
+        o = self.offsets
+        return {k: v[o[i]:o[i + 1]].reshape(shape) for i, (k, shape) in enumerate(zip(self.keys, self.shapes))}
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        """``H v`` for a float64 vector of length ``dim``."""
+        self.n_hvp += 1
+        self.objective.n_hvp += 1
+        vec = self._split(np.asarray(v, dtype=np.float64))
+        hv = self.lin.hvp(vec)
+        if self.weights:  # the penalty's Hessian is 2·l2·I on the weights
+            add_l2_gradient(hv, vec, self.objective.l2, self.weights)
+        return np.concatenate([np.ravel(hv[k]) for k in self.keys])
+
+    def vector(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def layer_traces(self) -> dict[str, float] | None:
+        """The exact Hessian trace of each Dense layer (penalty included) where the Gauss-Newton route applies
+        (:meth:`core.model.Linearization.gauss_newton_trace`), else None."""
+        if not hasattr(self, "_traces"):
+            lin = self.lin
+            traces = lin.gauss_newton_trace(lin.loss.gauss_newton_factor(lin.z, lin.y))
+            for key in self.weights if traces is not None else ():
+                layer = key.rsplit(".", 1)[0]
+                traces[layer] = traces.get(layer, 0.0) + 2.0 * self.objective.l2 * self.params[key].size
+            self._traces = traces
+        return None if self._traces is None else dict(self._traces)
+
+    def exact_trace(self) -> float | None:
+        """``tr(H)`` exactly where the network allows a cheap exact route, else None."""
+        traces = self.layer_traces()
+        return None if traces is None else float(sum(traces.values()))

@@ -11,6 +11,9 @@ A key that would have no effect is an error, not silently ignored: ``train.momen
 ``train.optimizer`` (in a spec file, ``--set`` or a patch) resets ``train.momentum``/``train.nesterov``
 unless they are set alongside; setting ``data.name`` clears ``data.path`` and the other way round (and
 resets ``data.task``).
+``data.standardize`` (default true) standardises each feature of a data file and of the generated 2-D sets with
+the training split's mean and standard deviation; false keeps the raw values (to reproduce and diagnose raw
+data: gradmon's ``unscaled_inputs`` finding).
 ``data.task`` (``auto``, ``classification``, ``regression``) says what a file's targets are; ``auto``
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
@@ -21,7 +24,9 @@ that file's directory (on the command line, to the working directory).  Sizes ar
 (``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
 (``--set monitor.thresholds.vanishing_gradients.min_drop=3``).  core checks only that shape and that the
 values are finite numbers; the table and field names are gradmon's (``gradmon.thresholds``), checked when
-its monitor is built.
+its monitor is built.  ``monitor.tensorboard_every`` (records between TensorBoard scalar writes, default 10)
+and ``monitor.histogram_every`` (steps between histograms; 0 = none; absent = about 20 per run) set the
+TensorBoard cadence.
 """
 
 from __future__ import annotations
@@ -56,12 +61,14 @@ DEFAULTS: dict[str, Any] = {
     "name": "run",
     "seed": 0,
     "data": {"name": "spirals", "path": None, "n_samples": 1000, "noise": 0.1, "test_fraction": 0.2,
-             "n_classes": None, "task": "auto"},
+             "n_classes": None, "task": "auto", "standardize": True},
     "model": {"hidden": [64, 64], "activation": "relu", "init": "he_normal", "init_std": 0.05, "init_limit": 0.05,
               "bias_init": 0.0, "batchnorm": False, "dropout": 0.0, "leaky_alpha": 0.01},
     "train": {"loss": "auto", "optimizer": "sgd", "lr": 0.1, "momentum": None, "nesterov": False, "batch_size": 32,
               "epochs": 20, "clip_norm": 0.0, "clip_value": 0.0, "l2": 0.0},
-    "monitor": {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}},
+    # curvature_every None: the steps follow curvature_budget (a share of wall time); an integer wins (0: off)
+    "monitor": {"every": 1, "curvature_every": None, "curvature_budget": 0.05, "curvature_samples": 1024,
+                "thresholds": {}, "tensorboard_every": 10, "histogram_every": None},
 }
 SECTIONS = ("data", "model", "train", "monitor")
 #: optimizers that take train.momentum and train.nesterov
@@ -157,6 +164,14 @@ def _thresholds(key: str, v: Any) -> dict[str, dict[str, int | float]]:
     return out
 
 
+def _budget(key: str, v: Any) -> float:
+    value = _number(key, v)
+    if not 0 <= value < 1:
+        raise SpecError(f"{key}: expected a share of wall time in [0, 1) such as 0.05 (0 turns curvature off), "
+                        f"got {v!r}")
+    return float(value)
+
+
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda key, v: None if v is None else check(key, v)
 
@@ -196,7 +211,7 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "data": {"name": _optional(_choice(_datasets)), "path": _optional(_string),
              "n_samples": lambda k, v: _int(k, v, 2), "noise": _nonneg, "test_fraction": _unit,
              "n_classes": _optional(lambda k, v: _int(k, v, 2)),
-             "task": _choice(lambda: ["auto", "classification", "regression"])},
+             "task": _choice(lambda: ["auto", "classification", "regression"]), "standardize": _bool},
     "model": {"hidden": _hidden, "activation": _choice(_activations), "init": _choice(_inits),
               "init_std": _positive, "init_limit": _positive, "bias_init": _number, "batchnorm": _bool,
               "dropout": _unit, "leaky_alpha": _unit},
@@ -204,8 +219,10 @@ CHECKS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
               "momentum": _optional(_unit),
               "nesterov": _bool, "batch_size": _batch, "epochs": lambda k, v: _int(k, v, 1), "clip_norm": _nonneg,
               "clip_value": _nonneg, "l2": _nonneg},
-    "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": lambda k, v: _int(k, v, 0),
-                "curvature_samples": lambda k, v: _int(k, v, 1), "thresholds": _thresholds},
+    "monitor": {"every": lambda k, v: _int(k, v, 1), "curvature_every": _optional(lambda k, v: _int(k, v, 0)),
+                "curvature_budget": _budget, "curvature_samples": lambda k, v: _int(k, v, 1),
+                "thresholds": _thresholds, "tensorboard_every": lambda k, v: _int(k, v, 1),
+                "histogram_every": _optional(lambda k, v: _int(k, v, 0))},
 }
 
 

@@ -432,10 +432,11 @@ class Trainer:
                grad_norm: float | None) -> StepState:
         """The step as callbacks see it.  ``grad_norm`` is given when the backward pass wrote the squared
         norms (``self._sq``); ``record`` (the layer outputs) when activations were requested."""
-        activations = preacts = alive = None
+        activations = preacts = alive = inputs = None
         if record is not None:
             layers = self.model.layers
             activations = self._readonly("activations", record)
+            inputs = readonly({"x": xb})["x"]
             preacts = {l.name: activations[layers[i - 1].name] for i, l in enumerate(layers)
                        if l.activation is not None and i > 0}
             alive = self._readonly("alive", self._alive)
@@ -444,7 +445,8 @@ class Trainer:
         return StepState(step=self.step, epoch=epoch, loss=value, batch_size=len(xb), params=self._ro_params,
                          grads=self._ro_grads, lr=self.optimizer.lr, activations=activations,
                          preactivations=preacts, objective=objective, alive=alive,
-                         grad_sq_norms=self._ro_sq if grad_norm is not None else None, grad_norm=grad_norm)
+                         grad_sq_norms=self._ro_sq if grad_norm is not None else None, grad_norm=grad_norm,
+                         inputs=inputs)
 
     def _readonly(self, kind: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Read-only views of ``arrays``.  The hot path's buffers persist across steps, so the view made for

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from core.progress import progress_bar
+from core.progress import LineProgress, progress_or_lines
 
 Trial = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -159,10 +159,15 @@ def search(spec: Mapping[str, Any], grid: Mapping[str, Sequence[Any]], trial: Tr
     specs = [apply_patch(spec, combo) for combo in combos]  # validates every combination up front
     run_trial = trial or default_trial
     results = []
-    bar = progress_bar(len(specs), progress, "search", "trial")
+    bar = progress_or_lines(len(specs), progress, "search", "trial")
     for combo, s in zip(combos, specs):
         results.append(TrialResult(params=combo, metrics=run_trial(s)))
-        if bar is not None:
+        if isinstance(bar, LineProgress):  # a log: which trial, and how it ended
+            m = results[-1].metrics
+            loss = m.get("val_loss", m.get("final_loss"))
+            bar.update(1, ", ".join(f"{k}={v}" for k, v in combo.items()) + (
+                f": pruned ({m['pruned']})" if m.get("pruned") else f": loss {loss:.4g}" if loss is not None else ""))
+        elif bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()

@@ -13,11 +13,12 @@ import sys
 from gradmon import report as _report  # noqa: F401  (registers the Markdown and HTML report renderers)
 from gradmon.findings import FINDING_CODES, SUGGESTION_CODES, Finding, HealthReport, Suggestion
 from gradmon.history import History
+from gradmon.measure import curvature
 from gradmon.monitor import Monitor
 from gradmon.thresholds import Thresholds
 
 __all__ = ["FINDING_CODES", "SUGGESTION_CODES", "Finding", "HealthReport", "History", "Monitor", "Suggestion",
-           "Thresholds"]
+           "Thresholds", "curvature"]
 __version__ = "0.1.0"
 
 

@@ -68,19 +68,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.run_dir = logdir  # for the message if the run is interrupted
     result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet)
     _print_report("report:     ", result.reports)
-    _print(f"tensorboard: tensorboard --logdir {logdir}")
+    _print(f"tensorboard: tensorboard --logdir {logdir}   (then http://localhost:6006/#custom_scalars)")
     _print(f"status:      {result.report.status} ({len(result.report.findings)} findings, "
            f"final loss {result.final_loss:.4g})")
+    if args.fail_on is not None:
+        from gradmon.report.check import exit_code, summary_line
+
+        code = exit_code(result.report, args.fail_on)
+        if code:
+            _print(summary_line(result.report, args.fail_on))
+        return code
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gradmon.findings import HealthReport
-    from gradmon.report.check import exit_code, render_check
+    from gradmon.report.check import exit_code, render_many, summary_line
 
-    report = HealthReport.load(_run_dir(args.dir))
-    sys.stdout.write(render_check(report, args.format, args.fail_on).rstrip("\n") + "\n")
-    return exit_code(report, args.fail_on)
+    runs = [(path, HealthReport.load(_run_dir(path))) for path in args.dirs]
+    if args.quiet and args.format == "text":
+        text = "\n".join(summary_line(r, args.fail_on, name) for name, r in runs)
+    else:
+        text = render_many(runs, args.format, args.fail_on)
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    return max(exit_code(r, args.fail_on) for _, r in runs)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -117,25 +128,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from core.tune import parse_grid, search
-    from gradmon.doctor import health_trial, render_leaderboard
+    from gradmon.doctor import best_trial_line, health_trial, render_leaderboard
 
     spec = _load_spec(args.spec, args.set)
     grid = parse_grid(args.grid)
-    trials = search(spec, grid, trial=health_trial(budget_steps=args.budget_steps), mode=args.mode,
-                    n_trials=args.n_trials, seed=args.seed, progress=_progress(args))
+    progress = _progress(args)
+    trial = health_trial(budget_steps=args.budget_steps, logdir=args.logdir, keys=list(grid),
+                         progress=None if progress is None and not sys.stderr.isatty() else progress is None)
+    trials = search(spec, grid, trial=trial, mode=args.mode, n_trials=args.n_trials, seed=args.seed,
+                    progress=progress)
+    if args.logdir:
+        from gradmon.sinks.tensorboard import write_experiment
+
+        write_experiment(args.logdir, {k: grid[k][0] for k in grid})
     if args.format == "json":
         _print(json.dumps([t.to_dict() for t in trials], indent=2, allow_nan=False))
     else:
         _print(render_leaderboard(trials))
+        _print("")
+        _print(best_trial_line(trials, args.spec, args.set))
+        if args.logdir:
+            _print(f"runs: {args.logdir}   (tensorboard --logdir {args.logdir}: HPARAMS compares the trials)")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a scenario, then, for a pathology, the same run with the first fix of the root cause its report
+    names (exactly the patch printed: the console's closing lines, the report and ``gradmon check`` name the
+    same one)."""
     import tomllib
 
     from core.spec import apply_patch, load_spec
     from gradmon.report.text import patch_to_cli
-    from gradmon.run import default_logdir, run_spec
+    from gradmon.run import default_logdir, hparam_keys, run_spec
     from gradmon.scenarios import FIXES, SCENARIOS, scenario_text
 
     if args.scenario is not None and args.scenario not in SCENARIOS:
@@ -143,16 +168,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.scenario or "vanishing"
     spec = load_spec(tomllib.loads(scenario_text(name)), args.set)
     root = Path(args.logdir) if args.logdir else default_logdir({"name": f"demo-{name}"})
-    runs: list[tuple[str, dict[str, Any], dict[str, Any]]] = [(name, spec, {})]
-    if name in FIXES and not args.no_fix:
-        runs.append((f"{name}-fixed", apply_patch(spec, FIXES[name]), FIXES[name]))
-    _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if len(runs) > 1 else ""))
+    with_fix = name in FIXES and not args.no_fix
+    _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if with_fix else ""))
     results = []
-    for label, s, patch in runs:
-        _print(f"\n== {label}" + (f"  ({patch_to_cli(patch)})" if patch else ""))
-        logdir = root / label if len(runs) > 1 else root
+    # HPARAMS: what differs between the runs (the documented fix until the run names its own)
+    expected = FIXES.get(name) if with_fix else None
+    compared = {"hparams": hparam_keys(spec, apply_patch(spec, expected)) if expected else hparam_keys(spec)}
+
+    def run(label: str, s: dict[str, Any], note: str = "") -> Any:
+        _print(f"\n== {label}{note}")
+        logdir = root / label if with_fix else root
         args.run_dir = logdir
-        results.append((label, logdir, run_spec(s, logdir, progress=_progress(args), console=not args.quiet)))
+        result = run_spec(s, logdir, progress=_progress(args), console=not args.quiet, monitor_options=compared)
+        results.append((label, logdir, result))
+        return result
+
+    first = run(name, spec)
+    fix = first.report.primary_fix
+    if with_fix:
+        if fix is None or not fix.patch:
+            _print(f"\n(no fix to run: this run of {name} found no root cause with a spec patch)")
+        else:
+            patch = dict(fix.patch)
+            compared = {"hparams": hparam_keys(spec, apply_patch(spec, patch))}
+            run(f"{name}-fixed", apply_patch(spec, patch), f"  (the root cause's first fix: {patch_to_cli(patch)})")
     _print("")
     for line in demo_table([(label, r) for label, _, r in results]):
         _print(line)
@@ -169,6 +208,7 @@ def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
     marked), then the first message of each finding code, so a pathology is visible even when it is only
     informational."""
     from gradmon.findings import severity_rank
+    from gradmon.report.text import patch_to_cli
 
     with_val = all(r.n_validation for _, r in results)
     loss_head = "val loss" if with_val else "train loss"
@@ -184,6 +224,11 @@ def demo_table(results: Sequence[tuple[str, Any]]) -> list[str]:
         lines.append(f"{label:<22} {r.report.status:<8} {loss:>10.4g} "
                      f"{(f'{acc:.1%}' if acc is not None else '-'):>9}  {codes}")
         notes += [f"  {label}: {f.severity.upper()} {code}: {f.message}" for code, f in first.items()]
+        root, fix = r.report.root_cause, r.report.primary_fix
+        if root is not None:
+            notes.append(f"  {label}: root cause {root.code}" + (f" in {root.layer}" if root.layer else "")
+                         + (f"; first fix: {fix.text}" + (f"  ({patch_to_cli(fix.patch)})" if fix.patch else "")
+                            if fix is not None else ""))
     if notes:
         lines += ["", "what was found (first finding of each kind; info = worth knowing, not a failure):", *notes]
     return lines
@@ -205,8 +250,18 @@ def _run_dir(path: str) -> Path:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradmon")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradmon", description="A diagnostic training monitor for neural networks.")
+    parser.add_argument("--version", action="version", version=f"gradmon {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -217,13 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a TOML or JSON run spec")
     p.add_argument("--logdir", help="where events and reports go (default runs/<name>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    p.add_argument("--fail-on", choices=("info", "warning", "error"), default=None,
+                   help="exit 1 when the run has a finding at or above this severity (default: exit 0)")
     common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="print the findings of a finished run; exit 1 at --fail-on")
-    p.add_argument("dir", help="a run directory (with report.json)")
+    p = sub.add_parser("check", help="print the findings of finished runs; exit 1 at --fail-on or if a run did "
+                       "not finish")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run directories (with report.json)")
     p.add_argument("--fail-on", choices=("info", "warning", "error"), default="error")
-    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--format", choices=("text", "json", "markdown", "junit", "github"), default="text",
+                   help="junit: JUnit XML for CI test reports; github: GitHub Actions annotations")
+    p.add_argument("-q", "--quiet", action="store_true", help="one summary line per run")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("report", help="(re)write the health report of a run")
@@ -251,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--logdir", help="keep every trial's run (events, report) in DIR/<key=value,...>, with one "
+                   "HPARAMS experiment over the grid's keys (default: nothing written)")
     common(p)
     p.set_defaults(func=cmd_tune)
 

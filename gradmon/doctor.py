@@ -1,8 +1,13 @@
 """``gradmon doctor``: validate suggested fixes by short forked trials, and health-aware search trials.
 
+(A little over 450 lines: the trials, their ranking against the baseline and their table are one concept, and
+``gradmon tune``'s health-aware trial shares them.)
+
 The baseline runs the spec with the monitor for a budget of steps.  Every suggestion attached to its
 warning and error findings (and a combination of the two best fixes) becomes a trial: the same spec with the
-suggestion's patch, the same seed and the same budget.  Trials run in parallel processes.
+suggestion's patch, the same seed and the same budget; the first trial is the first fix of the baseline's root
+cause (:mod:`gradmon.diagnosis`), the one the console, the report and ``gradmon check`` name, and the table
+says how it measured.  Trials run in parallel processes.
 
 What is measured, for the baseline and every trial alike (:func:`measure`):
 
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from core.progress import progress_bar
+from core.progress import LineProgress, StepLines, progress_bar, progress_or_lines, write_line
 from core.tune import json_safe
 from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, loss_change, patch_to_cli
 from gradmon.vocabulary import sig
@@ -80,6 +85,8 @@ class TrialOutcome:
     delta_loss: float | None = None
     delta_accuracy: float | None = None
     label: str = ""
+    root_cause: dict[str, Any] | None = None   #: the run's root cause (code, layer), as its report names it
+    first_fix: dict[str, Any] | None = None    #: that root's first fix (code, patch)
 
     def __post_init__(self) -> None:
         self.diverged = self.diverged or math.isinf(self.loss)  # an infinite loss is how divergence is measured
@@ -104,6 +111,10 @@ class TrialOutcome:
         if self.stopped:
             out["stopped"] = self.stopped
         return json_safe(out)
+
+    def is_fix(self, fix: Mapping[str, Any] | None) -> bool:
+        """Whether this trial ran exactly the patch of ``fix`` (a suggestion dict)."""
+        return fix is not None and dict(fix.get("patch") or {}) == self.patch and bool(self.patch)
 
 
 @dataclass
@@ -134,6 +145,9 @@ class DoctorResult:
             baseline["accuracy"] = b.accuracy
         if b.stopped:
             baseline["stopped"] = b.stopped
+        if b.root_cause is not None:
+            baseline["root_cause"] = b.root_cause
+            baseline["first_fix"] = b.first_fix
         return json_safe({"schema": SCHEMA, "budget_steps": self.budget_steps, "loss_measure": self.loss_measure,
                           "tolerance": {"loss_relative": LOSS_TOLERANCE, "accuracy": ACCURACY_TOLERANCE},
                           "deltas": {"loss": "relative", "accuracy": "absolute"},
@@ -179,37 +193,52 @@ def measure(result: Any, tail: _LossTail) -> tuple[float, float | None, bool]:
     return loss, accuracy, False
 
 
-def run_trial(spec: Mapping[str, Any], patch: Mapping[str, Any], suggestions: list[str], budget_steps: int,
-              logdir: str | None = None) -> tuple[TrialOutcome, list[dict[str, Any]], str]:
-    """Run ``spec`` + ``patch`` for ``budget_steps`` steps.
+def trial_name(index: int, suggestions: Sequence[str]) -> str:
+    """A trial's run directory (and TensorBoard run) name: ``trial2-relu+he_init``."""
+    return f"trial{index}-{'+'.join(suggestions) or 'baseline'}"
 
-    Returns the outcome, the run's findings (report dicts) and the loss measure in words.
+
+def run_trial(spec: Mapping[str, Any], patch: Mapping[str, Any], suggestions: list[str], budget_steps: int,
+              logdir: str | None = None, lines: bool = False) -> tuple[TrialOutcome, list[dict[str, Any]], str]:
+    """Run ``spec`` + ``patch`` for ``budget_steps`` steps (``lines``: step progress on stderr).
+
+    Returns the outcome, the run's findings (report dicts) and the loss measure in words.  Its TensorBoard
+    run writes no HPARAMS experiment: :func:`doctor` writes one for all trials.
     """
     from core.spec import apply_patch
     from gradmon.run import run_spec
 
     trial_spec = apply_patch(spec, patch) if patch else dict(spec)
     tail = _LossTail(TRAIN_LOSS_WINDOW)
+    extra: list[Any] = [StepLines(f"doctor: {'+'.join(suggestions) or 'baseline'}", budget_steps)] if lines else []
     result = run_spec(trial_spec, logdir, progress=False, console=False, max_steps=budget_steps,
-                      callbacks=[tail])
+                      callbacks=[tail, *extra], monitor_options={"hparams": ()})
     loss, accuracy, diverged = measure(result, tail)
     findings = [f for f in result.report.findings if f.severity in ("warning", "error")]
+    root, fix = result.report.root_cause, result.report.primary_fix
     outcome = TrialOutcome(suggestions=suggestions, patch=dict(patch), loss=loss, accuracy=accuracy,
                            train_loss=tail.mean(), findings=sorted({f.code for f in findings}),
                            errors=sum(f.severity == "error" for f in findings), stopped=result.stopped_early,
-                           diverged=diverged)
+                           diverged=diverged,
+                           root_cause={"code": root.code, "layer": root.layer} if root is not None else None,
+                           first_fix={"code": fix.code, "patch": dict(fix.patch)} if fix is not None else None)
     return outcome, [f.to_dict() for f in result.report.findings], loss_measure(result.n_validation)
 
 
 def _trial_job(args: tuple) -> TrialOutcome:
-    spec, patch, codes, budget, logdir = args
-    return run_trial(spec, patch, codes, budget, logdir)[0]
+    spec, patch, codes, budget, logdir, lines = args
+    return run_trial(spec, patch, codes, budget, logdir, lines)[0]
 
 
-def candidate_fixes(findings: list[dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """Distinct patches from the suggestions of the warning and error findings, in table order."""
+def candidate_fixes(findings: list[dict[str, Any]],
+                    first: Mapping[str, Any] | None = None) -> list[tuple[list[str], dict[str, Any]]]:
+    """Distinct patches from the suggestions of the warning and error findings, in table order; ``first`` (the
+    root cause's first fix, a suggestion dict) leads when it has a patch."""
     out: list[tuple[list[str], dict[str, Any]]] = []
     seen: set[str] = set()
+    if first is not None and first.get("patch"):
+        seen.add(repr(sorted(first["patch"].items())))
+        out.append(([first["code"]], dict(first["patch"])))
     for f in findings:
         if f["severity"] not in ("warning", "error"):
             continue
@@ -252,14 +281,24 @@ def _run_jobs(jobs: list[tuple], workers: int | None, bar: Any) -> list[TrialOut
         with ProcessPoolExecutor(max_workers=n) as pool:
             for outcome in pool.map(_trial_job, jobs):
                 outcomes.append(outcome)
-                if bar is not None:
-                    bar.update(1)
+                _tick(bar, outcome)
     else:
         for job in jobs:
             outcomes.append(_trial_job(job))
-            if bar is not None:
-                bar.update(1)
+            _tick(bar, outcome=outcomes[-1])
     return outcomes
+
+
+def _tick(bar: Any, outcome: TrialOutcome) -> None:
+    """One trial done: a terminal's bar moves; a log gets a line naming the trial and its loss."""
+    if bar is None:
+        return
+    if isinstance(bar, LineProgress):
+        name = "+".join(outcome.suggestions) or "baseline"
+        bar.update(1, f"{name}: loss {format_loss(outcome.loss, outcome.diverged)}"
+                      + (f", findings {', '.join(outcome.findings)}" if outcome.findings else ", no findings"))
+    else:
+        bar.update(1)
 
 
 def _rank(outcomes: list[TrialOutcome], baseline: TrialOutcome) -> None:
@@ -298,14 +337,22 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
     spec = dict(spec)
     root = str(logdir) if logdir is not None else None
     bar = progress_bar(1, progress, "doctor", "trial")
+    lines = bar is None and progress is None  # not a terminal: progress as lines in the log
+    if lines:
+        write_line(f"doctor: baseline ({budget_steps} steps) ...")
     baseline, findings, measure_text = run_trial(spec, {}, [], budget_steps,
-                                                 os.path.join(root, "baseline") if root else None)
+                                                 os.path.join(root, "baseline") if root else None, lines)
     baseline.label = "baseline (no patch)"
-    candidates = candidate_fixes(findings)
-    trial_dir = ((lambda i: os.path.join(root, f"trial{i}")) if root and trial_logs else (lambda i: None))
-    jobs = [(spec, patch, codes, budget_steps, trial_dir(i + 1)) for i, (codes, patch) in enumerate(candidates)]
+    candidates = candidate_fixes(findings, baseline.first_fix)
+    trial_dir = ((lambda i, codes: os.path.join(root, trial_name(i, codes))) if root and trial_logs
+                 else (lambda i, codes: None))
+    jobs = [(spec, patch, codes, budget_steps, trial_dir(i + 1, codes), lines)
+            for i, (codes, patch) in enumerate(candidates)]
     may_combine = len(jobs) >= 2
-    if bar is not None:
+    if lines:
+        bar = progress_or_lines(1 + len(jobs) + int(may_combine), None, "doctor", "trial")
+        _tick(bar, baseline)
+    elif bar is not None:
         bar.total = 1 + len(jobs) + int(may_combine)
         bar.update(1)
     outcomes: list[TrialOutcome] = []
@@ -314,7 +361,8 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
         _rank(outcomes, baseline)
         combo = combination(outcomes, baseline) if may_combine else None
         if combo is not None:
-            outcomes += _run_jobs([(spec, combo[1], combo[0], budget_steps, trial_dir(len(jobs) + 1))], 1, bar)
+            outcomes += _run_jobs([(spec, combo[1], combo[0], budget_steps, trial_dir(len(jobs) + 1, combo[0]),
+                                    lines)], 1, bar)
             _rank(outcomes, baseline)
         elif bar is not None and may_combine:
             bar.total -= 1
@@ -325,9 +373,24 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
                           loss_measure=measure_text, logdir=root,
                           source=str(source) if source is not None else None, overrides=list(overrides))
     if root:
+        _write_hparams(root, spec, outcomes)
         result.reports = _write_into_report(os.path.join(root, "baseline"), result)
         Path(root, "doctor.txt").write_text(render_doctor(result) + "\n", encoding="utf-8")
     return result
+
+
+def _write_hparams(root: str, spec: Mapping[str, Any], outcomes: Sequence[TrialOutcome]) -> None:
+    """One HPARAMS experiment for the baseline and the trials: the spec keys the fixes changed (their
+    baseline values give the types) and the final metrics."""
+    from core.spec import flatten
+    from gradmon.sinks.tensorboard import write_experiment
+
+    keys = sorted({k for t in outcomes for k in t.patch})
+    flat = flatten(spec)
+    try:
+        write_experiment(root, {k: flat.get(k, next(t.patch[k] for t in outcomes if k in t.patch)) for k in keys})
+    except (OSError, ImportError) as exc:  # the table and reports matter more than the dashboard
+        write_line(f"[gradmon] HPARAMS for the doctor's runs not written: {exc}")
 
 
 def _write_into_report(run_dir: str, result: DoctorResult) -> list[Path]:
@@ -374,6 +437,7 @@ def render_doctor(result: DoctorResult) -> str:
     for r in [head, *rows]:
         lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines += _root_lines(result)
     best = result.trials[0] if result.trials else None
     if best is None:
         lines += ["", "no suggested fix carried a spec patch to try."]
@@ -390,45 +454,23 @@ def render_doctor(result: DoctorResult) -> str:
     return "\n".join(lines)
 
 
-def health_trial(budget_steps: int | None = None) -> "_HealthTrial":
-    """A search trial (for :func:`core.tune.search`) that monitors health and prunes on error findings."""
-    return _HealthTrial(budget_steps)
+def _root_lines(result: DoctorResult) -> list[str]:
+    """The baseline's root cause and how its first fix measured (the fix every other output names)."""
+    b = result.baseline
+    if b.root_cause is None:
+        return []
+    where = f" in {b.root_cause['layer']}" if b.root_cause.get("layer") else ""
+    line = f"root cause: {b.root_cause['code']}{where}"
+    fix = b.first_fix
+    if fix is None:
+        return ["", line + " (no fix suggested)"]
+    trial = next((t for t in result.trials if t.is_fix(fix)), None)
+    if trial is None:
+        return ["", f"{line}; its first fix, {fix['code']}, has no spec patch to try"]
+    return ["", f"{line}; its first fix: {trial.label}  ({patch_to_cli(trial.patch)}) -> rank {trial.rank}, "
+                f"{trial.verdict}"]
 
 
-class _HealthTrial:
-    def __init__(self, budget_steps: int | None) -> None:
-        self.budget_steps = budget_steps
-
-    def __call__(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from gradmon.run import run_spec
-
-        result = run_spec(spec, None, progress=False, console=False, max_steps=self.budget_steps,
-                          stop_on_error=True)
-        th = result.train_history
-        metrics: dict[str, Any] = {"final_loss": result.final_loss, "steps": th.get("steps", 0),
-                                   "status": result.report.status,
-                                   "findings": sorted({f.code for f in result.report.worst("warning")})}
-        if th.get("val_loss"):
-            metrics["val_loss"] = th["val_loss"][-1]
-        if result.final_accuracy is not None:
-            metrics["accuracy"] = result.final_accuracy
-        if result.stopped_early:
-            metrics["pruned"] = result.stopped_early
-        return metrics
-
-
-def render_leaderboard(trials: list) -> str:
-    """The search leaderboard with each trial's health."""
-    if not trials:
-        return "no trials"
-    keys = list(trials[0].params)
-    head = f"{'rank':<5}" + "".join(f"{k:<18}" for k in keys) + f"{'loss':>10}{'acc':>8}  {'health':<8} notes"
-    lines = [head]
-    for t in trials:
-        m = t.metrics
-        loss = m.get("val_loss", m.get("final_loss", math.nan))
-        acc = f"{m['accuracy']:.1%}" if m.get("accuracy") is not None else "-"
-        note = f"pruned: {m['pruned']}" if m.get("pruned") else ", ".join(m.get("findings", [])) or "-"
-        lines.append(f"{t.rank:<5}" + "".join(f"{cli_value(t.params[k]):<18}" for k in keys)
-                     + f"{loss:>10.4g}{acc:>8}  {m.get('status', '-'):<8} {note}")
-    return "\n".join(lines)
+# the search trials moved to gradmon.search; their names stay importable from here
+from gradmon.search import (_HealthTrial, best_trial_line, health_trial, render_leaderboard,  # noqa: E402,F401
+                            search_trial_name)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from core.files import atomic_write_text
 from core.tune import json_safe
+from gradmon import diagnosis
 from gradmon.vocabulary import STATUSES, severity_rank
 
 SCHEMA = "gradmon.report/1"
@@ -32,12 +33,13 @@ FINDING_CODES: dict[str, str] = {
     "loss_oscillation": "the loss swings up and down instead of falling",
     "loss_plateau": "the loss stopped improving while it is still high",
     "update_ratio": "updates far too small or too large for their weights",
+    "unscaled_inputs": "input features whose scales differ by orders of magnitude or lie far from 1",
 }
 
 #: Suggestion codes of the contract.
 SUGGESTION_CODES: tuple[str, ...] = (
     "relu", "leaky_relu", "he_init", "xavier_init", "batchnorm", "gradient_clipping", "lower_lr",
-    "raise_lr", "adam", "shallower", "l2",
+    "raise_lr", "adam", "shallower", "l2", "zero_bias", "standardize",
 )
 
 def _clean(value: Any) -> Any:
@@ -141,6 +143,31 @@ class HealthReport:
     def status(self) -> str:
         return status_of(self.findings)
 
+    @property
+    def root_cause(self) -> Finding | None:
+        """The finding that explains the others (:func:`gradmon.diagnosis.primary`; None when healthy)."""
+        return diagnosis.primary(self.findings)
+
+    @property
+    def primary_fix(self) -> Suggestion | None:
+        """The one fix to try first: the root cause's first suggestion."""
+        return diagnosis.primary_fix(self.findings)
+
+    def __repr__(self) -> str:
+        """One line: status, steps, how it ended and the findings (code, severity, layer)."""
+        found = ", ".join(f"{f.code}({f.severity}{', ' + f.layer if f.layer else ''})" for f in self.worst("info"))
+        return (f"<HealthReport {self.status}: {self.steps} steps, {self.ended}; {len(self.findings)} findings"
+                + (f": {found}" if found else "") + ">")
+
+    def _repr_html_(self) -> str:
+        """The report's top for notebooks (Jupyter calls this): status and findings with their first fix."""
+        render = FRAGMENTS.get("html")
+        if render is None:  # the presentation layer was not imported
+            from html import escape
+
+            return f"<pre>{escape(repr(self))}</pre>"
+        return render(self)
+
     def worst(self, at_least: str = "info") -> list[Finding]:
         """Findings of severity ``at_least`` or worse, errors first."""
         floor = severity_rank(at_least)
@@ -158,6 +185,7 @@ class HealthReport:
             "curvature": _clean(self.curvature),
             "loss": _clean(self.loss),
             "ended": self.ended,
+            "diagnosis": _clean(diagnosis.summary(self.findings)),
         }
         if self.extra:
             out["extra"] = _clean(self.extra)
@@ -241,3 +269,6 @@ def _entries(entries: Any, key: str) -> list[dict[str, Any]]:
 #: Report formats by file suffix: ``render(report, history) -> text``.  JSON is built in; the presentation
 #: layer (:mod:`gradmon.report`) adds Markdown and HTML when it is imported.
 RENDERERS: dict[str, Callable[[HealthReport, Any], str]] = {".json": lambda report, history: report.to_json()}
+#: Compact renderings for interactive display (``"html"``: :meth:`HealthReport._repr_html_`), filled by
+#: :mod:`gradmon.report` like :data:`RENDERERS`.
+FRAGMENTS: dict[str, Callable[[HealthReport], str]] = {}

@@ -30,9 +30,9 @@ from gradmon.history import History
 from gradmon.jury import Jury
 from gradmon.layout import Unit, units_from_run
 from gradmon.outputs import check_writable, spec_from_run, write_run_files
-from gradmon.quantities.curvature_meter import CurvatureMeter
+from gradmon.quantities.curvature_meter import DEFAULT_BUDGET, CurvatureMeter
 from gradmon.quantities.gradients import first_nonfinite
-from gradmon.quantities.xp import all_finite, histogram
+from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes
 from gradmon.recorder import Recorder
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.sinks.base import Sink, SinkSet
@@ -55,11 +55,20 @@ class Monitor(Callback):
     logdir: where TensorBoard events, ``report.json``, ``report.html`` and ``history.npz`` go (None: keep
         everything in memory).
     every: steps between the cheap per-layer statistics (gradient norms, activation saturation, dead units).
-    curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace by
-        Hutchinson) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
+    curvature_every: steps between curvature estimates (top Hessian eigenvalue by Lanczos, trace with its
+        standard error) on a probe set of ``curvature_samples`` training examples; 0 turns curvature off.
+        None (the default): the steps follow ``curvature_budget``.
+    curvature_budget: without ``curvature_every``, curvature takes at most this share of the run's wall time
+        (0.05: 5%); the first estimate comes at the first step, later ones warm-started from the previous
+        top eigenvector.  When they happen depends on the machine's speed: pin ``curvature_every`` for runs
+        that must be reproducible step for step.  0 turns curvature off.
+    trace_samples: stochastic samples of the trace where no exact route applies (None: as many as the
+        λmax estimate took; 0: no trace).
     tensorboard_every: records between TensorBoard scalar writes (the history keeps every record); records
         that measure the slow quantities (see ``weight_every``) are written too.
-    histogram_every: steps between gradient/activation histograms (default: ~20 per run).
+    histogram_every: steps between gradient/activation histograms (default: ~20 per run; 0: none).
+    hparams: the hyperparameters TensorBoard's HPARAMS lists (spec keys; None: all of the spec's; ``()``:
+        none, for runs whose group writes one experiment, see :func:`gradmon.sinks.tensorboard.write_experiment`).
     judge_every: records between detector judgments (default: ~20 per run, at most every 50 records).
     weight_every: records between weight norms, update-to-weight ratios and activation moments (weights
         move slowly; this keeps the every-step cost to gradient norms and activation health).
@@ -74,22 +83,30 @@ class Monitor(Callback):
         by default :func:`gradmon.layout.units_from_run`.
     """
 
-    def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1, curvature_every: int = 50,
+    def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1,
+                 curvature_every: int | None = None, curvature_budget: float = DEFAULT_BUDGET,
                  curvature_samples: int = 1024, tensorboard: bool = True, tensorboard_every: int = 10,
                  histogram_every: int | None = None, judge_every: int | None = None, window: int = 200,
                  capacity: int = 2048, console: bool = True, detectors: Sequence[str] | None = None,
-                 curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int = 4,
+                 curvature_rtol: float = 1e-3, curvature_max_iter: int = 40, trace_samples: int | None = None,
                  seed: int = 0, open_after: int | None = None, close_after: int | None = None,
                  weight_every: int = 10, stop_on_nonfinite: bool = True,
                  thresholds: Thresholds | Mapping[str, Mapping[str, float]] | None = None,
-                 sinks: Sequence[Sink] = (), units: Callable[[RunInfo], Sequence[Unit]] | None = None) -> None:
-        for name, value, low in (("every", every, 1), ("curvature_every", curvature_every, 0),
-                                 ("curvature_samples", curvature_samples, 1),
+                 sinks: Sequence[Sink] = (), hparams: Sequence[str] | None = None,
+                 units: Callable[[RunInfo], Sequence[Unit]] | None = None) -> None:
+        for name, value, low in (("every", every, 1), ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
-                                 ("trace_samples", trace_samples, 0), ("capacity", capacity, 4),
+                                 ("capacity", capacity, 4),
                                  ("weight_every", weight_every, 1), ("curvature_max_iter", curvature_max_iter, 2)):
             _check_int(name, value, low)
-        for name, value in (("histogram_every", histogram_every), ("judge_every", judge_every),
+        _check_int("curvature_every", curvature_every, 0, optional=True)
+        _check_int("trace_samples", trace_samples, 0, optional=True)
+        if isinstance(curvature_budget, bool) or not isinstance(curvature_budget, (int, float)) \
+                or not 0 <= curvature_budget < 1:
+            raise ValueError(f"Monitor curvature_budget must be a share of wall time in [0, 1) (0.05 is 5%), "
+                             f"got {curvature_budget!r}")
+        _check_int("histogram_every", histogram_every, 0, optional=True)
+        for name, value in (("judge_every", judge_every),
                             ("open_after", open_after), ("close_after", close_after)):
             _check_int(name, value, 1, optional=True)
         if capacity % 2:
@@ -104,14 +121,17 @@ class Monitor(Callback):
             self.thresholds = dataclasses.replace(self.thresholds, judging=judging)
         self.logdir = Path(logdir) if logdir is not None else None
         self.recorder = Recorder(every=every, weight_every=weight_every, window=window, capacity=capacity,
-                                 dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin)
+                                 dead_pool=judging.dead_unit_examples, saturation_margin=judging.saturation_margin,
+                                 input_examples=judging.input_examples)
         self.meter = CurvatureMeter(every=curvature_every, samples=curvature_samples, rtol=curvature_rtol,
-                                    max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed)
+                                    max_iter=curvature_max_iter, trace_samples=trace_samples, seed=seed,
+                                    budget=curvature_budget)
         self.jury = Jury(default_detectors(list(detectors) if detectors is not None else None, self.thresholds),
                          self.thresholds, judge_every=judge_every, on_open=self._opened)
         self.console = ConsoleSink(enabled=console)
         self.tensorboard_every = int(tensorboard_every)
         self.histogram_every = histogram_every
+        self.hparams = list(hparams) if hparams is not None else None
         self.stop_on_nonfinite = stop_on_nonfinite
         self.use_tensorboard = tensorboard and self.logdir is not None
         self._extra_sinks = list(sinks)
@@ -131,6 +151,8 @@ class Monitor(Callback):
         self._checked_step = -1       # the last step whose loss and gradient norm were checked for NaN/Inf
         self._merged: dict[str, Any] | None = None
         self._closed = False
+        self.metrics: list[dict[str, Any]] = []   # log_metrics() calls: {"step", name: value...}
+        self.facts: dict[str, Any] = {}           # describe(): the loss's name and the batch size, for the report
         if self.logdir is not None:
             check_writable(self.logdir)
 
@@ -152,8 +174,11 @@ class Monitor(Callback):
 
     @property
     def curvature_every(self) -> int:
-        """Steps between curvature measurements (0 when off, or turned off by a failure)."""
-        return self.meter.every if self.meter.enabled else 0
+        """Steps between curvature measurements (0 when off, or turned off by a failure; 1 under a time
+        budget, which may measure at any step)."""
+        if not self.meter.enabled:
+            return 0
+        return 1 if self.meter.every is None else self.meter.every
 
     @property
     def findings(self) -> list[Finding]:
@@ -172,7 +197,8 @@ class Monitor(Callback):
         self.units = list(self._layout(run))
         self.recorder.begin(run, self.units)
         self.meter.begin(run)
-        self.jury.begin(run, self.units, self.recorder.window, measure_every=self.recorder.every)
+        self.jury.begin(run, self.units, self.recorder.window, measure_every=self.recorder.every,
+                        inputs=self.recorder.inputs)
         total = max(1, run.total_steps)
         hist_every = self.histogram_every if self.histogram_every is not None else (
             max(1, total // 20) if run.total_steps > 0 else 100)
@@ -181,11 +207,11 @@ class Monitor(Callback):
             try:
                 from gradmon.sinks.tensorboard import TensorBoardSink
 
-                sinks.append(TensorBoardSink(self.logdir, scalar_every=self.tensorboard_every))
+                sinks.append(TensorBoardSink(self.logdir, scalar_every=self.tensorboard_every, hparams=self.hparams))
             except (ImportError, OSError) as exc:
                 self._failed(f"the tensorboard sink failed and is off for the rest of the run: {exc}")
         self.sinks = SinkSet([*sinks, *self._extra_sinks], self._failed)
-        self._hist_schedule = every_schedule(int(hist_every)) if self.sinks.wants_histograms else every_schedule(0)
+        self._hist_schedule = every_schedule(int(hist_every) if self.sinks.wants_histograms else 0)
         self.sinks.emit("start", run, self.units)
 
     def on_after_backward(self, state: StepState) -> None:
@@ -209,6 +235,10 @@ class Monitor(Callback):
                 h = histogram(values)
                 if h is not None:
                     self.sinks.emit("histogram", step, tag, h)
+                if tag.startswith("gradients/"):  # magnitudes in decades: 1e-7 and 1e-1 apart on one axis
+                    h = histogram(log10_magnitudes(values))
+                    if h is not None:
+                        self.sinks.emit("histogram", step, f"log10_abs_{tag}", h)
 
     def on_step_end(self, state: StepState) -> None:
         self.steps = state.step + 1
@@ -272,6 +302,45 @@ class Monitor(Callback):
         if self.stop_on_nonfinite and self.jury.nonfinite_step is not None:
             return f"non-finite values at step {self.jury.nonfinite_step}"
         return None
+
+    def stop_reason(self, severity: str = "error") -> str | None:
+        """Why a loop should stop now: NaN/Inf appeared, or a finding of ``severity`` (or worse) is open; None
+        while training may go on.  (``gradmon.torch``'s ``watcher.should_stop``, the Lightning and Hugging
+        Face callbacks' ``stop_on``.)"""
+        from gradmon.vocabulary import severity_rank
+
+        if self.jury.nonfinite_step is not None:
+            return f"non-finite values at step {self.jury.nonfinite_step}"
+        floor = severity_rank(severity)
+        worst = [f for f in self.jury.findings if severity_rank(f.severity) >= floor]
+        if worst:
+            f = worst[0]
+            return f"{f.severity} {f.code}" + (f" in {f.layer}" if f.layer else "") + f" at step {f.first_step}"
+        return None
+
+    def log_metrics(self, step: int | None = None, **metrics: float) -> None:
+        """Validation (or any) metrics of the run so far, e.g. ``log_metrics(val_loss=0.3, accuracy=0.91)``:
+        they go to the sinks as an epoch's logs (TensorBoard ``loss/val``, ``accuracy/val``...) and to the
+        report (``extra["metrics"]``, one entry per call).  ``accuracy`` means validation accuracy here, as
+        in most loops that compute it on held-out data; ``train_accuracy`` is the training one."""
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                values[name] = float(value.item() if hasattr(value, "item") else value)
+            except (TypeError, ValueError):
+                raise ValueError(f"log_metrics({name}=...) needs a number, got {type(value).__name__}") from None
+        at = self.steps if step is None else int(step)
+        self.metrics.append({"step": at, **values})
+        logs = {{"accuracy": "val_accuracy", "train_accuracy": "accuracy"}.get(k, k): v for k, v in values.items()}
+        self.sinks.emit("epoch", at, logs)
+
+    def describe(self, loss: str | None = None, batch_size: int | None = None) -> None:
+        """Facts a loop learns as it runs (the loss's name, the batch size) for a report whose run
+        description has placeholders (``loss: "unknown"``, ``batch_size: 0``)."""
+        if loss and loss != "unknown":
+            self.facts.setdefault("loss", str(loss))
+        if batch_size:
+            self.facts.setdefault("batch_size", int(batch_size))
 
     # -- the step's path -------------------------------------------------------------------------------------
     def _commit(self, state: StepState | None) -> None:
@@ -398,18 +467,16 @@ class Monitor(Callback):
         """The health report so far (final after training ends)."""
         if self._merged is not None:
             merged = HealthReport.from_dict({**self._merged, "ended": self.ended})
-            for f in merged.findings:
-                self.jury.suggest(f)
+            self.jury.diagnose(merged.findings)
             return merged
         if self.run is None:
             return HealthReport(spec={}, steps=0, findings=[], ended=self.ended)
-        findings = self.jury.findings
-        for f in findings:
-            self.jury.suggest(f)
+        findings = self.jury.diagnose()  # with their advice, linked by cause
         history = self.recorder.history
         layers, loss = [], []
         if history is not None:
-            summaries = {q: history.summary(q) for q in ("grad_norm", "update_ratio", "saturation", "dead_fraction")}
+            summaries = {q: history.summary(q) for q in ("grad_norm", "update_ratio", "saturation", "dead_fraction",
+                                                          "act_std")}
             lrs = self.recorder.unit_lrs
             for u in self.units:
                 entry = {"name": u.name, "activation": u.activation}
@@ -425,11 +492,20 @@ class Monitor(Callback):
                 layers.append(entry)
             loss = [{"step": int(s), "train": float(v)} for s, v in zip(history.steps, history.scalar("loss"))]
         spec = dict(self.run.spec) if self.run.spec else spec_from_run(self.run)
+        train = spec.get("train")
+        if isinstance(train, dict):  # placeholders of a loop that did not know them at the start
+            train = spec["train"] = dict(train)
+            if train.get("loss") in (None, "", "unknown") and "loss" in self.facts:
+                train["loss"] = self.facts["loss"]
+            if not train.get("batch_size"):
+                train["batch_size"] = self.facts.get("batch_size") or self.recorder.batch or train.get("batch_size")
         extra: dict[str, Any] = {"sink_errors": list(self.sink_errors)} if self.sink_errors else {}
         if self.notes:
             extra["notes"] = list(self.notes)
         if self.run.frozen:
             extra["frozen"] = list(self.run.frozen)
+        if self.metrics:
+            extra["metrics"] = list(self.metrics)
         return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,
                             curvature=list(self.meter.entries), loss=loss, ended=self.ended, extra=extra)
 

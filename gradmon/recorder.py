@@ -8,7 +8,9 @@ run's :class:`History` (bounded, the whole run) and :class:`Window` (the recent 
 
 Cadences: every ``every`` steps the cheap statistics (gradient norms, saturation, dead units); every
 ``weight_every`` records the slow ones (weight norms, update ratios, mean biases, activation moments: weights
-move slowly, and these cost as much again).
+move slowly, and these cost as much again).  The first layer's inputs (``StepState.inputs``, when the loop
+gives them) are measured per feature over the first ``input_examples`` examples only
+(:class:`~gradmon.quantities.inputs.InputScale`): the data does not change.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gradmon.history import LAYER_QUANTITIES, SCALARS, History, Record, Window
 from gradmon.layout import Unit
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
+from gradmon.quantities.inputs import InputScale, feature_sums
 from gradmon.quantities.xp import Array, all_finite, is_torch, namespace, to_host
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.vocabulary import RECTIFIERS, SATURATING
@@ -99,7 +102,7 @@ class Recorder:
     """
 
     def __init__(self, *, every: int = 1, weight_every: int = 10, window: int = 200, capacity: int = 2048,
-                 dead_pool: int = 64, saturation_margin: float = 0.01) -> None:
+                 dead_pool: int = 64, saturation_margin: float = 0.01, input_examples: int = 1024) -> None:
         self.every, self.weight_every = int(every), int(weight_every)
         self.window_size, self.capacity = int(window), int(capacity)
         self.dead_pool, self.saturation_margin = int(dead_pool), float(saturation_margin)
@@ -127,6 +130,8 @@ class Recorder:
         self._weight_groups: np.ndarray = np.zeros((0, 0))
         self._weight_norms: np.ndarray = np.zeros(0)
         self.sizes: np.ndarray = np.zeros(0)
+        self.inputs = InputScale(limit=int(input_examples))  # the first layer's inputs, per feature
+        self._input_sums: tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None = None  # staged for the pending record
 
     # -- setup --------------------------------------------------------------------------------------------
     def begin(self, run: RunInfo, units: Sequence[Unit]) -> None:
@@ -159,6 +164,8 @@ class Recorder:
         self.grad_keys, self._groups = (), np.zeros((len(self.units), 0))
         self.sizes = np.zeros(0)
         self.unit_lrs, self._lrs_seen, self.loss_staged, self._sq_staged = None, None, False, False
+        self.inputs.reset()
+        self._input_sums = None
 
     # -- cadence ------------------------------------------------------------------------------------------
     def set_every(self, n: int, start: int) -> None:
@@ -216,11 +223,14 @@ class Recorder:
         finite = True
         if state.activations is not None:
             finite = self._activations(state)
+        inputs = getattr(state, "inputs", None)
+        if inputs is not None and not self.inputs.full and self.units:
+            self._stage_inputs(inputs)
         if not self.sizes.size:
             self.sizes = np.array([sum(int(math.prod(state.params[k].shape)) for k in u.params if k in state.params)
                                    for u in self.units], dtype=float)
-        if not self.batch:
-            self.batch = int(state.batch_size or 1)
+        if not self.batch and state.batch_size:
+            self.batch = int(state.batch_size)
         self._pending = rec
         return finite
 
@@ -277,6 +287,19 @@ class Recorder:
             self._stage.put(actq.dead_counts(dead, self._dead_ends), self._dead_counts, slice(None))
             self._dead_units = units
 
+    def _stage_inputs(self, x: Array) -> None:
+        """Stage the per-feature sums of the first unit's inputs ``x`` (features along the unit's channel axis:
+        the last for dense layers, 1 for convolutions)."""
+        sums = feature_sums(x, self.units[0].channel_axis)
+        if sums is None:
+            return
+        total, total_sq, nonzero, count = sums
+        n = int(math.prod(total.shape))
+        buffers = (np.zeros(n), np.zeros(n), np.zeros(n), count, int(x.shape[0]))
+        for value, target in zip((total, total_sq, nonzero), buffers):
+            self._stage.put(value, target, slice(None))
+        self._input_sums = buffers
+
     def set_loss(self, value: Any) -> None:
         """The loss of the pending step, for loops that learn it after ``on_after_backward`` (a number, or a
         0-d device array staged for the record's one transfer)."""
@@ -309,6 +332,9 @@ class Recorder:
                             slice(None))
         self._stage.put(state.clip_coef if state is not None else 1.0, rec.scalars, _CLIP)
         self._stage.flush()
+        if self._input_sums is not None:
+            self.inputs.add(*self._input_sums)
+            self._input_sums = None
         rows = self._rows
         if self._sq_staged:
             np.sqrt(self.last_tensor_norms, out=self.last_tensor_norms)

@@ -14,7 +14,8 @@ from gradmon.monitor import Monitor
 
 #: spec [monitor] keys -> Monitor arguments (``thresholds``: overrides of :mod:`gradmon.thresholds`, whose
 #: table and field names the Monitor checks)
-MONITOR_KEYS = ("every", "curvature_every", "curvature_samples", "thresholds")
+MONITOR_KEYS = ("every", "curvature_every", "curvature_budget", "curvature_samples", "thresholds", "tensorboard_every",
+                "histogram_every")
 #: the report files a monitored run writes into its logdir
 REPORT_FILES = ("report.html", "report.json")
 
@@ -66,6 +67,20 @@ def default_logdir(spec: Mapping[str, Any], root: str | os.PathLike = "runs") ->
     return path
 
 
+def hparam_keys(*specs: Mapping[str, Any]) -> list[str]:
+    """The hyperparameters TensorBoard's HPARAMS should list: the spec keys whose values differ between
+    ``specs`` (a group of runs compared side by side), or, for one spec, those that differ from the
+    defaults."""
+    from core.spec import load_spec
+    from gradmon.sinks.dashboard import flat_hparams
+
+    flats = [flat_hparams(s) for s in specs]
+    if len(flats) == 1:
+        flats.append(flat_hparams(load_spec({})))
+    keys = {k for f in flats for k in f}
+    return sorted(k for k in keys if len({repr(f.get(k)) for f in flats}) > 1)
+
+
 def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *, progress: bool | None = None,
              console: bool = True, max_steps: int | None = None, monitor_options: Mapping[str, Any] | None = None,
              stop_on_error: bool = False, callbacks: Sequence[Any] = ()) -> RunResult:
@@ -79,6 +94,8 @@ def run_spec(spec: Mapping[str, Any], logdir: str | os.PathLike | None = None, *
 
     options = {k: spec.get("monitor", {}).get(k) for k in MONITOR_KEYS if k in spec.get("monitor", {})}
     options.update(monitor_options or {})
+    if "hparams" not in options:
+        options["hparams"] = hparam_keys(spec)
     monitor = Monitor(logdir=logdir, console=console, seed=int(spec.get("seed", 0) or 0), **options)
     stopper = _Stopper(monitor, max_steps, stop_on_error) if max_steps is not None or stop_on_error else None
     all_callbacks: list[Any] = [monitor, *callbacks, *([stopper] if stopper is not None else [])]

@@ -6,8 +6,10 @@
 >>> # in the loop, after opt.step():  watcher.log_loss(loss, target=y)         # doctest: +SKIP
 >>> report = watcher.report(); watcher.close()                                  # doctest: +SKIP
 
-See :mod:`gradmon.adapters.torch` for what is read where (units from modules, activations from modules and
-functions, pre-clip gradient norms on the device, curvature on a probe or the last batch, data-parallel runs).
+``gradmon.torch.curvature(model, loss_fn, (x, y))`` measures a model's curvature in one call
+(:mod:`gradmon.adapters.torch_curvature`).  See :mod:`gradmon.adapters.torch` for what is read where (units
+from modules, activations from modules and functions, pre-clip gradient norms on the device, curvature on a
+probe or the last batch, data-parallel runs).
 """
 
 from __future__ import annotations
@@ -19,5 +21,6 @@ except ImportError as exc:
                       "`pip install torch==2.13.0` (or any torch), or `pip install \"gradmon[torch]\"`") from exc
 
 from gradmon.adapters.torch import TorchObjective, Watcher, display_names, layer_infos, watch
+from gradmon.adapters.torch_curvature import curvature
 
-__all__ = ["TorchObjective", "Watcher", "display_names", "layer_infos", "watch"]
+__all__ = ["TorchObjective", "Watcher", "curvature", "display_names", "layer_infos", "watch"]

@@ -95,9 +95,14 @@ def severity_counts(severities: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+def count_phrase(n: int, severity: str) -> str:
+    """``"1 error"``, ``"2 warnings"``, ``"3 info"`` (info is uncountable)."""
+    return f"{n} {severity}{'s' if n != 1 and severity != 'info' else ''}"
+
+
 def counts_phrase(counts: Mapping[str, int]) -> str:
     """``"1 error, 2 warnings"`` (severities with none left out; empty when there are none)."""
-    return ", ".join(f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in counts.items() if n)
+    return ", ".join(count_phrase(n, sev) for sev, n in counts.items() if n)
 
 
 # -- numbers ----------------------------------------------------------------------------------------------------

@@ -55,8 +55,18 @@ def custom_scalar_layout(logdir: str | os.PathLike) -> dict[str, list[list[str]]
     ea = accumulator(logdir)
     events = ea.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout()
-    layout.ParseFromString(events[0].tensor_proto.string_val[0])
-    return {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    layout.ParseFromString(events[-1].tensor_proto.string_val[0])  # TensorBoard shows the last one written
+    return {chart.title: [t.strip("^$").replace("\\", "") for t in chart.multiline.tag]
+            for category in layout.category for chart in category.chart}
+
+
+def custom_scalar_categories(logdir: str | os.PathLike) -> list[str]:
+    """The category titles of the last custom-scalars layout, in order."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(accumulator(logdir).Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    return [c.title for c in layout.category]
 
 
 class TensorBoardServer:

@@ -26,9 +26,17 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """The vanishing demo as a user runs it: the sick run beside its fix, compared in one TensorBoard."""
+    from core.spec import apply_patch
+    from gradmon.run import hparam_keys
+    from gradmon.scenarios import FIXES
+
     root = tmp_path_factory.mktemp("browser")
     spec = load_spec(scenario_path("vanishing"), ["train.epochs=4", "monitor.curvature_every=40"])
-    run_spec(spec, root / "vanishing", progress=False, console=False)
+    fixed = apply_patch(spec, FIXES["vanishing"])
+    compared = {"hparams": hparam_keys(spec, fixed)}
+    run_spec(spec, root / "vanishing", progress=False, console=False, monitor_options=compared)
+    run_spec(fixed, root / "vanishing-fixed", progress=False, console=False, monitor_options=compared)
     return root
 
 
@@ -40,10 +48,17 @@ def browser():
         b.close()
 
 
-def test_tensorboard_custom_scalars_and_alerts_render(run_dir, browser):
+def test_tensorboard_lands_on_the_sick_layer_and_its_fix(run_dir, browser):
+    """One screen of CUSTOM SCALARS shows the diagnosis: the first chart names the finding, the layers and
+    the fix, and plots every layer's log10 gradient norm in depth order; TEXT has the findings with their
+    fixes; HPARAMS compares the two runs on what differs and their outcome."""
+    from gradmon.findings import HealthReport
+
+    report = HealthReport.load(run_dir / "vanishing")
+    finding = next(f for f in report.findings if f.code == "vanishing_gradients")
     ARTIFACTS.mkdir(exist_ok=True)
     with TensorBoardServer(run_dir) as tb:
-        tb.wait_for(lambda: tb.get_json("/data/runs"), "the run")
+        tb.wait_for(lambda: len(tb.get_json("/data/runs")) == 2, "both runs")
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{tb.url}/#custom_scalars")
         page.wait_for_selector("tf-custom-scalar-multi-line-chart-card", timeout=60000)
@@ -52,15 +67,30 @@ def test_tensorboard_custom_scalars_and_alerts_render(run_dir, browser):
             if cards.count() >= 6:
                 break
             page.wait_for_timeout(500)
-        assert page.locator("tf-custom-scalar-multi-line-chart-card").count() >= 6
-        for title in ("log10_grad_norm", "grad_norm", "update_ratio", "saturation", "loss", "curvature"):
-            assert page.locator(f"text={title}").count() >= 1, title
-        page.wait_for_timeout(1500)  # let the charts draw their lines
+        title = page.locator("text=/vanishing_gradients .*fix: --set model.activation=relu/").first
+        title.wait_for(state="visible", timeout=60000)
+        box = title.bounding_box()
+        assert box is not None and box["y"] < 400  # on the first screen, near the top
+        assert "diagnosis" in page.locator("text=/^diagnosis/").first.inner_text()
+        assert finding.severity.upper() in title.inner_text()
+        page.wait_for_timeout(2500)  # let the charts draw their lines
         page.screenshot(path=str(ARTIFACTS / "tensorboard-custom-scalars.png"))
         page.goto(f"{tb.url}/#text")
-        page.locator("text=vanishing_gradients").first.wait_for(state="attached", timeout=60000)
-        assert page.locator("text=/ERROR/").count() >= 1
-        page.screenshot(path=str(ARTIFACTS / "tensorboard-alerts.png"))
+        page.locator("text=/gradmon diagnosis/").first.wait_for(state="visible", timeout=60000)
+        assert page.locator("text=/fix: .*--set model.activation=relu/").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "tensorboard-text.png"))
+        page.goto(f"{tb.url}/#hparams")
+        page.get_by_text("model.activation", exact=True).filter(visible=True).first.wait_for(timeout=60000)
+        for _ in range(60):
+            if page.locator("text=vanishing-fixed").count() >= 1:
+                break
+            page.wait_for_timeout(500)
+        visible = page.get_by_text
+        assert visible("sigmoid", exact=True).filter(visible=True).count() >= 1
+        assert visible("relu", exact=True).filter(visible=True).count() >= 1
+        assert visible("data.n_samples", exact=True).count() == 0  # constant columns are not listed
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "tensorboard-hparams.png"))
         page.close()
 
 
@@ -80,4 +110,22 @@ def test_html_report_renders_status_findings_and_plots(run_dir, browser):
     assert "zero gradient" in page.inner_text("figure:has(#heatmap) figcaption")  # how to read it
     assert page.locator("#heatmap").bounding_box()["y"] < 1000  # status, summary and heatmap above the fold
     page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    page.close()
+
+
+def test_notebook_repr_html_renders_compactly(run_dir, browser):
+    """What a notebook cell shows for a report: the status banner and one row per finding with its first fix,
+    in a small box (the page is the fragment as Jupyter would insert it)."""
+    from gradmon.findings import HealthReport
+
+    report = HealthReport.load(run_dir / "vanishing")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.set_content(f"<html><body style='margin:16px'>{report._repr_html_()}</body></html>")
+    box = page.locator(".gradmon-report").bounding_box()
+    assert box is not None and box["height"] < 500  # the top of the report, not the whole of it
+    assert page.locator(".gradmon-report").get_attribute("data-status") == report.status
+    assert page.locator("tr.finding").count() == len(report.findings)
+    assert "--set model.activation=relu" in page.locator('tr.finding[data-code="vanishing_gradients"]').inner_text()
+    page.screenshot(path=str(ARTIFACTS / "notebook-repr.png"))
     page.close()

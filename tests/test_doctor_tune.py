@@ -189,7 +189,7 @@ def test_doctor_cli_json_schema_and_report(tmp_path):
     assert all({"suggestions", "patch", "final_loss", "findings", "closed"} <= set(t) for t in data["trials"])
     report = json.loads((tmp_path / "baseline" / "report.json").read_text())
     assert report["extra"]["doctor"]["trials"][0]["rank"] == 1
-    assert (tmp_path / "trial1" / "report.json").exists()  # an explicit --logdir keeps every trial's run
+    assert list(tmp_path.glob("trial1-*/report.json"))  # an explicit --logdir keeps every trial's run
     # the reports show the same table as the console: the baseline row, then each trial with its verdict
     html = (tmp_path / "baseline" / "report.html").read_text()
     doctor = html[html.index('<table id="doctor">'):]
@@ -248,7 +248,8 @@ def test_tune_cli(tmp_path):
                     '[monitor]\ncurvature_every = 0\n')
     proc = gradmon_cli("tune", str(spec), "--grid", "train.lr=0.01,0.1", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert "train.lr" in proc.stdout.splitlines()[0] and len(proc.stdout.strip().splitlines()) == 3
+    lines = proc.stdout.strip().splitlines()
+    assert "train.lr" in lines[0] and len(lines) == 5 and lines[-1].startswith("best: train.lr=")  # + best trial
 
 
 def test_tune_cli_json_is_strict_with_a_diverging_trial(tmp_path):

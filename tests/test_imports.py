@@ -16,23 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 #: gradmon's modules by layer: a module may import modules of its own layer or lower ones, never higher
 LAYERS: list[tuple[str, ...]] = [
     ("gradmon.vocabulary", "gradmon.schedules", "gradmon.thresholds", "gradmon.quantities.xp"),
-    ("gradmon.findings", "gradmon.history", "gradmon.layout"),
+    ("gradmon.findings", "gradmon.diagnosis", "gradmon.history", "gradmon.layout"),
     ("gradmon.quantities",),
-    ("gradmon.detectors", "gradmon.advice"),
+    ("gradmon.detectors", "gradmon.advice", "gradmon.causes"),
     ("gradmon.jury", "gradmon.recorder", "gradmon.report", "gradmon.sinks", "gradmon.outputs"),
     ("gradmon.monitor",),
-    ("gradmon.adapters", "gradmon.run", "gradmon.scenarios", "gradmon.integrations"),
-    ("gradmon.doctor",),
+    ("gradmon.adapters", "gradmon.run", "gradmon.scenarios", "gradmon.integrations", "gradmon.measure"),
+    ("gradmon.doctor", "gradmon.search"),
     ("gradmon.cli", "gradmon.torch", "gradmon.lightning", "gradmon.huggingface", "gradmon.__main__", "gradmon"),
 ]
 #: what of core gradmon may use: the hook protocol everywhere, and named public helpers
 CORE_FOR_ALL = ("core.callbacks", "core.files", "core.progress")
-CORE_FOR_RUNNERS = {"core.spec": ("gradmon.run", "gradmon.doctor", "gradmon.cli"),
+CORE_FOR_RUNNERS = {"core.objective": ("gradmon.measure",), "core.losses": ("gradmon.measure",),
+                    "core.spec": ("gradmon.run", "gradmon.doctor", "gradmon.search", "gradmon.cli"),
                     "core.build": ("gradmon.run",),
                     "core.tune": ("gradmon.findings", "gradmon.doctor", "gradmon.cli")}
 PRESENTERS = ("gradmon.report", "gradmon.sinks")
 MEASURING_OR_JUDGING = ("gradmon.quantities", "gradmon.recorder", "gradmon.jury", "gradmon.detectors",
-                        "gradmon.advice", "gradmon.monitor")
+                        "gradmon.advice", "gradmon.causes", "gradmon.monitor")
 
 
 def modules() -> dict[str, Path]:

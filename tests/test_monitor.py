@@ -96,10 +96,12 @@ def test_vanishing_gradients_from_sigmoid_and_relu_twin():
     assert f.evidence["cause"] == "activation"
     assert f.evidence["drop_decades"] >= 2 and f.evidence["slope_decades_per_layer"] > 0
     assert f.layer in f.evidence["log10_grad_rms"]
-    # the slope in the evidence is the least-squares slope of the logged per-layer RMS values
+    # the slope in the evidence is the Theil–Sen slope (median of every pairwise slope) of the logged per-layer
+    # RMS values, and the drop is that slope times the profile's span
     logs = np.array(list(f.evidence["log10_grad_rms"].values()))
-    assert np.polyfit(np.arange(logs.size), logs, 1)[0] == pytest.approx(f.evidence["slope_decades_per_layer"],
-                                                                         rel=1e-2)
+    pairwise = [(logs[j] - logs[i]) / (j - i) for i in range(logs.size) for j in range(i + 1, logs.size)]
+    assert float(np.median(pairwise)) == pytest.approx(f.evidence["slope_decades_per_layer"], rel=1e-2)
+    assert f.evidence["drop_decades"] == pytest.approx(np.median(pairwise) * (logs.size - 1), rel=1e-2)
     assert {"relu", "batchnorm", "shallower"} <= {s.code for s in f.suggestions}
     relu = [s for s in f.suggestions if s.code == "relu"][0]
     assert relu.patch == {"model.activation": "relu", "model.init": "he_normal"}
@@ -187,8 +189,9 @@ def test_dead_units_and_zero_bias_twin():
     report, _, _ = monitored(mlp("relu", "he_normal", [64] * 3, bias_init=-3.0), X, y)
     f = [f for f in report.findings if f.code == "dead_units"]
     assert f and max(x.evidence["dead_fraction"] for x in f) >= 0.9
-    he = [s for s in f[0].suggestions if s.code == "he_init"][0]
-    assert he.patch["model.bias_init"] == 0.0
+    # the run already uses He init: the fix is the biases alone, never He init again
+    assert f[0].suggestions[0].code == "zero_bias" and f[0].suggestions[0].patch == {"model.bias_init": 0.0}
+    assert "he_init" not in {s.code for s in f[0].suggestions}
     twin, _, _ = monitored(mlp("relu", "he_normal", [64] * 3), X, y)
     assert "dead_units" not in codes(twin, "info")
 
@@ -255,14 +258,17 @@ def test_update_ratio_too_large_when_steps_rewrite_the_weights():
                 self.norm[state.step, k] = np.linalg.norm(w)
                 self.step_norm[state.step, k] = np.linalg.norm(np.asarray(state.params[k], np.float64) - w)
 
+    # SGD at lr 50 on a tanh net throws its last layer around by 15-30% of its norm per step (the exact figure
+    # drifts with the BLAS and numpy build): the finding's limit is set at 0.1 so the test judges the quantity
     X, y = moons(500)
-    monitor, probe = gradmon.Monitor(curvature_every=0, console=False), WeightSteps()
+    monitor = gradmon.Monitor(curvature_every=0, console=False, thresholds={"update_ratio": {"too_large": 0.1}})
+    probe = WeightSteps()
     trainer = core.Trainer(mlp("tanh", "normal", [32, 32], std=0.01), loss="cross_entropy",
                            optimizer=core.SGD(50.0), batch_size=32, callbacks=[monitor, probe], progress=False)
     trainer.fit(X, y, epochs=20)
     report = monitor.report()
     large = [f for f in report.findings if f.code == "update_ratio" and f.evidence["direction"] == "too_large"]
-    assert large and large[0].evidence["update_ratio"] > 0.2
+    assert large and large[0].evidence["update_ratio"] > 0.1
     # the evidence is ||ΔW|| / ||W|| of that layer, median over the detector's window: the last 50 records
     # up to the judgment that gave it (the finding's last step), at the records where the ratio was measured
     f, history = large[0], monitor.history

@@ -168,7 +168,9 @@ def test_integral_regression_targets_stay_regression_when_asked(tmp_path):
 def test_defaults_and_equivalent_toml_json(tmp_path):
     spec = load_spec({})
     assert spec["model"]["hidden"] == [64, 64] and spec["train"]["batch_size"] == 32
-    assert spec["monitor"] == {"every": 1, "curvature_every": 50, "curvature_samples": 1024, "thresholds": {}}
+    assert spec["monitor"] == {"every": 1, "curvature_every": None, "curvature_budget": 0.05,
+                               "curvature_samples": 1024, "thresholds": {}, "tensorboard_every": 10,
+                               "histogram_every": None}
     (tmp_path / "s.toml").write_text('seed = 3\n[data]\nname = "moons"\n[model]\nhidden = [8]\n'
                                      '[train]\nlr = 0.5\nbatch_size = "full"\n')
     (tmp_path / "s.json").write_text(json.dumps({"seed": 3, "data": {"name": "moons"}, "model": {"hidden": [8]},
@@ -269,7 +271,8 @@ def test_impossible_sizes_are_one_line_naming_the_key(overrides, key):
 def test_a_file_too_big_for_its_network_is_rejected_at_build(tmp_path, monkeypatch):
     monkeypatch.setattr(core.memory, "MEMORY_LIMIT", 2**20)  # 1 MiB: small sizes show the rule
     np.savez(tmp_path / "wide.npz", X=np.zeros((4, 3000)), y=np.array([0, 1, 0, 1]))
-    spec = load_spec({"data": {"path": str(tmp_path / "wide.npz")}, "model": {"hidden": [1000]}})  # fine alone
+    spec = load_spec({"data": {"path": str(tmp_path / "wide.npz")}, "model": {"hidden": [1000]},
+                      "monitor": {"curvature_every": 0}})  # fine alone (without the curvature workspace)
     with pytest.raises(SpecError, match="^model.hidden: a network of 3,003,002 parameters .* over the 1 MiB"):
         build(spec)  # 3000 input features make it too big
 

@@ -139,6 +139,7 @@ class RankAverageTensorBoard(TensorBoardSink):
         self.held_steps: list[int] = []   # steps whose rank-dependent scalars were held back
         self.alerted: set[tuple[str, Any]] = set()
         self._averaging = False
+        self.alert_suffix = f" [seen by rank 0 of {self.world}]"
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if not self._averaging:
@@ -151,12 +152,12 @@ class RankAverageTensorBoard(TensorBoardSink):
 
     def finding(self, finding: Any) -> None:
         self.alerted.add((finding.code, finding.layer))
-        self.alert(finding.first_step, finding.code, finding.severity, finding.layer,
-                   f"{finding.message} [seen by rank 0 of {self.world}]")
+        super().finding(finding)
 
     def close(self, report: Any = None, history: History | None = None, written: Sequence[Any] = ()) -> None:
         """The held-back scalars from the merged ``history``, alerts for the merged findings that rank 0 did
         not raise itself, then the report text, hyperparameters and the end of the event file."""
+        self._write_unwritten()  # (their rank-dependent scalars are held back too)
         if history is not None:
             self._write_rank_average(history)
         for f in (report.findings if report is not None else []):
@@ -178,7 +179,7 @@ class RankAverageTensorBoard(TensorBoardSink):
                 for j, name in enumerate(history.layer_names):
                     v = float(arr[i, j])
                     if math.isfinite(v):
-                        values[f"{q}/{name}"] = v
+                        values[self.unit_tag(q, j)] = v
             self.scalars(step, values)
         self._averaging = False
 

@@ -50,6 +50,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from core.callbacks import RunInfo, StepState
+from gradmon.adapters.loss_names import loss_name
 from gradmon.adapters.torch_activations import Capture, Plan, Tracer
 from gradmon.adapters.torch_layout import Layout, build_layout, candidates, display_names, layer_infos, make_units
 from gradmon.adapters.torch_objective import TorchObjective
@@ -211,6 +212,7 @@ class Watcher:
         self._paused = False
         self._capture = Capture(Plan("modules", {}, {}), model)
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._first_input: Any = None                     # the first unit's input on a capture step
         self._last_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
         self._handles: list[Any] = []
         self._cands = candidates(model)
@@ -252,6 +254,7 @@ class Watcher:
         self._weight_keys = [k for u in self.units for k in u.weights]
         self._run = self._run_info(start.layout, self.units, self._rates)
         self.monitor.on_train_begin(self._run)
+        self._hook_first_unit()
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
             self.monitor.add_note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and watcher.log_loss("
                                   "loss, target=y) to measure it on the last batch, or watch(..., probe=(x, y), "
@@ -274,6 +277,26 @@ class Watcher:
         named = layout.parameters(self.model)
         rates = GroupRates(self.optimizer, [k for k, _ in named], [p for _, p in named])
         return self._run_info(layout, make_units(layout, {}, set(), {}), rates)
+
+    def _hook_first_unit(self) -> None:
+        """Capture the first unit's input on capture steps while the monitor still measures the data's scale
+        (unscaled inputs: a few batches, then the hook is removed)."""
+        units = self.units
+        if not units or not units[0].params or self.monitor.recorder.inputs.full:
+            return
+        qual = units[0].params[0].rpartition(".")[0]
+        module = dict(self.model.named_modules()).get(qual)
+        if module is None:
+            return
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self.monitor.recorder.inputs.full:
+                handle.remove()
+            elif self._capture.armed and self._first_input is None and torch.is_grad_enabled() \
+                    and args and isinstance(args[0], torch.Tensor):
+                self._first_input = args[0].detach()
+        handle = module.register_forward_pre_hook(hook)
+        self._handles.append(handle)
 
     def _run_info(self, layout: Layout, units: list[Unit], rates: GroupRates) -> RunInfo:
         return run_info(self.model, layout, units, rates, loss=self._loss_name, name=self._run_name,
@@ -364,7 +387,8 @@ class Watcher:
                           batch_size=self._batch, params=params, grads=grads, alive=alive,
                           lr=float(lr) if lr is not None else rate, activations=activations,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
-                          grad_sq_norms=sq, lrs=lrs if lr is None else None)
+                          grad_sq_norms=sq, lrs=lrs if lr is None else None, inputs=self._first_input)
+        self._first_input = None
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
@@ -450,10 +474,12 @@ class Watcher:
             value: Any = loss if not loss.dim() else loss.reshape(())  # read under no_grad, with the step
         else:
             value = float(loss)
-        self._log_loss(value, target)
+        self._log_loss(value, target, loss)
 
     @guarded(no_grad=True)
-    def _log_loss(self, value: Any, target: Any) -> None:
+    def _log_loss(self, value: Any, target: Any, loss: Any = None) -> None:
+        if "loss" not in self.monitor.facts:  # the report's loss name and batch size, once
+            self.monitor.describe(loss=loss_name(loss), batch_size=len(target) if _sized(target) else None)
         if target is not None and self._inputs is not None:
             args, kwargs = self._inputs
             self._last_batch = (args, kwargs, target)
@@ -466,6 +492,19 @@ class Watcher:
                 self._finish()
         else:
             self._loss, self._loss_backwards = value, (self._reader.backwards if self._reader else 0)
+
+    def log_metrics(self, **metrics: float) -> None:
+        """Validation (or any) metrics, e.g. ``watcher.log_metrics(val_loss=0.31, accuracy=0.92)``: charted in
+        TensorBoard (``loss/val``, ``accuracy/val``) and kept in the report (``extra["metrics"]``); see
+        :meth:`gradmon.monitor.Monitor.log_metrics`."""
+        self._start()
+        self.monitor.log_metrics(step=self._step, **metrics)
+
+    @property
+    def should_stop(self) -> str | None:
+        """Why the loop should stop now (NaN/Inf, or an open error finding), or None: ``if
+        watcher.should_stop: break``."""
+        return self.monitor.stop_reason("error")
 
     def _finish(self) -> None:
         """Close the pending step (``on_step_end``)."""
@@ -552,6 +591,12 @@ class Watcher:
             self.monitor.on_exception(exc, None)
         else:
             self.close()
+
+
+def _sized(target: Any) -> bool:
+    """Whether ``target`` is a batch with a length (a tensor with a batch dimension, a list)."""
+    return target is not None and not (isinstance(target, torch.Tensor) and target.dim() == 0) and hasattr(
+        target, "__len__")
 
 
 def _dist_rank() -> tuple[int, int]:

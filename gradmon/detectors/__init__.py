@@ -10,6 +10,7 @@ from __future__ import annotations
 from gradmon.detectors.activations import DeadUnits, SaturatedActivations
 from gradmon.detectors.base import Detector, FindingTracker, JudgeContext, Observation
 from gradmon.detectors.gradients import ExplodingGradients, VanishingGradients
+from gradmon.detectors.inputs import UnscaledInputs
 from gradmon.detectors.loss import LossDivergence, LossOscillation, LossPlateau
 from gradmon.detectors.sharpness import SharpnessAboveStability
 from gradmon.detectors.updates import UpdateRatio
@@ -25,6 +26,7 @@ DETECTORS: dict[str, type[Detector]] = {
     "loss_oscillation": LossOscillation,
     "loss_plateau": LossPlateau,
     "update_ratio": UpdateRatio,
+    "unscaled_inputs": UnscaledInputs,
 }
 
 

@@ -17,6 +17,7 @@ from core.callbacks import RunInfo
 from gradmon.findings import Finding, severity_rank
 from gradmon.history import LAYER_QUANTITIES, Window
 from gradmon.layout import Unit
+from gradmon.quantities.inputs import InputScale
 from gradmon.thresholds import JudgingThresholds
 from gradmon.vocabulary import sig  # noqa: F401  (re-exported: the one rounding, from gradmon.vocabulary)
 
@@ -70,6 +71,11 @@ class JudgeContext:
     observations: list[Observation] = field(default_factory=list)
     suggested_clip_norm: float = float("nan")
     median_records: int = _JUDGING.median_records
+    early: Mapping[str, np.ndarray] = field(default_factory=dict)
+    peak_loss: float = float("nan")
+    peak_step: int = -1
+    low_since_peak: float = float("nan")
+    inputs: InputScale | None = None
     _medians: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def is_open(self, code: str, layer: str | None = None, any_layer: bool = False, severity: str = "info") -> bool:
@@ -122,6 +128,47 @@ class Detector:
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
         raise NotImplementedError
+
+
+def layer_rms(ctx: JudgeContext, last: int | None = None) -> np.ndarray:
+    """Median over the last records (``ctx.median_records`` by default) of each layer's gradient RMS per
+    weight, shape ``(depth,)``."""
+    norms = ctx.medians("grad_norm", last)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return norms / np.sqrt(ctx.sizes)
+
+
+def trained(ctx: JudgeContext, rms: np.ndarray) -> np.ndarray:
+    """Boolean ``(depth,)``: the layers that take part in a depth profile, those with a positive finite
+    gradient RMS (``rms``) that the user did not freeze.  A frozen or zero-gradient layer says nothing about
+    how the signal travels through the others."""
+    frozen = np.array([bool(getattr(u, "frozen", False)) for u in ctx.units], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(rms) & (rms > 0) & ~frozen
+
+
+def theil_sen(y: np.ndarray) -> float:
+    """Median of the pairwise slopes of ``y`` against its index (a straight-line fit that one odd layer
+    cannot tilt); NaN with fewer than two points.  ``(n,) -> float``"""
+    n = y.size
+    if n < 2:
+        return float("nan")
+    i, j = np.triu_indices(n, 1)
+    return float(np.median((y[j] - y[i]) / (j - i)))
+
+
+def rank_correlation(y: np.ndarray) -> float:
+    """Spearman's rank correlation between ``y`` and its index, in [-1, 1] (NaN when constant or shorter than
+    three): 1 for a series that only rises."""
+    n = y.size
+    if n < 3:
+        return float("nan")
+    ranks = np.empty(n)
+    ranks[np.argsort(y, kind="stable")] = np.arange(n)
+    idx = np.arange(n, dtype=float)
+    a, b = ranks - ranks.mean(), idx - idx.mean()
+    denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
 
 
 def latest_lr(window: Window, default: float) -> float:
@@ -287,7 +334,3 @@ class FindingTracker:
 
     def is_open(self, code: str, layer: str | None = None) -> bool:
         return (code, layer) in self._open
-
-    @property
-    def open_findings(self) -> list[Finding]:
-        return list(self._open.values())

@@ -1,7 +1,15 @@
 """Loss-curve detectors: divergence, oscillation, plateau.
 
-All compare the recent window with the run's own history: ``initial_loss`` (median of the first records)
-and ``best_loss`` (lowest smoothed loss so far).  Mini-batch noise is not oscillation: differences of
+All compare the recent window with the run's own history: ``initial_loss`` (median of the first records,
+up to a blow-up among them) and ``best_loss`` (lowest smoothed loss so far).
+
+Divergence has four patterns (``evidence["pattern"]``): ``rising`` (the loss climbs, above its start or
+losing most of what it learned), ``stuck`` (it stays well above its start over the whole window, after an
+early blow-up or a rise, whatever the gradient norms did: the step threw the weights out of the region they
+started in), ``unrecovered`` (it blew up to many times its start and never came back below a fraction of
+it: the blow-up left a network that cannot learn, often dead units or vanished gradients, which are its
+consequences) and ``spike`` (it blew up to many times its start and came back: a warning while the blow-up is
+in the window, since the damage it leaves stays).  Each is fixed by a lower learning rate.  Mini-batch noise is not oscillation: differences of
 independent noise have a lag-1 autocorrelation of -0.5, a period-2 swing from too large a step is near -1.
 Every number is a field of :class:`~gradmon.thresholds.DivergenceThresholds`,
 :class:`~gradmon.thresholds.OscillationThresholds` or :class:`~gradmon.thresholds.PlateauThresholds`.
@@ -11,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradmon.detectors.base import STARVING, Detector, JudgeContext, Observation, finite, is_above_start, median
+from gradmon.detectors.base import STARVING, Detector, JudgeContext, Observation, block_medians, finite, \
+    is_above_start, median
 from gradmon.thresholds import DivergenceThresholds, OscillationThresholds, PlateauThresholds
 from gradmon.vocabulary import sig
 
@@ -47,6 +56,35 @@ def is_diverging(ctx: JudgeContext, t: DivergenceThresholds) -> tuple[bool, dict
     return bool((above_start or (learned > t.min_learned * start and lost > t.lost_fraction)) and rising), evidence
 
 
+def stayed_up(ctx: JudgeContext, t: DivergenceThresholds) -> tuple[str | None, dict]:
+    """Whether the loss has not come back from a blow-up (or a rise): ``("stuck", evidence)`` when its level
+    stays above ``t.stuck_factor`` times the start over the window (for ``t.min_records_since`` records at
+    least), ``("unrecovered", evidence)`` when it blew up to ``t.blowup_factor`` times its start and has not
+    been below ``t.recovered_fraction`` of it since, ``(None, {})`` otherwise."""
+    k = ctx.smooth
+    ok = finite(ctx.window.scalar("loss"))
+    start = ctx.initial_loss
+    if ok.size < max(t.min_losses, k) or not np.isfinite(start) or start <= 0:
+        return None, {}
+    current = median(ok[-k:])
+    levels = block_medians(ok, k)
+    evidence = {"loss_now": sig(current), "initial_loss": sig(start), "best_loss": sig(min(ctx.best_loss, current))}
+    if np.isfinite(ctx.peak_loss) and ctx.peak_step >= 0:
+        evidence.update(peak_loss=sig(ctx.peak_loss), peak_step=int(ctx.peak_step))
+    since = int(np.sum(ctx.window.steps > ctx.peak_step)) if ctx.peak_step >= 0 else ok.size
+    above = levels > t.stuck_factor * start + t.above_start_margin
+    if current > t.stuck_factor * start + t.above_start_margin and levels.size and \
+            float(np.mean(above)) >= t.stuck_fraction and min(since, ok.size) >= t.min_records_since:
+        return "stuck", evidence
+    blew_up = np.isfinite(ctx.peak_loss) and ctx.peak_loss >= t.blowup_factor * start
+    if blew_up and since >= t.min_records_since and ctx.low_since_peak > t.recovered_fraction * start \
+            and current > t.recovered_fraction * start:
+        return "unrecovered", evidence
+    if blew_up and ctx.peak_step >= int(ctx.window.steps[0]):
+        return "spike", evidence  # it came back, but the step is at the edge of what the network survives
+    return None, {}
+
+
 class LossDivergence(Detector):
     codes = ("loss_divergence",)
 
@@ -55,13 +93,44 @@ class LossDivergence(Detector):
         self.min_records = self.t.min_records
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        diverging, evidence = is_diverging(ctx, self.t)
-        if not diverging:
+        t = self.t
+        # a loss that stays up names the problem best (lower the learning rate, whatever the gradients did);
+        # then one that climbs; then a blow-up it came back from
+        pattern, evidence = stayed_up(ctx, t)
+        if pattern not in ("stuck", "unrecovered"):
+            diverging, rising = is_diverging(ctx, t)
+            if diverging:
+                pattern, evidence = "rising", {**evidence, **rising}
+        if pattern is None:
             return []
         current, start = evidence["loss_now"], evidence["initial_loss"]
-        severity = "error" if current > self.t.error_factor * start else "warning"
-        message = (f"The loss is diverging: {current:.3g} now against {start:.3g} at the start and "
-                   f"{evidence['best_loss']:.3g} at best; steps are too large for the curvature.")
+        peak, at = evidence.get("peak_loss"), evidence.get("peak_step")
+        blew = (f"The loss blew up to {peak:.3g} at step {at} ({peak / start:.0f}x its start of {start:.3g})"
+                if peak is not None and peak >= 2 * start else None)
+        if pattern == "rising":
+            severity = "error" if current > t.error_factor * start else "warning"
+            message = (f"The loss is diverging: {current:.3g} now against {start:.3g} at the start and "
+                       f"{evidence['best_loss']:.3g} at best; steps are too large for the curvature.")
+        elif pattern == "stuck":
+            severity = "error" if current > t.error_factor * start else "warning"
+            message = ((f"{blew} and has stayed far above it since" if blew else
+                        f"The loss has risen above where it started ({start:.3g}) and stays there")
+                       + f": {current:.3g} now, {current / start:.1f}x its start.  The steps threw the weights out "
+                         f"of the region they started in and none brought them back: the learning rate is too "
+                         f"large, whatever the gradient norms did.")
+        elif pattern == "spike":
+            severity = "warning"
+            message = (f"{blew} before coming back ({current:.3g} now): the step is at the edge of what the network "
+                       f"survives, and the damage a blow-up leaves (dead units, vanished gradients) stays; a lower "
+                       f"learning rate avoids it.")
+        else:
+            severity = "warning"
+            message = (f"{blew or f'The loss blew up to {peak:.3g}'} and has not recovered: it is {current:.3g} "
+                       f"now ({current / start:.0%} of its start) and never went below {t.recovered_fraction:.0%} "
+                       f"of it, while a run that learns does.  The blow-up left a network that cannot learn: "
+                       f"the learning rate is too large.")
+        evidence["pattern"] = pattern
+        evidence["stays_up"] = bool(current > t.stuck_factor * start + t.above_start_margin)
         if np.isfinite(ctx.suggested_clip_norm):
             evidence["suggested_clip_norm"] = sig(ctx.suggested_clip_norm, 2)
         return [Observation("loss_divergence", None, severity, message, evidence)]

@@ -63,6 +63,12 @@ class SharpnessAboveStability(Detector):
                                       "of stability and still learn"
         formula = stability_formula(momentum, nesterov)
         when = "at initialisation" if step == 0 else f"at step {step}"
+        first = usable[0]
+        at_init = int(first.get("step", -1)) == 0 and _finite(first, "lambda_max") > self.t.margin * \
+            _finite(first, "threshold")
+        if at_init and step != 0:
+            when += (f" (and already at initialisation: λmax {_finite(first, 'lambda_max'):.3g} against "
+                     f"{_finite(first, 'threshold'):.3g})")
         advice = "a learning rate below" if severity != "info" else \
             "if the loss starts to oscillate or diverge, a learning rate below"
         message = (f"The top Hessian eigenvalue {lam:.3g} exceeds {formula} = {threshold:.3g} {when} "
@@ -72,7 +78,7 @@ class SharpnessAboveStability(Detector):
         evidence = {"lambda_max": sig(lam), "threshold": sig(threshold), "lr": sig(lr), "momentum": momentum,
                     "nesterov": nesterov, "ratio": sig(lam / threshold), "reference_lambda_max": sig(reference),
                     "max_stable_lr": sig(max_lr), "suggested_lr": sig(self.t.safety * max_lr, 2),
-                    "measured_at": step}
+                    "measured_at": step, "above_at_initialisation": at_init}
         return [Observation("sharpness_above_stability", None, severity, message, evidence,
                             open_after=self.t.open_after)]
 

@@ -4,7 +4,8 @@ A rule of thumb puts healthy ratios near 1e-3.  Above ``too_large`` each step re
 weights, which is overshooting unless the loss is still falling fast (halving within the window); below
 ``too_small`` while the loss is still high, the layer is effectively frozen — unless dead or saturated units
 or vanishing gradients already explain it (their findings carry the fix; a larger step would not help a layer whose
-gradient is zero).  The numbers are in :class:`~gradmon.thresholds.UpdateRatioThresholds`.
+gradient is zero).  A layer the user froze (``Unit.frozen``, a zero gradient, or no update at all: outside the
+optimizer) is left alone: it is not moving on purpose.  The numbers are in :class:`~gradmon.thresholds.UpdateRatioThresholds`.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class UpdateRatio(Detector):
         # dead units, saturated units or vanishing gradients anywhere starve layers of gradient: their findings
         # (judged before this one) explain frozen layers and carry the fix
         starved = any(ctx.observed(code, any_layer=True) for code in STARVING)
+        grads = ctx.medians("grad_norm")
         out = []
-        for unit, r in zip(ctx.units, ratios):
-            if not np.isfinite(r):
-                continue
+        for unit, r, g in zip(ctx.units, ratios, grads):
+            if not np.isfinite(r) or r == 0 or g == 0 or getattr(unit, "frozen", False):
+                continue  # frozen by the user, or without a gradient: not moving on purpose
             if r > t.too_large and not improving:
                 message = (f"{unit.name}'s updates are {r:.2g} of its weights per step (healthy is near 1e-3): "
                            f"each step rewrites the layer, so training overshoots.")

@@ -1,14 +1,20 @@
-"""Loss curvature from Hessian-vector products: top eigenvalues (Lanczos), trace (Hutchinson), and the
-stability threshold of gradient descent.
+"""Loss curvature from Hessian-vector products: the top eigenvalue (Lanczos), the trace with its standard
+error, and the stability threshold of gradient descent; one estimate is :func:`estimate_curvature`.
 
-Everything works on an ``hvp`` callable over flat float64 vectors of dimension ``D``; :func:`flat_hvp`
-wraps a dict-keyed HVP (``core.BatchObjective.hvp``, the PyTorch adapter's double backward).  The Lanczos
-loop is plain numpy (no scipy iterating over numpy work, so the two OpenBLAS copies never compete).
+An estimate works on a :class:`HessianOperator`: the Hessian of one fixed objective at fixed parameters, as
+a function of flat vectors of length ``D`` (float64 numpy arrays, or torch tensors of the parameters' dtype on
+the model's device).
+An objective *linearised* once per estimate (``objective.linearize()``: core's forward and backward pass,
+torch's gradient graph) serves every product of that estimate.  :func:`flat_hvp` and :class:`FlatOperator`
+wrap a plain dict-keyed or flat HVP (finite differences for loops that have only gradients).
 
-Lanczos with full reorthogonalisation builds an orthonormal Krylov basis ``Q`` and the tridiagonal
-``T = Qᵀ H Q``; the extreme eigenvalues of ``T`` (Ritz values) converge to those of ``H`` in far fewer
-products than power iteration, typically 15–25 HVPs for a relative tolerance of 1e-3 where power
-iteration is given 100 (PyHessian's and Cockpit's default budget).
+- λmax: :func:`~gradmon.quantities.lanczos.lanczos` with full reorthogonalisation, from a Rademacher start
+  or warm-started from the previous estimate's top eigenvector.
+- trace: exact when the operator offers a cheap exact route (``exact_trace()``: core's Gauss-Newton trace
+  of piecewise-linear networks), else :func:`~gradmon.quantities.trace.deflated_trace` on the Lanczos basis
+  (Hutch++-style: the top of the spectrum exactly, the rest by Hutchinson on projected vectors), with as many
+  products as the λmax estimate took (at least :data:`MIN_TRACE_SAMPLES`), so a cold estimate costs at most
+  twice the products of λmax alone.
 """
 
 from __future__ import annotations
@@ -16,13 +22,43 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from gradmon.quantities.lanczos import (FlatHVP, LanczosResult, Vector, lanczos, like,  # noqa: F401
+                                        power_iteration, rademacher)
+from gradmon.quantities.trace import TraceResult, deflated_trace, hutchinson_trace  # noqa: F401
 from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F401  (the bound, re-exported)
 
-FlatHVP = Callable[[np.ndarray], np.ndarray]
+
+class HessianOperator(Protocol):
+    """The Hessian of a fixed objective at fixed parameters (``D`` of them), built once per estimate.
+
+    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy, or a tensor of the
+    operator's dtype on its device); ``vector(values)`` turns a host float64 array into that kind.  Optional:
+    ``exact_trace() -> float | None`` (None where no exact route applies) and ``trace_method`` naming it.
+    """
+
+    dim: int
+
+    def hvp(self, v: Vector) -> Vector: ...
+
+    def vector(self, values: np.ndarray) -> Vector: ...
+
+
+class FlatOperator:
+    """A :class:`HessianOperator` over numpy vectors from a flat HVP function (matrices in tests, finite
+    differences)."""
+
+    def __init__(self, hvp: FlatHVP, dim: int) -> None:
+        self._hvp, self.dim = hvp, int(dim)
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        return np.asarray(self._hvp(v), dtype=np.float64)
+
+    def vector(self, values: np.ndarray) -> np.ndarray:
+        return values
 
 
 # -- vectors <-> dicts ---------------------------------------------------------------------------------------
@@ -48,128 +84,6 @@ def flat_hvp(hvp: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
              like: Mapping[str, np.ndarray]) -> FlatHVP:
     """A flat-vector HVP from a dict-keyed one."""
     return lambda v: flatten(hvp(unflatten(v, like)))
-
-
-# -- Lanczos ---------------------------------------------------------------------------------------------------
-@dataclass
-class LanczosResult:
-    """Top-``k`` Ritz values (descending), the most negative one, and the HVPs spent."""
-
-    eigenvalues: np.ndarray
-    eigenvectors: np.ndarray | None
-    lambda_min: float
-    hvps: int
-    converged: bool
-    residuals: np.ndarray
-
-    @property
-    def lambda_max(self) -> float:
-        return float(self.eigenvalues[0])
-
-
-def rademacher(dim: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 2, size=dim).astype(np.float64) * 2.0 - 1.0
-
-
-def lanczos(hvp: FlatHVP, dim: int, k: int = 1, rtol: float = 1e-3, max_iter: int = 40,
-            rng: np.random.Generator | None = None, v0: np.ndarray | None = None,
-            want_vectors: bool = False) -> LanczosResult:
-    """Largest-algebraic eigenvalues of the symmetric operator ``hvp`` by Lanczos with full
-    reorthogonalisation (two Gram-Schmidt passes per step).
-
-    Stops when, for each of the top ``k`` Ritz values θ, the change since the previous iteration is below
-    ``rtol·|θ|`` and the residual bound ``|β_m s_m|`` (last component of its Ritz vector times the next
-    β) is below ``rtol·|θ|``; or on breakdown (an invariant subspace: exact), or after ``max_iter`` HVPs.
-    """
-    if dim < 1:
-        raise ValueError("dim must be >= 1")
-    rng = rng if rng is not None else np.random.default_rng(0)
-    m_max = int(min(max_iter, dim))
-    q = rademacher(dim, rng) if v0 is None else np.asarray(v0, dtype=np.float64).copy()
-    q /= np.linalg.norm(q)
-    Q = np.zeros((m_max + 1, dim))
-    Q[0] = q
-    alphas: list[float] = []
-    betas: list[float] = []
-    prev: np.ndarray | None = None
-    converged = False
-    theta = np.zeros(0)
-    s = np.zeros((0, 0))
-    beta = 0.0
-    for j in range(m_max):
-        w = np.asarray(hvp(Q[j]), dtype=np.float64)
-        alpha = float(np.dot(w, Q[j]))
-        alphas.append(alpha)
-        for _ in range(2):  # full reorthogonalisation against the whole basis
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta = float(np.linalg.norm(w))
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, s = np.linalg.eigh(T)
-        top = theta[::-1][:k]
-        scale = np.maximum(np.abs(top), 1e-30)
-        resid = np.abs(beta * s[-1, ::-1][:k])
-        if beta <= 1e-12 * max(1.0, float(np.max(np.abs(theta)))):
-            converged = True  # invariant subspace: the Ritz values are exact
-            break
-        if prev is not None and len(prev) == len(top) and len(top) == k:
-            if np.all(np.abs(top - prev) <= rtol * scale) and np.all(resid <= rtol * scale):
-                converged = True
-                break
-        prev = top
-        betas.append(beta)
-        Q[j + 1] = w / beta
-    m = len(alphas)
-    order = np.argsort(theta)[::-1][:k]
-    vectors = None
-    if want_vectors:
-        vectors = Q[:m].T @ s[:, order]
-    return LanczosResult(eigenvalues=theta[order], eigenvectors=vectors, lambda_min=float(theta.min()),
-                         hvps=m, converged=converged, residuals=np.abs(beta * s[-1, order]))
-
-
-def power_iteration(hvp: FlatHVP, dim: int, iters: int = 100, tol: float | None = None,
-                    rng: np.random.Generator | None = None) -> tuple[float, int]:
-    """The baseline of PyHessian and Cockpit: the Rayleigh quotient of repeated products (largest
-    magnitude eigenvalue); stops early when ``tol`` is given and the estimate moves less than that."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    v = rademacher(dim, rng)
-    v /= np.linalg.norm(v)
-    estimate = 0.0
-    for i in range(1, iters + 1):
-        w = np.asarray(hvp(v), dtype=np.float64)
-        new = float(np.dot(v, w))
-        norm = float(np.linalg.norm(w))
-        if norm == 0:
-            return 0.0, i
-        v = w / norm
-        if tol is not None and i > 1 and abs(new - estimate) <= tol * max(abs(new), 1e-30):
-            return new, i
-        estimate = new
-    return estimate, iters
-
-
-# -- trace ---------------------------------------------------------------------------------------------------
-@dataclass
-class TraceResult:
-    trace: float
-    stderr: float
-    hvps: int
-
-
-def hutchinson_trace(hvp: FlatHVP, dim: int, samples: int = 10, rng: np.random.Generator | None = None,
-                     extra: list[float] | None = None) -> TraceResult:
-    """``tr(H) ≈ mean(zᵀHz)`` over Rademacher vectors ``z`` (unbiased); ``extra`` adds samples already
-    paid for (Lanczos' first step gives one)."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    values = list(extra or [])
-    for _ in range(samples):
-        z = rademacher(dim, rng)
-        values.append(float(np.dot(z, hvp(z))))
-    if not values:
-        return TraceResult(float("nan"), float("nan"), 0)
-    arr = np.array(values)
-    stderr = float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else float("nan")
-    return TraceResult(float(arr.mean()), stderr, samples)
 
 
 # -- finite differences, for loops without exact HVPs ---------------------------------------------------------
@@ -232,10 +146,14 @@ def fd_hvp(grad_fn: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[str, 
     return result, {"eps": step, "shrinks": shrinks, "grad_evals": evals, "kinks_crossed": crossed}
 
 
+
+
 # -- one estimate -------------------------------------------------------------------------------------------------
 @dataclass
 class CurvatureEstimate:
-    """One curvature measurement; ``hvps`` counts every Hessian-vector product spent on it."""
+    """One curvature measurement; ``hvps`` counts every Hessian-vector product spent on it (``lanczos_hvps`` for
+    λmax, the rest for the trace).  ``trace_stderr`` is one standard error (0 for an exact trace; NaN without
+    a trace).  ``top_vector`` (not serialised) is the top Ritz vector, the warm start of the next estimate."""
 
     step: int
     lambda_max: float
@@ -246,37 +164,108 @@ class CurvatureEstimate:
     converged: bool
     top_k: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    lanczos_hvps: int = 0
+    trace_method: str = "none"
+    warm_start: bool = False
+    top_vector: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": int(self.step), "lambda_max": float(self.lambda_max), "lambda_min": float(self.lambda_min),
                 "trace": float(self.trace), "trace_stderr": float(self.trace_stderr), "hvps": int(self.hvps),
-                "converged": bool(self.converged), "top_k": [float(x) for x in self.top_k],
-                "seconds": float(self.seconds)}
+                "lanczos_hvps": int(self.lanczos_hvps), "trace_method": self.trace_method,
+                "converged": bool(self.converged), "warm_start": bool(self.warm_start),
+                "top_k": [float(x) for x in self.top_k], "seconds": float(self.seconds)}
 
 
-def estimate_curvature(hvp: FlatHVP, dim: int, *, step: int = 0, rtol: float = 1e-3, max_iter: int = 40,
-                       trace_samples: int = 0, k: int = 1, seed: int = 0) -> CurvatureEstimate:
-    """λmax (and the top ``k``) by Lanczos from a Rademacher start, and the trace by Hutchinson.
+#: stochastic trace samples at least (by default as many as λmax took: a warm start that converged in three
+#: products would otherwise leave the trace three samples)
+MIN_TRACE_SAMPLES = 8
+#: weight of the random part of a warm start vector (the previous top eigenvector plus this much of a random
+#: unit vector: enough to find an eigenvalue that overtook the previous top one, too little to slow convergence)
+WARM_START_MIX = 0.05
 
-    The Lanczos start vector ``z/√D`` gives ``D·α₁ = zᵀHz``, one Hutchinson sample for free; the trace
-    uses it plus ``trace_samples`` more (NaN when ``trace_samples`` is 0)."""
+
+def estimate_curvature(hvp: FlatHVP | HessianOperator, dim: int | None = None, *, step: int = 0,
+                       rtol: float = 1e-3, max_iter: int = 40, trace_samples: int | None = None, k: int = 1,
+                       seed: int = 0, warm_start: Vector | None = None, trace: bool = True) -> CurvatureEstimate:
+    """λmax (and the top ``k``) by Lanczos, and the trace with its standard error.
+
+    ``hvp``: a :class:`HessianOperator`, or a flat numpy HVP function with its ``dim``.  ``warm_start``: the
+    previous estimate's ``top_vector`` (same ``D``), else a Rademacher start from ``seed``.  The trace: exact
+    when the operator's ``exact_trace()`` gives it; otherwise deflated by the Lanczos basis with
+    ``trace_samples`` remainder samples (None: as many as λmax took, at least :data:`MIN_TRACE_SAMPLES`; 0: no
+    trace).  ``trace=False``
+    skips the trace.
+    """
     t0 = time.perf_counter()
+    op: Any = hvp if hasattr(hvp, "vector") and hasattr(hvp, "hvp") else FlatOperator(hvp, int(dim or 0))
+    dim = int(op.dim)
     rng = np.random.default_rng(seed)
-    z = rademacher(dim, rng)
-    first: list[float] = []
-
-    def recording(v: np.ndarray) -> np.ndarray:
-        out = hvp(v)
-        if not first:
-            first.append(float(np.dot(v, out)) * dim)  # v = z/√D, so D·vᵀHv = zᵀHz
-        return out
-
-    result = lanczos(recording, dim, k=k, rtol=rtol, max_iter=max_iter, rng=rng, v0=z)
-    trace = stderr = float("nan")
-    hvps = result.hvps
-    if trace_samples > 0:
-        tr = hutchinson_trace(hvp, dim, samples=trace_samples, rng=rng, extra=first)
-        trace, stderr, hvps = tr.trace, tr.stderr, hvps + tr.hvps
-    return CurvatureEstimate(step=step, lambda_max=result.lambda_max, lambda_min=result.lambda_min, trace=trace,
+    start = rademacher(dim, rng)
+    v0 = op.vector(start)
+    warm = warm_start is not None and int(warm_start.shape[0]) == dim and bool(float(warm_start @ warm_start) > 0)
+    if warm:
+        v0 = warm_start / float(warm_start @ warm_start) ** 0.5 + (WARM_START_MIX / math.sqrt(dim)) * v0
+    want_trace = trace and trace_samples != 0
+    exact = op.exact_trace() if want_trace and hasattr(op, "exact_trace") else None
+    result = lanczos(op.hvp, dim, k=k, rtol=rtol, max_iter=max_iter, rng=rng, v0=v0, want_vectors=True,
+                     keep_basis=want_trace and exact is None)
+    value = stderr = float("nan")
+    method, hvps = "none", result.hvps
+    if exact is not None:
+        value, stderr, method = float(exact), 0.0, getattr(op, "trace_method", "exact")
+    elif want_trace:
+        samples = max(result.hvps, MIN_TRACE_SAMPLES) if trace_samples is None else max(2, int(trace_samples))
+        tr = deflated_trace(op.hvp, result.basis, result.ritz_trace, samples, rng=rng)
+        value, stderr, method, hvps = tr.trace, tr.stderr, tr.method, hvps + tr.hvps
+    top = result.eigenvectors[:, 0] if result.eigenvectors is not None else None
+    return CurvatureEstimate(step=step, lambda_max=result.lambda_max, lambda_min=result.lambda_min, trace=value,
                              trace_stderr=stderr, hvps=hvps, converged=result.converged,
-                             top_k=[float(x) for x in result.eigenvalues], seconds=time.perf_counter() - t0)
+                             top_k=[float(x) for x in result.eigenvalues], seconds=time.perf_counter() - t0,
+                             lanczos_hvps=result.hvps, trace_method=method, warm_start=warm, top_vector=top)
+
+
+# -- one call ---------------------------------------------------------------------------------------------------------
+@dataclass
+class CurvatureResult:
+    """What a one-call measurement returns (:func:`gradmon.curvature`, :func:`gradmon.torch.curvature`).
+
+    ``lambda_max``: the top Hessian eigenvalue (loss units per squared parameter unit); ``trace`` ±
+    ``trace_stderr`` (one standard error; 0 when exact, NaN without a trace); ``hvps``: Hessian-vector
+    products spent; ``seconds``: wall time of the whole call (the linearisation included); ``converged``:
+    whether Lanczos met ``tol``.  Also ``lambda_min`` (the most negative Ritz value seen), ``trace_method``
+    and, for the exact route, ``layer_traces`` (the trace of each layer's diagonal block)."""
+
+    lambda_max: float
+    trace: float
+    trace_stderr: float
+    hvps: int
+    seconds: float
+    converged: bool
+    lambda_min: float = float("nan")
+    lanczos_hvps: int = 0
+    trace_method: str = "none"
+    layer_traces: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lambda_max": self.lambda_max, "trace": self.trace, "trace_stderr": self.trace_stderr,
+                "hvps": self.hvps, "seconds": self.seconds, "converged": self.converged,
+                "lambda_min": self.lambda_min, "lanczos_hvps": self.lanczos_hvps, "trace_method": self.trace_method,
+                "layer_traces": dict(self.layer_traces) if self.layer_traces is not None else None}
+
+
+def measure(build: Callable[[], Any], *, tol: float = 1e-3, trace: bool = True, max_iter: int = 100,
+            seed: int = 0) -> CurvatureResult:
+    """One cold estimate on the operator ``build()`` returns (timed with it): the body of the one-call APIs."""
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol must be a relative tolerance in (0, 1) such as 1e-3, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 2:
+        raise ValueError(f"max_iter must be an integer >= 2, got {max_iter!r}")
+    t0 = time.perf_counter()
+    op = build()
+    est = estimate_curvature(op, rtol=float(tol), max_iter=max_iter, seed=seed, trace=bool(trace))
+    layers = op.layer_traces() if trace and est.trace_method.startswith("exact") and hasattr(op, "layer_traces") \
+        else None
+    return CurvatureResult(lambda_max=est.lambda_max, trace=est.trace, trace_stderr=est.trace_stderr, hvps=est.hvps,
+                           seconds=time.perf_counter() - t0, converged=est.converged, lambda_min=est.lambda_min,
+                           lanczos_hvps=est.lanczos_hvps, trace_method=est.trace_method, layer_traces=layers)

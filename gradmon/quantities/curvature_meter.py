@@ -1,11 +1,15 @@
 """The curvature measurement of a run: when, on what, and what one measurement records.
 
-:class:`CurvatureMeter` decides the steps (a schedule), builds a Hessian-vector product for the loop's
-objective (exact where the objective has ``hvp``; otherwise central differences of its ``grad`` with a
-checked step), runs :func:`~gradmon.quantities.curvature.estimate_curvature` and returns one entry per
-measurement: ``step``, ``lambda_max``, ``lambda_min``, ``trace``, ``trace_stderr``, ``hvps``, ``converged``,
-``top_k``, ``seconds``, ``hvp`` (the method), ``lr``, ``loss`` and, for optimizers with a 2/lr bound,
-``threshold``.  The objective is the run's fixed probe set when the loop offers one
+:class:`CurvatureMeter` decides the steps: by default a time budget (curvature at most ``budget`` of the
+run's wall time, the first estimate at the first step; :class:`~gradmon.quantities.curvature_budget.TimeBudget`),
+or a fixed cadence when ``every`` is given (it wins; 0 turns curvature off).  It linearises the loop's
+objective once per estimate (``objective.linearize()``: one forward and backward pass, or one gradient
+graph, for all the products; a plain ``hvp`` or central differences of ``grad`` with a checked step where
+that is all the loop offers), runs :func:`~gradmon.quantities.curvature.estimate_curvature` warm-started from
+the previous estimate's top eigenvector, and returns one entry per measurement: ``step``, ``lambda_max``,
+``lambda_min``, ``trace``, ``trace_stderr``, ``trace_method``, ``hvps``, ``lanczos_hvps``, ``converged``,
+``warm_start``, ``top_k``, ``seconds``, ``hvp`` (the method), ``lr``, ``loss`` and, for optimizers with a
+2/lr bound, ``threshold``.  The objective is the run's fixed probe set when the loop offers one
 (``RunInfo.probe``), else the step's own batch (``StepState.objective``).
 
 A measurement that fails is reported once (:attr:`CurvatureMeter.failed`) and turns curvature off: it is a
@@ -15,74 +19,89 @@ measurement, and must never be why training stops.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from core.callbacks import Objective, RunInfo, StepState
-from gradmon.quantities.curvature import estimate_curvature, fd_hvp, flat_hvp
+from gradmon.quantities.curvature import FlatOperator, estimate_curvature, fd_hvp, flat_hvp
+from gradmon.quantities.curvature_budget import TimeBudget
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.vocabulary import STABILITY_BOUND_OPTIMIZERS, stability_threshold
 
 #: measurements kept in memory (halved, keeping every other one, when exceeded)
 MAX_RECORDS = 512
+#: the default share of wall time curvature may take
+DEFAULT_BUDGET = 0.05
 
 
 class CurvatureMeter:
-    """Curvature every ``every`` steps (0: never) on a probe of ``samples`` training examples.
+    """Curvature on a probe of ``samples`` training examples (or the step's batch), at most ``budget`` of the
+    run's wall time, or every ``every`` steps when given (0: never; ``budget=0`` without ``every``: never).
 
-    ``rtol`` and ``max_iter`` bound the Lanczos iteration; ``trace_samples`` Hutchinson samples estimate the
-    trace (0: no trace); ``seed`` draws the probe and the random start vectors.
+    ``rtol`` and ``max_iter`` bound the Lanczos iteration; ``trace_samples`` is the number of stochastic
+    samples of the deflated trace where no exact route applies (None: as many as λmax took; 0: no trace);
+    ``seed`` draws the probe and the random start vectors; ``clock`` times the budget.
     """
 
-    def __init__(self, every: int = 50, samples: int = 1024, rtol: float = 1e-3, max_iter: int = 40,
-                 trace_samples: int = 4, seed: int = 0) -> None:
-        self.every = int(every)
+    def __init__(self, every: int | None = None, samples: int = 1024, rtol: float = 1e-3, max_iter: int = 40,
+                 trace_samples: int | None = None, seed: int = 0, budget: float = DEFAULT_BUDGET,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.every = None if every is None else int(every)
+        self.budget_fraction = float(budget)
         self.samples = int(samples)
         self.rtol, self.max_iter = float(rtol), int(max_iter)
-        self.trace_samples, self.seed = int(trace_samples), int(seed)
-        self._schedule: Schedule = every_schedule(self.every)
+        self.trace_samples = None if trace_samples is None else int(trace_samples)
+        self.seed = int(seed)
+        self.clock = clock
+        self.budget: TimeBudget | None = None
+        self._schedule: Schedule = every_schedule(self.every or 0)
         self.entries: list[dict[str, Any]] = []
         self.failed: str | None = None
         self._run: RunInfo | None = None
         self._probe: Objective | None = None
+        self._warm: Any = None
+
+    @property
+    def by_budget(self) -> bool:
+        """Whether the steps follow the time budget (no fixed ``every``)."""
+        return self.every is None and self.budget_fraction > 0
 
     def begin(self, run: RunInfo) -> None:
         """Start a run (measurements and the probe of an earlier run are dropped; a failure is forgiven)."""
-        self._run, self._probe = run, None
+        self._run, self._probe, self._warm = run, None, None
         self.entries = []
         self.failed = None
-        self._schedule = every_schedule(self.every)
+        self._schedule = every_schedule(self.every or 0)
+        self.budget = TimeBudget(self.budget_fraction, self.clock) if self.by_budget else None
 
     @property
     def enabled(self) -> bool:
-        return self.every > 0 and self.failed is None
+        return (self.by_budget or bool(self.every)) and self.failed is None
 
     def due(self, step: int) -> bool:
-        return self.enabled and self._schedule(step)
+        if not self.enabled:
+            return False
+        if self.budget is not None:
+            return self.budget.due(step)
+        return self._schedule(step)
 
     def measure(self, state: StepState) -> dict[str, Any] | None:
         """One estimate at ``state``'s parameters, appended to :attr:`entries` and returned; None when the
         loop has no objective to measure (or the measurement failed: see :attr:`failed`)."""
         run = self._run
+        t0 = self.clock()
         try:
             objective = self._objective(state)
             if objective is None:
                 return None
-            params = {k: float64_copy(v) for k, v in state.params.items()}
-            if hasattr(objective, "hvp"):
-                hvp = flat_hvp(lambda v: objective.hvp(v, params), params)
-                method = "exact"
-            else:
-                kinks = getattr(objective, "kinks", None)
-                hvp = flat_hvp(lambda v: fd_hvp(objective.grad, params, v, kink_fn=kinks)[0], params)
-                method = "finite differences"
-            dim = sum(v.size for v in params.values())
-            t0 = time.perf_counter()
-            est = estimate_curvature(hvp, dim, step=state.step, rtol=self.rtol, max_iter=self.max_iter,
-                                     trace_samples=self.trace_samples, seed=self.seed + state.step)
+            op, method = operator(objective, state.params)
+            est = estimate_curvature(op, step=state.step, rtol=self.rtol, max_iter=self.max_iter,
+                                     trace_samples=self.trace_samples, seed=self.seed + state.step,
+                                     warm_start=self._warm)
+            self._warm = est.top_vector
             entry = est.to_dict()
-            entry.update(seconds=time.perf_counter() - t0, hvp=method, lr=float(state.lr),
+            entry.update(seconds=self.clock() - t0, hvp=method, lr=float(state.lr),
                          loss=float(state.loss) if state.loss_known else float("nan"))
             if run is not None and run.optimizer in STABILITY_BOUND_OPTIMIZERS and state.lr > 0:
                 entry["threshold"] = stability_threshold(float(state.lr),
@@ -92,6 +111,8 @@ class CurvatureMeter:
             self.failed = (f"the curvature measurement failed and is off for the rest of the run: "
                            f"{type(exc).__name__}: {exc}")
             return None
+        if self.budget is not None:
+            self.budget.charge(entry["seconds"])
         self.entries.append(entry)
         if len(self.entries) > MAX_RECORDS:
             self.entries = self.entries[::2]
@@ -118,3 +139,18 @@ def float64_copy(x: Any) -> np.ndarray:
         x = x.detach().to("cpu")
         return x.double().numpy()
     return np.array(x, dtype=np.float64)
+
+
+def operator(objective: Any, params: Any) -> tuple[Any, str]:
+    """The Hessian operator of one estimate, and how its products are made: ``objective.linearize()``
+    (exact, built once), else the objective's ``hvp`` at a float64 copy of ``params`` (exact, rebuilt per
+    product), else central differences of its ``grad`` with a checked step."""
+    if hasattr(objective, "linearize"):
+        return objective.linearize(), "exact"
+    p = {k: float64_copy(v) for k, v in params.items()}
+    dim = sum(v.size for v in p.values())
+    if hasattr(objective, "hvp"):
+        return FlatOperator(flat_hvp(lambda v: objective.hvp(v, p), p), dim), "exact"
+    kinks = getattr(objective, "kinks", None)
+    return FlatOperator(flat_hvp(lambda v: fd_hvp(objective.grad, p, v, kink_fn=kinks)[0], p), dim), \
+        "finite differences"

@@ -16,7 +16,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from array_api_compat import array_namespace, is_numpy_array, is_torch_array
+from array_api_compat import array_namespace, is_numpy_array
 
 Array = Any  # an array of the Python array API: numpy.ndarray or torch.Tensor
 
@@ -56,14 +56,6 @@ def namespace(*arrays: Array) -> Any:
             _BY_TYPE[kind] = found
         return found
     return array_namespace(*arrays)
-
-
-def is_numpy(x: Array) -> bool:
-    return is_numpy_array(x)
-
-
-def is_torch(x: Array) -> bool:
-    return is_torch_array(x)
 
 
 def to_host(x: Array) -> np.ndarray:
@@ -123,6 +115,13 @@ def all_finite(a: Array) -> bool:
 
     with torch.no_grad():
         return bool(torch.isfinite(a.detach()).all())
+
+
+def log10_magnitudes(values: Array) -> Array:
+    """``log10(|values|)`` where the values live (zeros give -inf, which :func:`histogram` leaves out)."""
+    xp = namespace(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return xp.log10(xp.abs(values))
 
 
 def histogram(values: Array, bins: int = 64, max_values: int = 4096) -> dict[str, Any] | None:

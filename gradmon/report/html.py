@@ -12,12 +12,13 @@ import json
 from html import escape
 from typing import Any
 
+from gradmon import diagnosis
 from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where, where_phrase
-from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, severity_counts
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
+from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, count_phrase, counts_phrase, severity_counts
 
 
 CSS = """
@@ -59,7 +60,8 @@ PLOTS = (
     ("loss", "training loss", "Training loss; dashed lines mark where findings opened.", False),
     ("curvature", "curvature against the stability threshold",
      "Top Hessian eigenvalue λmax (sharpness). For gradient descent, above the threshold line (shaded) "
-     "training cannot be stable at this learning rate.", False),
+     "training cannot be stable at this learning rate. Below, when measured: the Hessian's trace, with a band "
+     "of one standard error where it is estimated (none where it is exact).", False),
     ("activations", "saturation and dead units",
      "Fraction of units pinned near ±1 (sigmoid/tanh) or outputting zero for the whole batch (ReLU).", False),
 )
@@ -98,11 +100,13 @@ def _finding(group: list) -> str:
     else:
         located = f" in {', '.join(f'<code>{escape(g.layer)}</code>' for g in group if g.layer)}"
     first, last = min(g.first_step for g in group), max(g.last_step for g in group)
+    cause = diagnosis.cause_of(f)
+    because = f" · a consequence of <code>{escape(diagnosis.name(*cause))}</code>" if cause else ""
     parts = [f'<div class="finding" data-code="{escape(f.code)}" data-severity="{escape(f.severity)}" '
              f'style="border-color:{colour}">',
              f'<h3><span class="badge" style="background:{colour}">{escape(f.severity.upper())}</span>'
              f'<code>{escape(f.code)}</code>{located}</h3>',
-             f'<div class="meta">steps {int(first)}–{int(last)}</div>',
+             f'<div class="meta">steps {int(first)}–{int(last)}{because}</div>',
              "".join(f"<p>{escape(g.message)}</p>" for g in group[:3])]
     if len(group) > 3:
         parts.append(f"<p>(and {len(group) - 3} more layers)</p>")
@@ -136,13 +140,14 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
     if not layers:
         return ""
     head = ("<tr><th>layer</th><th>activation</th><th>grad norm first</th><th>last</th><th>median</th>"
+            "<th>activation std first</th><th>last</th>"
             "<th>update ratio (median)</th><th>saturation (median)</th><th>dead fraction (median)</th></tr>")
     rows = []
     for l in layers:
-        g = l.get("grad_norm", {})
+        g, a = l.get("grad_norm", {}), l.get("act_std") or {}
         rows.append("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
             l.get("name"), l.get("activation") or NOT_APPLICABLE, g.get("first"), g.get("last"),
-            g.get("median"),
+            g.get("median"), a.get("first"), a.get("last"),
             l.get("update_ratio", {}).get("median"), l.get("saturation", {}).get("median"),
             l.get("dead_fraction", {}).get("median"))) + "</tr>")
     return f'<table id="layers">{head}{"".join(rows)}</table>'
@@ -151,10 +156,11 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
 def _curvature_table(curvature: list[dict[str, Any]]) -> str:
     if not curvature:
         return ""
-    head = "<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>HVPs</th></tr>"
-    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(c.get(k)))}</td>"
-                                     for k in ("step", "lambda_max", "threshold", "trace", "hvps")) + "</tr>"
-                   for c in curvature)
+    head = ("<tr><th>step</th><th>λmax</th><th>stability bound</th><th>trace</th><th>± (1 s.e.)</th>"
+            "<th>HVPs</th></tr>")
+    rows = "".join("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
+        c.get("step"), c.get("lambda_max"), c.get("threshold"), c.get("trace"), trace_error(c), c.get("hvps")))
+        + "</tr>" for c in curvature)
     return f"<details><summary>{len(curvature)} measurements</summary><table>{head}{rows}</table></details>"
 
 
@@ -179,10 +185,19 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
     headline = {"healthy": "Training looks healthy", "warning": "Training has problems worth fixing",
                 "error": "Training is broken"}[status]
-    top = report.worst("warning")
+    root, fix = report.root_cause, report.primary_fix
     notes = report.worst("info")
-    if top:
-        first = f"<p>Most important: <b>{escape(top[0].code)}</b> — {escape(top[0].message)}</p>"
+    if root is not None:
+        located = where_phrase(root, code=lambda name: f"<code>{escape(name)}</code>", text=escape)
+        first = (f'<p id="root-cause" data-code="{escape(root.code)}">Root cause: <b>{escape(root.code)}</b>{located}'
+                 f" — {escape(root.message)}</p>")
+        if fix is not None:
+            first += (f'<p id="first-fix" data-code="{escape(fix.code)}">First fix: {escape(fix.text)}'
+                      + (f" <code>{escape(patch_to_cli(fix.patch))}</code>" if fix.patch else "") + "</p>")
+        explains = diagnosis.consequences(root, report.findings)
+        if explains:
+            first += ("<p>It explains: " + ", ".join(f"<code>{escape(diagnosis.name(f.code, f.layer))}</code>"
+                                                     for f in explains) + ".</p>")
     elif notes:
         first = (f"<p>No warnings or errors. For information: <b>{escape(notes[0].code)}</b> — "
                  f"{escape(notes[0].message)}</p>")
@@ -192,8 +207,8 @@ def render_html(report: HealthReport, history: Any = None) -> str:
              f"{escape(status)}</title><style>{CSS}</style></head><body><main>",
              f'<section id="status" data-status="{escape(status)}" style="background:{bg};border-color:{fg};'
              f'color:{fg}"><h1>{escape(status.upper())}: {escape(headline)}</h1>',
-             f'<div class="counts"><span>{counts["error"]} errors</span><span>{counts["warning"]} warnings</span>'
-             f'<span>{counts["info"]} info</span><span>{int(report.steps)} steps</span>'
+             '<div class="counts">' + "".join(f"<span>{count_phrase(n, sev)}</span>" for sev, n in counts.items())
+             + f'<span>{int(report.steps)} steps</span>'
              f"<span>run: {escape(name)}</span><span>ended: {escape(str(report.ended))}</span></div>{first}</section>"]
     findings = report.worst("info")
     if findings:
@@ -225,3 +240,35 @@ def render_html(report: HealthReport, history: Any = None) -> str:
     parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(report.spec, indent=2, default=str))}</pre>")
     parts.append("</main></body></html>")
     return "".join(parts)
+
+
+def render_html_fragment(report: HealthReport) -> str:
+    """The report's top as a compact HTML fragment for notebooks (``HealthReport._repr_html_``): the status
+    banner, then one row per finding, worst first, with where it is and its first fix.  Inline styles only
+    (a notebook keeps no ``<style>`` of ours); every string is escaped."""
+    status = report.status
+    bg, fg = STATUS_COLOURS[status]
+    counts = severity_counts(f.severity for f in report.findings)
+    name = str(report.spec.get("name", "run")) if isinstance(report.spec, dict) else "run"
+    cell = "border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top"
+    rows = []
+    for f in report.worst("info"):
+        colour = SEVERITY_TEXT_COLOURS.get(f.severity, "#555")
+        fix = ""
+        if f.suggestions:
+            s = f.suggestions[0]
+            fix = escape(s.text) + (f"<br><code>{escape(patch_to_cli(s.patch))}</code>" if s.patch else "")
+        rows.append(f'<tr class="finding" data-code="{escape(f.code)}"><td style="{cell};color:{colour};'
+                    f'font-weight:600">{escape(f.severity.upper())}</td><td style="{cell}"><code>{escape(f.code)}'
+                    f'</code></td><td style="{cell}">{escape(where(f))}</td><td style="{cell}">'
+                    f'{escape(f.message)}</td><td style="{cell}">{fix}</td></tr>')
+    table = ""
+    if rows:
+        head = "".join(f'<th style="{cell};background:#f0f0f0">{h}</th>'
+                       for h in ("severity", "finding", "where", "what was seen", "first fix"))
+        table = f'<table style="border-collapse:collapse;font-size:12.5px;margin-top:6px"><tr>{head}</tr>' \
+                f'{"".join(rows)}</table>'
+    return (f'<div class="gradmon-report" data-status="{escape(status)}" style="font-family:system-ui,sans-serif">'
+            f'<div style="background:{bg};color:{fg};border:2px solid {fg};border-radius:8px;padding:8px 12px">'
+            f'<b>gradmon: {escape(status.upper())}</b> — {escape(name)}, {int(report.steps)} steps '
+            f'({escape(str(report.ended))}); {escape(counts_phrase(counts) or "no findings")}</div>{table}</div>')

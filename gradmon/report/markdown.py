@@ -12,9 +12,10 @@ import math
 import re
 from typing import Any
 
+from gradmon import diagnosis
 from gradmon.findings import HealthReport
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, where_phrase
-from gradmon.vocabulary import severity_counts
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where_phrase
+from gradmon.vocabulary import count_phrase, severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
 NOT_APPLICABLE = "–"
@@ -85,18 +86,43 @@ def _code_fence(text: str) -> str:
     return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
+def _diagnosis(report: HealthReport) -> list[str]:
+    """The root cause, the one fix to try first, and what the root explains (:mod:`gradmon.diagnosis`)."""
+    root = report.root_cause
+    if root is None:
+        return []
+    located = where_phrase(root, code=md_code, text=md_text)
+    out = ["## Diagnosis", "", f"**Root cause:** {md_code(root.code)}{located} ({diagnosis.severity(root, report.findings)}, from step "
+           f"{root.first_step}): {md_text(root.message)}", ""]
+    fix = report.primary_fix
+    if fix is not None:
+        out += [f"**First fix:** {md_text(fix.text)}" + (f" {md_code(patch_to_cli(fix.patch))}" if fix.patch else ""),
+                ""]
+    explains = diagnosis.consequences(root, report.findings)
+    if explains:
+        out += ["It explains: " + ", ".join(md_code(diagnosis.name(f.code, f.layer)) for f in explains) + ".", ""]
+    others = diagnosis.roots(report.findings)[1:]
+    if others:
+        out += ["Other problems: " + ", ".join(md_code(diagnosis.name(f.code, f.layer)) for f in others) + ".", ""]
+    return out
+
+
 def render_markdown(report: HealthReport, history: Any = None) -> str:
     """The report as Markdown: status, findings with evidence and suggestions, layer and curvature tables,
     the doctor's trials and the spec.  ``history`` is accepted for symmetry with HTML (no plots here)."""
     counts = severity_counts(f.severity for f in report.findings)
     out = [f"# gradmon health report: {report.status.upper()}", "",
-           f"{report.steps} steps, ended: {md_text(report.ended)}; findings: {counts['error']} errors, "
-           f"{counts['warning']} warnings, {counts['info']} info.", ""]
+           f"{report.steps} steps, ended: {md_text(report.ended)}; findings: "
+           f"{', '.join(count_phrase(n, sev) for sev, n in counts.items())}.", ""]
+    out += _diagnosis(report)
     if report.findings:
         out += ["## Findings", ""]
         for f in report.worst("info"):
             located = where_phrase(f, code=md_code, text=md_text)
-            out.append(f"### {f.severity.upper()}: {md_code(f.code)}{located} (steps {f.first_step}–{f.last_step})")
+            cause = diagnosis.cause_of(f)
+            because = f" — a consequence of {md_code(diagnosis.name(*cause))}" if cause else ""
+            out.append(f"### {f.severity.upper()}: {md_code(f.code)}{located} (steps {f.first_step}–{f.last_step})"
+                       f"{because}")
             out += ["", md_text(f.message), ""]
             if f.evidence:
                 out += ["| evidence | value |", "| --- | --- |"]
@@ -107,22 +133,24 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
                            + (f" {md_code(patch_to_cli(s.patch))}" if s.patch else ""))
             out.append("")
     if report.layers:
-        out += ["## Layers", "", "| layer | activation | grad norm (first → last) | update ratio (median) "
-                "| saturation (median) | dead fraction (median) |", "| --- | --- | --- | --- | --- | --- |"]
+        out += ["## Layers", "", "| layer | activation | grad norm (first → last) | activation std (first → last) "
+                "| update ratio (median) | saturation (median) | dead fraction (median) |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for layer in report.layers:
-            g = layer.get("grad_norm", {})
+            g, a = layer.get("grad_norm", {}), layer.get("act_std") or {}
             out.append(f"| {cell(layer.get('name'))} | {cell(layer.get('activation'))} | "
                        f"{cell(g.get('first'))} → {cell(g.get('last'))} | "
+                       f"{cell(a.get('first'))} → {cell(a.get('last'))} | "
                        f"{cell(layer.get('update_ratio', {}).get('median'))} | "
                        f"{cell(layer.get('saturation', {}).get('median'))} | "
                        f"{cell(layer.get('dead_fraction', {}).get('median'))} |")
         out.append("")
     if report.curvature:
-        out += ["## Curvature", "", "| step | λmax | stability bound | trace | HVPs |",
-                "| --- | --- | --- | --- | --- |"]
+        out += ["## Curvature", "", "| step | λmax | stability bound | trace | ± (1 s.e.) | HVPs |",
+                "| --- | --- | --- | --- | --- | --- |"]
         for c in report.curvature:
             out.append(f"| {cell(c.get('step'))} | {cell(c.get('lambda_max'))} | {cell(c.get('threshold'))} | "
-                       f"{cell(c.get('trace'))} | {cell(c.get('hvps'))} |")
+                       f"{cell(c.get('trace'))} | {cell(trace_error(c))} | {cell(c.get('hvps'))} |")
         out.append("")
     if report.extra.get("doctor"):
         doc = report.extra["doctor"]

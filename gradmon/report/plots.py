@@ -386,16 +386,31 @@ def no_threshold_note(report) -> str:
             f"gradient\ndescent does not apply (λmax for reference).")
 
 
+def trace_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, trace and its standard error of each measurement (NaN where not measured; a report written
+    before the error bar existed reads as NaN error)."""
+    steps = np.array([_number(c.get("step", 0)) for c in report.curvature])
+    trace = np.array([_number(c.get("trace")) for c in report.curvature])
+    stderr = np.array([_number(c.get("trace_stderr")) for c in report.curvature])
+    return steps, trace, stderr
+
+
 @_plain_text
 def curvature_plot(report) -> bytes | None:
-    """λmax per measurement against the stability threshold, the region above it shaded."""
+    """λmax per measurement against the stability threshold, the region above it shaded; below it, when
+    measured, the trace with a band of ± one standard error."""
     if not report.curvature:
         return None
     steps, lam, thr = curvature_series(report)
     if not np.isfinite(lam).any():
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.4, 2.8))
+    t_steps, trace, stderr = trace_series(report)
+    if np.isfinite(trace).any():
+        fig, (ax, tax) = plt.subplots(2, 1, figsize=(5.4, 4.6), sharex=True, height_ratios=(3, 2))
+        _trace_panel(tax, t_steps, trace, stderr)
+    else:
+        fig, ax = plt.subplots(figsize=(5.4, 2.8))
     ax.plot(steps, lam, marker="o", ms=3, color=OKABE_ITO[0], label="λmax (top Hessian eigenvalue)")
     if np.isfinite(thr).any():
         top = max(float(np.nanmax(lam)) * 1.15, float(np.nanmax(thr)) * 1.15)
@@ -406,13 +421,32 @@ def curvature_plot(report) -> bytes | None:
         ax.set_ylim(0, float(np.nanmax(lam)) * 1.6)
         ax.text(0.02, 0.96, no_threshold_note(report), transform=ax.transAxes, fontsize=7.5, va="top",
                 color="#444444")
-    ax.set_xlabel("step")
+    if len(fig.axes) == 1:
+        ax.set_xlabel("step")
     _integer_steps(ax)
     ax.set_ylabel("λmax of the loss Hessian")
     ax.set_title("Sharpness against the step size", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _trace_panel(ax, steps: np.ndarray, trace: np.ndarray, stderr: np.ndarray) -> None:
+    """The trace per measurement, with a band of ± one standard error (none where it is exact or unknown)."""
+    ok = np.isfinite(trace)
+    err = np.where(np.isfinite(stderr), stderr, 0.0)
+    ax.plot(steps[ok], trace[ok], marker="o", ms=3, color=OKABE_ITO[1], label="trace of the Hessian")
+    if np.any(err[ok] > 0):
+        ax.fill_between(steps[ok], trace[ok] - err[ok], trace[ok] + err[ok], color=OKABE_ITO[1], alpha=0.25,
+                        lw=0, label="± 1 standard error")
+    elif np.isfinite(stderr[ok]).any():
+        ax.text(0.02, 0.92, "exact trace (no error bar)", transform=ax.transAxes, fontsize=7.5, va="top",
+                color="#444444")
+    ax.set_xlabel("step")
+    _integer_steps(ax)
+    ax.set_ylabel("trace")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
 
 
 def all_plots(report, history=None) -> dict[str, Any]:

@@ -128,3 +128,12 @@ def doctor_rows(doc: Mapping[str, Any]) -> list[tuple[str, ...]]:
                      acc(t.get("accuracy")), dacc(t.get("delta_accuracy")), str(t.get("verdict", "")),
                      ", ".join(t.get("closed", [])) or "-", ", ".join(t.get("findings", [])) or "-"))
     return rows
+
+
+def trace_error(entry: Mapping[str, Any]) -> Any:
+    """The error bar of a curvature entry's trace, for a table cell: one standard error, ``"exact"`` when it
+    is 0 (an exact route), None (not applicable) when unknown or without a trace."""
+    trace, stderr = _number(entry.get("trace")), _number(entry.get("trace_stderr"))
+    if trace is None or not math.isfinite(trace) or stderr is None or math.isnan(stderr):
+        return None
+    return "exact" if stderr == 0 else stderr

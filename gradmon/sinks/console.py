@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from gradmon import diagnosis
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import History
 from gradmon.report.text import patch_to_cli
@@ -16,7 +17,23 @@ from gradmon.vocabulary import SEVERITY_LABELS, counts_phrase, severity_counts
 
 def format_finding(f: Finding) -> str:
     where = f" in {f.layer}" if f.layer else ""
-    return f"[gradmon] {SEVERITY_LABELS[f.severity]} {f.code}{where} at step {f.first_step}: {f.message}"
+    cause = diagnosis.cause_of(f)
+    because = f" (a consequence of {diagnosis.name(*cause)})" if cause else ""
+    return f"[gradmon] {SEVERITY_LABELS[f.severity]} {f.code}{where}{because} at step {f.first_step}: {f.message}"
+
+
+def format_diagnosis(report: HealthReport) -> list[str]:
+    """The root cause and its first fix, as the closing lines say them (empty for a healthy run)."""
+    root = report.root_cause
+    if root is None:
+        return []
+    explains = diagnosis.consequences(root, report.findings)
+    lines = [f"[gradmon] root cause: {diagnosis.name(root.code, root.layer)}"
+             + (f" (it explains {len(explains)} other finding{'s' if len(explains) != 1 else ''})" if explains else "")]
+    fix = report.primary_fix
+    if fix is not None:
+        lines.append(f"          fix: {fix.text}" + (f"  ({patch_to_cli(fix.patch)})" if fix.patch else ""))
+    return lines
 
 
 class ConsoleSink(Sink):
@@ -59,3 +76,5 @@ class ConsoleSink(Sink):
         parts = counts_phrase(severity_counts(f.severity for f in report.findings))
         self._write(f"[gradmon] {report.status.upper()} after {report.steps} steps" + (f" ({parts})" if parts else "")
                     + (f"; report: {html}" if html else ""))
+        for line in format_diagnosis(report):
+            self._write(line)
