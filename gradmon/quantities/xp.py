@@ -16,7 +16,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from array_api_compat import array_namespace, is_numpy_array
+from array_api_compat import array_namespace, is_numpy_array, is_torch_array
 
 Array = Any  # an array of the Python array API: numpy.ndarray or torch.Tensor
 
@@ -56,6 +56,11 @@ def namespace(*arrays: Array) -> Any:
             _BY_TYPE[kind] = found
         return found
     return array_namespace(*arrays)
+
+
+def is_torch(x: Array) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch)."""
+    return is_torch_array(x)
 
 
 def to_host(x: Array) -> np.ndarray:
