@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from core.spec import MOMENTUM_OPTIMIZERS, SpecError, check_memory, resolved_task, validate
+from core.spec import MOMENTUM_OPTIMIZERS, SpecError, check_memory, check_steps, resolved_task, validate
 
 
 @dataclass
@@ -35,6 +35,7 @@ def build(spec: Mapping[str, Any], callbacks: Sequence[Any] = (), progress: bool
         raise SpecError(f"data: {exc}") from None
     if d["path"] is not None:
         check_memory(spec, len(data.X_train) + len(data.X_test), data.n_features, data.n_outputs)
+        check_steps(spec, len(data.X_train))
     spec["data"]["task"] = data.task
     loss = t["loss"]
     if loss == "auto":

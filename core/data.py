@@ -10,14 +10,20 @@ int64 class labels ``(n,)`` (classification) or float64 targets ``(n, k)`` (regr
 
 from __future__ import annotations
 
+import array
 import csv
+import io
+import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
+
+from core.files import file_size, open_regular
+from core.memory import MEMORY_LIMIT, data_bytes
+from core.npz import Member, read_npz
 
 Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -116,13 +122,15 @@ STANDARDISE = frozenset({"spirals", "moons", "circles", "xor", "blobs"})
 
 # -- files --------------------------------------------------------------------------------------------------
 TASKS = ("auto", "classification", "regression")
+#: the largest .csv read (parsed as text; an .npz holds more in less memory)
+CSV_LIMIT = 256 * 2**20
 
 
 def _check(path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    if X.size == 0 or len(X) == 0:
-        raise ValueError(f"{path}: the data is empty")
     if X.ndim != 2:
         raise ValueError(f"{path}: X must be 2-D (samples, features), got shape {X.shape}")
+    if X.size == 0 or len(X) == 0:
+        raise ValueError(f"{path}: the data is empty")
     if y.ndim not in (1, 2):
         raise ValueError(f"{path}: y must have shape (n,) or (n, k), got {y.shape}")
     if len(y) != len(X):
@@ -177,6 +185,10 @@ def _labels(path: Path, y: np.ndarray, n_classes: int | None) -> tuple[np.ndarra
     if not _integral(y):
         raise ValueError(f"{path}: class labels must be whole numbers, found {float(y[y != np.round(y)][0]):g}; for "
                          f"real-valued targets set data.task = \"regression\"")
+    if y.dtype != np.bool_ and len(y) and float(np.max(np.abs(y.astype(np.float64)))) >= 2.0**53:
+        big = y[np.abs(y.astype(np.float64)) >= 2.0**53][0]
+        raise ValueError(f"{path}: class label {float(big):g} is too large to be a class label; for real-valued "
+                         f"targets set data.task = \"regression\"")
     labels = y.astype(np.int64, copy=False)
     if labels.min() < 0:
         raise ValueError(f"{path}: class labels must be >= 0, found {labels.min()}; for real-valued targets set "
@@ -209,8 +221,6 @@ def _read_file(p: Path, task: str, n_classes: int | None) -> tuple[np.ndarray, n
     """:func:`load_file`, plus the task and (classification) the class count (see :func:`_labels`)."""
     if not p.exists():
         raise ValueError(f"{p}: no such data file")
-    if p.is_dir():
-        raise ValueError(f"{p}: is a directory, not a data file")
     suffix = p.suffix.lower()
     if suffix == ".npz":
         X, y = _read_npz(p)
@@ -230,60 +240,70 @@ def _read_file(p: Path, task: str, n_classes: int | None) -> tuple[np.ndarray, n
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays X (as float64) and y of an ``.npz``; nothing pickled is ever loaded."""
-    try:
-        data = np.load(p, allow_pickle=False)
-    except ValueError:  # neither a zip of arrays nor a plain .npy array: numpy would have to unpickle it
-        raise ValueError(f"{p}: not an .npz archive of numeric arrays (pickled or object content is never "
-                         f"loaded); store arrays with np.savez(path, X=X, y=y)") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{p}: not an .npz archive (it holds one array); save X and y with "
-                         f"np.savez(path, X=X, y=y)")
-    with data:
-        missing = [k for k in ("X", "y") if k not in data.files]
+    """Arrays X (as float64) and y of an ``.npz``; their declared shapes are checked against
+    :data:`~core.memory.MEMORY_LIMIT` before a byte of data is read, and nothing pickled is ever loaded."""
+    def check(members: Mapping[str, Member]) -> None:
+        missing = [k for k in ("X", "y") if k not in members]
         if missing:
-            raise ValueError(f"{p}: missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
-        arrays = {}
+            raise ValueError(f"missing array {' and '.join(missing)} (an .npz needs arrays X and y)")
+        X = members["X"]
+        n, d = (X.shape[0], math.prod(X.shape[1:])) if X.shape else (1, 1)
+        if data_bytes(n, d) > MEMORY_LIMIT:
+            raise ValueError(f"X declares shape {X.shape}: {n:,} examples of {d:,} feature{'s' * (d != 1)} need about "
+                             f"{data_bytes(n, d) / 2**30:.3g} GiB while loading, over the "
+                             f"{MEMORY_LIMIT / 2**30:.3g} GiB limit; use fewer examples")
         for key in ("X", "y"):
-            try:
-                arrays[key] = np.asarray(data[key])  # a member that is no .npy comes back as bytes
-            except ValueError:  # numpy refuses object arrays without allow_pickle
-                raise ValueError(f"{p}: array {key} holds Python objects, and object arrays (pickles) are "
-                                 f"never loaded; store numeric arrays with np.savez(path, X=X.astype(float), "
-                                 f"y=y)") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+            dtype = members[key].dtype
+            if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+                raise ValueError(f"array {key} holds {dtype} values, not numbers; store numeric arrays "
+                                 f"(np.savez(path, X=X.astype(float), y=y))")
+
+    # X and y as float64 are the bulk; a second copy is made while converting
+    arrays = read_npz(p, MEMORY_LIMIT // 4, "data file", check)
     return _numeric_array(p, "X", arrays["X"]).astype(np.float64, copy=False), _numeric_array(p, "y", arrays["y"])
 
 
 def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Columns of a ``.csv`` (a header row skipped): all but the last as X, the last as y (float64)."""
+    """Columns of a ``.csv`` (UTF-8, a byte-order mark allowed; a header row skipped): all but the last as
+    X, the last as y (float64).  Files over :data:`CSV_LIMIT` are refused before reading."""
     try:
-        with open(p, newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        with open_regular(p, "data file") as raw:
+            size = file_size(raw)
+            if size > CSV_LIMIT:
+                raise ValueError(f"{p}: the CSV file is {size / 2**20:.3g} MiB, over the {CSV_LIMIT // 2**20} MiB "
+                                 f"read as text; store the data as .npz (np.savez(path, X=X, y=y))")
+            values, width, rows, first = array.array("d"), 0, 0, True
+            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+                for line, row in enumerate(csv.reader(fh), 1):
+                    if not row or not any(c.strip() for c in row):
+                        continue
+                    cells = _floats(row)
+                    if cells is None and first:  # a header row
+                        first = False
+                        continue
+                    first = False
+                    if cells is None:
+                        raise ValueError(f"{p}: a cell is not a number (line {line})")
+                    width = width or len(cells)
+                    if len(cells) != width or width < 2:
+                        raise ValueError(f"{p}: every row needs the same number (>= 2) of columns, y last "
+                                         f"(line {line} has {len(cells)})")
+                    values.extend(cells)
+                    rows += 1
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{p}: cannot read it as CSV ({exc})") from None
-    if rows and not _numeric(rows[0]):
-        rows = rows[1:]
     if not rows:
         raise ValueError(f"{p}: the data is empty")
-    if any(len(r) != len(rows[0]) for r in rows) or len(rows[0]) < 2:
-        raise ValueError(f"{p}: every row needs the same number (>= 2) of columns, y last")
-    try:
-        table = np.array([[float(c) for c in r] for r in rows])
-    except ValueError:
-        raise ValueError(f"{p}: a cell is not a number") from None
-    return table[:, :-1], table[:, -1]
+    table = np.frombuffer(values, dtype=np.float64).reshape(rows, width)
+    return table[:, :-1].copy(), table[:, -1].copy()
 
 
-def _numeric(row: list[str]) -> bool:
+def _floats(row: list[str]) -> list[float] | None:
+    """The cells of a row as numbers, or None when one is not a number."""
     try:
-        [float(c) for c in row]
-        return True
+        return [float(c) for c in row]
     except ValueError:
-        return False
+        return None
 
 
 # -- the data set a spec asks for ---------------------------------------------------------------------------
@@ -340,9 +360,31 @@ def load_dataset(name: str | None = None, path: str | os.PathLike | None = None,
     if len(X) - n_test < 1:
         raise ValueError(f"{label}: no training examples left after the test split")
     if standardize and (path is not None or name in STANDARDISE):
-        mean, std = X[n_test:].mean(0), X[n_test:].std(0)
-        std[std == 0] = 1.0
-        X -= mean
-        X /= std
+        _standardise(X, n_test, str(path) if path is not None else label)
     return Dataset(name=label, X_train=X[n_test:], y_train=y[n_test:], X_test=X[:n_test], y_test=y[:n_test],
                    task=task, n_classes=int(n_classes), n_features=int(X.shape[1]))
+
+
+def _standardise(X: np.ndarray, n_test: int, label: str) -> None:
+    """Standardise ``X`` in place with the statistics of its training rows (``X[n_test:]``).
+
+    Finite values near the float64 limit (1e308) overflow in the mean and the variance; such columns are
+    first divided by their largest magnitude (which leaves the standardised values the same), so the result
+    is finite whenever the data is.  ValueError naming the data set if it still is not."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = X[n_test:].mean(0), X[n_test:].std(0)
+    huge = ~(np.isfinite(mean) & np.isfinite(std))
+    if huge.any():  # rare: only then is the rescaled path taken, so ordinary data is standardised as before
+        scale = np.abs(X[:, huge]).max(0)
+        scale[scale == 0] = 1.0
+        X[:, huge] /= scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean[huge], std[huge] = X[n_test:, huge].mean(0), X[n_test:, huge].std(0)
+    std[std == 0] = 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        X -= mean
+        X /= std
+    if not np.isfinite(X).all():
+        column = int(np.argwhere(~np.isfinite(X))[0][1])
+        raise ValueError(f"{label}: column {column} of X cannot be standardised (its values overflow float64); "
+                         f"rescale the data")

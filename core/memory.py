@@ -30,6 +30,12 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} PiB"
 
 
+def data_bytes(n_samples: int, n_features: int) -> int:
+    """The memory a data set of ``n_samples`` rows of ``n_features`` features (and a target) needs while it is
+    loaded, split and standardised: float64 values, about 4 copies."""
+    return 8 * 4 * int(n_samples) * (int(n_features) + 1)
+
+
 def check_memory(spec: Mapping[str, Any], n_samples: int, n_features: int, n_outputs: int) -> None:
     """MemoryLimitError naming the key that makes the run need more than :data:`MEMORY_LIMIT` (estimated).
 
@@ -46,7 +52,7 @@ def check_memory(spec: Mapping[str, Any], n_samples: int, n_features: int, n_out
     batch = n_samples if train["batch_size"] == "full" else min(train["batch_size"], max(n_samples, 1))
     basis, probe = curvature_workspace(spec, n_params, widths, n_samples)
     parts = {
-        "data.n_samples": 8 * 4 * n_samples * (n_features + 1),
+        "data.n_samples": data_bytes(n_samples, n_features),
         "model.hidden": 40 * n_params,
         "train.batch_size": 4 * 6 * batch * sum(widths),
         "monitor.curvature_every": basis,

@@ -18,10 +18,13 @@ def progress_bar(total: int, progress: bool | None, desc: str, unit: str):
 
 
 def write_line(message: str) -> None:
-    """One line on stderr that leaves an active progress bar intact (``tqdm.write``)."""
+    """One line on stderr that leaves an active progress bar intact (``tqdm.write``); control and bidi
+    characters escaped (:func:`core.terminal.printable`)."""
     from tqdm import tqdm
 
-    tqdm.write(message, file=sys.stderr)
+    from core.terminal import printable
+
+    tqdm.write(printable(message), file=sys.stderr)
 
 
 class LineProgress:

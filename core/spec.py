@@ -18,7 +18,9 @@ data: gradmon's ``unscaled_inputs`` finding).
 follows an explicit ``train.loss`` (mse: regression), else reads whole-number targets as class labels
 (kept as given: labels 0..max, never renumbered).  A relative ``data.path`` in a spec file is relative to
 that file's directory (on the command line, to the working directory).  Sizes are checked against
-:data:`MEMORY_LIMIT` before anything is allocated.
+:data:`MEMORY_LIMIT` before anything is allocated, the number of optimizer steps against :data:`MAX_STEPS`;
+a spec file is read only when it is a regular file of at most :data:`SPEC_LIMIT` bytes, nesting at most
+:data:`MAX_DEPTH` deep.
 
 ``monitor.thresholds`` overrides the monitor's judging numbers: a table of tables of numbers, set whole
 (``[monitor.thresholds.vanishing_gradients]`` in TOML) or one number at a time
@@ -27,6 +29,9 @@ values are finite numbers; the table and field names are gradmon's (``gradmon.th
 its monitor is built.  ``monitor.tensorboard_every`` (records between TensorBoard scalar writes, default 10)
 and ``monitor.histogram_every`` (steps between histograms; 0 = none; absent = about 20 per run) set the
 TensorBoard cadence.
+
+(A little over 450 lines: the whole boundary of a spec, reading, merging and every key's rule, is kept in one
+place.)
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from core import checks
+from core.files import nesting_depth, read_bounded_text
 from core.memory import MemoryLimitError
 from core.memory import check_memory as _check_memory
 
@@ -71,6 +77,13 @@ DEFAULTS: dict[str, Any] = {
                 "thresholds": {}, "tensorboard_every": 10, "histogram_every": None},
 }
 SECTIONS = ("data", "model", "train", "monitor")
+#: the largest spec file read
+SPEC_LIMIT = 2**20
+#: how deeply a spec's tables and lists may nest (``monitor.thresholds.<table>.<name>`` is 4)
+MAX_DEPTH = 16
+#: the most optimizer steps a spec may ask for (epochs × steps per epoch): a typo such as ``epochs = 1e12``
+#: is refused at once instead of running for centuries
+MAX_STEPS = 10**9
 #: optimizers that take train.momentum and train.nesterov
 MOMENTUM_OPTIMIZERS = ("sgd", "momentum")
 
@@ -244,31 +257,38 @@ def spec_name(source: str | os.PathLike | Mapping[str, Any]) -> str:
 
 
 def read_spec_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw dict of a ``.toml`` or ``.json`` spec file."""
+    """The raw dict of a ``.toml`` or ``.json`` spec file: a regular file of at most :data:`SPEC_LIMIT` bytes
+    (UTF-8, a byte-order mark allowed) whose tables nest at most :data:`MAX_DEPTH` deep."""
     p = Path(path)
-    if not p.exists():
-        raise SpecError(f"{p}: no such spec file")
-    if p.is_dir():
-        raise SpecError(f"{p}: is a directory, not a spec file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{p}: cannot read it ({exc})") from None
     suffix = p.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        if not p.exists():
+            raise SpecError(f"{p}: no such spec file")
+        raise SpecError(f"{p}: unknown spec format {suffix!r}; use .toml or .json")
     try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise SpecError(f"{p}: unknown spec format {suffix!r}; use .toml or .json")
+        text = read_bounded_text(p, SPEC_LIMIT, "spec file")
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such spec file") from None
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        data = _shallow(json.loads(text) if suffix == ".json" else tomllib.loads(text), str(p))
     except json.JSONDecodeError as exc:
         raise SpecError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{p}: invalid TOML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        data = _shallow(None, str(p), deep=True)
     if not isinstance(data, dict):
         raise SpecError(f"{p}: a spec must be a table/object at the top level")
     return data
+
+
+def _shallow(value: Any, where: str, deep: bool = False) -> Any:
+    """``value``, or SpecError when it nests more than :data:`MAX_DEPTH` deep (``deep``: the parser said so)."""
+    if deep or nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
+        raise SpecError(f"{where}: nested too deeply (a spec nests at most {MAX_DEPTH} levels)")
+    return value
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -281,9 +301,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise SpecError(f"--set {item!r}: the key is empty")
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        value = _shallow(tomllib.loads(f"v = {text}")["v"], f"--set {key}")
     except tomllib.TOMLDecodeError:
         value = text
+    except RecursionError:
+        value = _shallow(None, f"--set {key}", deep=True)
     return key, value
 
 
@@ -365,9 +387,23 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         n = min(data["n_samples"], N_DIGITS) if data["name"] == "digits" else data["n_samples"]
         n_features, n_outputs = SHAPES[data["name"]]
         check_memory(spec, n, n_features, data["n_classes"] or n_outputs)
+        check_steps(spec, n - int(round(data["test_fraction"] * n)))
     else:  # the file's sizes are checked once it is read (build); the network alone can be checked now
         check_memory(spec, 0, 1, 1)
+        check_steps(spec, 1)
     return spec
+
+
+def check_steps(spec: Mapping[str, Any], n_train: int) -> None:
+    """SpecError naming ``train.epochs`` when the run would take more than :data:`MAX_STEPS` optimizer steps
+    (``epochs × ceil(n_train / batch_size)``; one step per epoch for full-batch training)."""
+    train = spec["train"]
+    batch = max(1, n_train) if train["batch_size"] == "full" else train["batch_size"]
+    per_epoch = max(1, -(-max(1, n_train) // batch))
+    total = train["epochs"] * per_epoch
+    if total > MAX_STEPS:
+        raise SpecError(f"train.epochs: {train['epochs']:,} epochs of {per_epoch:,} steps are {total:.3g} optimizer "
+                        f"steps, over the limit of {MAX_STEPS:.0e}; use fewer epochs")
 
 
 def resolved_task(data: Mapping[str, Any], train: Mapping[str, Any]) -> str:
@@ -424,7 +460,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence
         raise TypeError(f"a spec is a path to a .toml/.json file or a dict, got {type(source).__name__}")
     spec = copy.deepcopy(DEFAULTS)
     if isinstance(source, Mapping):
-        raw = dict(source)
+        raw = dict(_shallow(source, "the spec"))
         spec["name"] = spec_name(source)
     else:
         raw = read_spec_file(source)

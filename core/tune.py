@@ -79,6 +79,8 @@ def _parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ValueError(f"--grid value {text[:40]!r}...: nested too deeply") from None
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:

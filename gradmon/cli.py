@@ -1,7 +1,10 @@
 """The ``gradmon`` command line: run, check, report, doctor, tune, demo.
 
 Bad input (a missing file, an unknown key, a wrong type, an impossible value) gives one line on stderr
-naming the problem and exit code 2, never a traceback.
+naming the problem and exit code 2, never a traceback.  A run whose report.json could not be written (a
+full disk) exits 3.  Ctrl-C, SIGTERM and SIGHUP end a run with its report written (``ended: interrupted`` or
+``terminated``) and exit 130, 143 and 129.  Everything printed has its control and bidi characters escaped
+(:func:`core.terminal.printable`): names and messages can come from files the user did not write.
 
     gradmon demo                                   # a pathology and its fix, side by side
     gradmon run examples/specs/moons.toml --set train.lr=0.5
@@ -16,9 +19,11 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+#: the run trained, but its report.json could not be written (the console says why)
+EXIT_NOT_WRITTEN = 3
 
 
 class UsageError(Exception):
@@ -37,7 +42,19 @@ def _load_spec(source: str | os.PathLike, overrides: Sequence[str]) -> dict[str,
 
 
 def _print(line: str = "") -> None:
-    print(line, flush=True)
+    from core.terminal import printable
+
+    print(printable(line, keep_newlines=True), flush=True)
+
+
+def _error(message: object) -> None:
+    """One line on stderr: ``gradmon: <message>`` (escaped, newlines included)."""
+    from core.terminal import printable
+
+    try:
+        print(f"gradmon: {printable(message)}", file=sys.stderr, flush=True)
+    except OSError:  # stderr is gone (a closed terminal after SIGHUP): nothing else to do
+        pass
 
 
 def _report_file(files: Sequence[Path]) -> Path | None:
@@ -61,24 +78,55 @@ def _print_report(prefix: str, files: Sequence[Path], note: str = "") -> None:
 
 # -- commands -----------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from gradmon.run import default_logdir, run_spec
+    from gradmon.run import run_spec
 
     spec = _load_spec(args.spec, args.set)
-    logdir = Path(args.logdir) if args.logdir else default_logdir(spec)
-    args.run_dir = logdir  # for the message if the run is interrupted
-    result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet)
+    logdir = _claim(args, spec)
+    result = run_spec(spec, logdir, progress=_progress(args), console=not args.quiet, resume=args.resume)
     _print_report("report:     ", result.reports)
     _print(f"tensorboard: tensorboard --logdir {logdir}   (then http://localhost:6006/#custom_scalars)")
     _print(f"status:      {result.report.status} ({len(result.report.findings)} findings, "
            f"final loss {result.final_loss:.4g})")
-    if args.fail_on is not None:
-        from gradmon.report.check import exit_code, summary_line
-
-        code = exit_code(result.report, args.fail_on)
-        if code:
-            _print(summary_line(result.report, args.fail_on))
+    code = _written(logdir, result.reports)
+    if code or args.fail_on is None:
         return code
-    return EXIT_OK
+    from gradmon.report.check import exit_code, summary_line
+
+    code = exit_code(result.report, args.fail_on)
+    if code:
+        _print(summary_line(result.report, args.fail_on))
+    return code
+
+
+def _written(logdir: Path, files: Sequence[Path]) -> int:
+    """:data:`EXIT_OK` when the run's report.json is among ``files``, else a line saying it is not and
+    :data:`EXIT_NOT_WRITTEN`."""
+    if any(Path(p).name == "report.json" for p in files):
+        return EXIT_OK
+    _error(f"error: the run's report.json could not be written to {logdir} (see the errors above)")
+    return EXIT_NOT_WRITTEN
+
+
+def _claim(args: argparse.Namespace, spec: Mapping[str, Any]) -> Path:
+    """The command's logdir (``--logdir``, else a new ``runs/<name>-<time>``), claimed for its run by
+    :func:`gradmon.outputs.claim_logdir` (``--overwrite``, ``--resume`` or a new one); :func:`main` releases
+    the lock at the end.  ``args.run_dir`` names it for the message on an interrupt."""
+    from gradmon.outputs import check_local, claim_logdir
+    from gradmon.run import default_logdir
+
+    mode = "resume" if getattr(args, "resume", False) else "overwrite" if getattr(args, "overwrite", False) else "new"
+    if args.logdir:
+        check_local(args.logdir)
+        logdir = Path(args.logdir)
+        args.created = [p for p in (logdir, *logdir.parents) if not p.exists()]
+    else:
+        if mode == "resume":
+            raise UsageError("--resume needs the --logdir of the run to continue")
+        logdir = default_logdir(spec)
+        args.created = [logdir]
+    args.lock = claim_logdir(logdir, mode)
+    args.run_dir = logdir
+    return logdir
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -90,7 +138,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         text = "\n".join(summary_line(r, args.fail_on, name) for name, r in runs)
     else:
         text = render_many(runs, args.format, args.fail_on)
-    sys.stdout.write(text.rstrip("\n") + "\n")
+    _print(text.rstrip("\n"))
     return max(exit_code(r, args.fail_on) for _, r in runs)
 
 
@@ -102,6 +150,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = HealthReport.load(run_dir)
     history = History.load(run_dir / "history.npz") if (run_dir / "history.npz").exists() else None
     out = Path(args.output) if args.output else run_dir / "report.html"
+    if (out.exists() or out.is_symlink()) and not out.is_file():  # /dev/stdout, a FIFO: never replaced by a file
+        raise UsageError(f"-o {out}: not a regular file; name a file for the report (it is written whole, then "
+                         f"renamed into place)")
     report.save(out, history=history)
     _print(str(out))
     return EXIT_OK
@@ -109,10 +160,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gradmon.doctor import doctor, render_doctor
-    from gradmon.run import default_logdir
 
     spec = _load_spec(args.spec, args.set)
-    logdir = Path(args.logdir) if args.logdir else default_logdir({"name": f"doctor-{spec.get('name') or 'run'}"})
+    logdir = _claim(args, {"name": f"doctor-{spec.get('name') or 'run'}"})
     result = doctor(spec, budget_steps=args.budget_steps, workers=args.workers, progress=_progress(args),
                     logdir=logdir, trial_logs=args.logdir is not None, source=args.spec, overrides=args.set)
     if args.format == "json":
@@ -160,14 +210,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from core.spec import apply_patch, load_spec
     from gradmon.report.text import patch_to_cli
-    from gradmon.run import default_logdir, hparam_keys, run_spec
+    from gradmon.run import hparam_keys, run_spec
     from gradmon.scenarios import FIXES, SCENARIOS, scenario_text
 
     if args.scenario is not None and args.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {args.scenario!r}; use one of {', '.join(SCENARIOS)}")
     name = args.scenario or "vanishing"
     spec = load_spec(tomllib.loads(scenario_text(name)), args.set)
-    root = Path(args.logdir) if args.logdir else default_logdir({"name": f"demo-{name}"})
+    root = _claim(args, {"name": f"demo-{name}"})
     with_fix = name in FIXES and not args.no_fix
     _print(f"gradmon demo: {SCENARIOS[name]}" + (" — and the same run with its fix" if with_fix else ""))
     results = []
@@ -270,7 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train a spec with the monitor")
     p.add_argument("spec", help="a TOML or JSON run spec")
-    p.add_argument("--logdir", help="where events and reports go (default runs/<name>-<time>)")
+    p.add_argument("--logdir", help="where events and reports go (default runs/<name>-<time>); a directory that "
+                   "holds files is refused unless --overwrite or --resume")
+    reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument("--overwrite", action="store_true", help="replace the run in --logdir (its events, reports, "
+                       "history and checkpoint)")
+    reuse.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint.npz "
+                       "(same spec; raise train.epochs to train longer): bitwise the run it would have been")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     p.add_argument("--fail-on", choices=("info", "warning", "error"), default=None,
                    help="exit 1 when the run has a finding at or above this severity (default: exit 0)")
@@ -299,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--logdir", help="where the baseline's report (with the ranking), doctor.txt and each trial's "
                    "events and reports go (default runs/doctor-<name>-<time>, baseline and table only)")
+    p.add_argument("--overwrite", action="store_true", help="replace what a previous doctor wrote in --logdir")
     common(p)
     p.set_defaults(func=cmd_doctor)
 
@@ -321,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "healthy")
     p.add_argument("--no-fix", action="store_true", help="run the scenario alone, without its fix beside it")
     p.add_argument("--logdir", help="where the runs go (default runs/demo-<scenario>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace what a previous demo wrote in --logdir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     common(p)
     p.set_defaults(func=cmd_demo)
@@ -328,36 +386,76 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gradmon.signals import termination_as_interrupt
+
+    with termination_as_interrupt():  # SIGTERM and SIGHUP end a run like Ctrl-C, with its report
+        args = argparse.Namespace()
+        try:
+            return _main(argv, args)
+        except KeyboardInterrupt as exc:
+            return _interrupted(args, exc)
+        finally:
+            lock = getattr(args, "lock", None)
+            if lock is not None:
+                lock.release()
+            for directory in getattr(args, "created", []):  # made for a command that failed before writing
+                try:
+                    directory.rmdir()
+                except OSError:  # not empty: the run's files
+                    break
+
+
+def _main(argv: Sequence[str] | None, args: argparse.Namespace) -> int:
     parser = build_parser()
-    args = None
     try:
-        args = parser.parse_args(argv)
+        parser.parse_args(argv, namespace=args)
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         return int(args.func(args))
     except UsageError as exc:
-        print(f"gradmon: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return EXIT_USAGE
     except (ValueError, FileNotFoundError, ImportError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"gradmon: error: {message}", file=sys.stderr)
+        _error(f"error: {message}")
         return EXIT_USAGE
+    except BrokenPipeError:  # `gradmon check DIR | head -1`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_OK
     except OSError as exc:
-        print(f"gradmon: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return EXIT_USAGE
     except MemoryError:
-        print("gradmon: error: out of memory: make the data (data.n_samples) or the model (model.hidden) smaller",
-              file=sys.stderr)
+        _error("error: out of memory: make the data (data.n_samples) or the model (model.hidden) smaller")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        run_dir = getattr(args, "run_dir", None)
-        if run_dir is not None and (Path(run_dir) / "report.json").exists():
-            print(f"gradmon: interrupted; the partial run's report.json and event files are in {run_dir}",
-                  file=sys.stderr)
-        else:
-            print("gradmon: interrupted before a report was written", file=sys.stderr)
-        return 130
+    except RecursionError:
+        _error("error: the input is nested too deeply")
+        return EXIT_USAGE
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Say where an interrupted or terminated run's files are; the exit code of its signal (130 for Ctrl-C,
+    143 for SIGTERM, 129 for SIGHUP)."""
+    from gradmon.signals import exit_code
+
+    how = "terminated" if getattr(exc, "ended", "") == "terminated" else "interrupted"
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and (Path(run_dir) / "report.json").exists():
+        _error(f"{how}; the partial run's report.json and event files are in {run_dir}")
+    else:
+        _error(f"{how} before a report was written")
+    return exit_code(exc)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

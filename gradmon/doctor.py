@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from core.files import atomic_write_text
 from core.progress import LineProgress, StepLines, progress_bar, progress_or_lines, write_line
 from core.tune import json_safe
 from gradmon.report.text import DOCTOR_COLUMNS, cli_value, doctor_rows, format_loss, loss_change, patch_to_cli
@@ -375,7 +376,7 @@ def doctor(spec: Mapping[str, Any], budget_steps: int = 300, workers: int | None
     if root:
         _write_hparams(root, spec, outcomes)
         result.reports = _write_into_report(os.path.join(root, "baseline"), result)
-        Path(root, "doctor.txt").write_text(render_doctor(result) + "\n", encoding="utf-8")
+        atomic_write_text(Path(root, "doctor.txt"), render_doctor(result) + "\n")  # never through a planted link
     return result
 
 

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, nesting_depth, read_bounded_text
 from core.tune import json_safe
 from gradmon import diagnosis
 from gradmon.vocabulary import STATUSES, severity_rank
 
 SCHEMA = "gradmon.report/1"
+#: the largest report.json read, and how deeply its objects and lists may nest
+LOAD_LIMIT = 256 * 2**20
+MAX_DEPTH = 32
 
 #: Finding codes of the contract, with a one-line meaning (used in reports and errors).
 FINDING_CODES: dict[str, str] = {
@@ -229,10 +232,16 @@ class HealthReport:
             p = p / "report.json"
         if not p.exists():
             raise FileNotFoundError(f"no report at {p}: run `gradmon run SPEC --logdir DIR` first")
+        text = read_bounded_text(p, LOAD_LIMIT, "report")  # a regular file, bounded: never a FIFO or /dev/zero
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(text)
+            deep = nesting_depth(data, MAX_DEPTH) > MAX_DEPTH
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            deep = True
+        if deep:
+            raise ValueError(f"{p}: nested too deeply for a gradmon report (at most {MAX_DEPTH} levels)")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError, KeyError) as exc:

@@ -19,11 +19,14 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from core.files import atomic_write
+from core.npz import Member, read_npz
 
 SCALARS: tuple[str, ...] = ("loss", "grad_norm", "clip_coef", "lr")
 LAYER_QUANTITIES: tuple[str, ...] = (
     "grad_norm", "weight_norm", "update_ratio", "saturation", "dead_fraction", "act_mean", "act_std", "bias_mean",
 )
+#: the most bytes of arrays :meth:`History.load` reads (a history is capacity × layers × quantities floats)
+LOAD_LIMIT = 2**30
 
 
 class Record:
@@ -198,20 +201,46 @@ class History(_Buffers):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "History":
-        """Read a history written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            names = [str(s) for s in data["layer_names"]]
-            n = int(data["steps"].shape[0])
-            h = cls(names, capacity=max(4, n + (n % 2)))
-            h._n = h._seen = n
-            h.stride = int(data["stride"])
-            h._steps[:n] = data["steps"]
-            for i, k in enumerate(SCALARS):
-                if f"scalar/{k}" in data:
-                    h._scalars[:n, i] = data[f"scalar/{k}"]
-            for i, k in enumerate(LAYER_QUANTITIES):
-                if f"layer/{k}" in data:
-                    h._layers[:n, i, :] = data[f"layer/{k}"]
+        """Read a history written by :meth:`save`.  A damaged file (truncated, bit-flipped, arrays of the
+        wrong shapes, not a history at all) is one ValueError naming it; sizes are checked before any data
+        is read (:func:`core.npz.read_npz`), and nothing pickled is ever loaded."""
+        p = os.fspath(path)
+
+        def check(members: Mapping[str, Member]) -> None:
+            missing = [k for k in ("steps", "layer_names", "stride") if k not in members]
+            if missing:
+                raise ValueError(f"not a gradmon history: it has no {', '.join(missing)}")
+            steps, names = members["steps"], members["layer_names"]
+            if len(steps.shape) != 1 or steps.dtype.kind not in "iu":
+                raise ValueError(f"not a gradmon history: steps is {steps.dtype} of shape {steps.shape}")
+            if len(names.shape) != 1 or names.dtype.kind != "U":
+                raise ValueError(f"not a gradmon history: layer_names is {names.dtype} of shape {names.shape}")
+            if members["stride"].shape != () or members["stride"].dtype.kind not in "iu":
+                raise ValueError("not a gradmon history: stride is not an integer")
+            n, n_layers = steps.shape[0], names.shape[0]
+            for group, keys, shape in (("scalar", SCALARS, (n,)), ("layer", LAYER_QUANTITIES, (n, n_layers))):
+                for k in keys:
+                    m = members.get(f"{group}/{k}")
+                    if m is not None and (m.shape != shape or m.dtype.kind not in "fiu"):
+                        raise ValueError(f"not a gradmon history: {group}/{k} is {m.dtype} of shape {m.shape}, "
+                                         f"expected numbers of shape {shape}")
+
+        data = read_npz(p, LOAD_LIMIT, "history", check)
+        stride = int(data["stride"])
+        if stride < 1:
+            raise ValueError(f"{p}: not a gradmon history: stride {stride} is not a positive integer")
+        names = [str(s) for s in data["layer_names"]]
+        n = int(data["steps"].shape[0])
+        h = cls(names, capacity=max(4, n + (n % 2)))
+        h._n = h._seen = n
+        h.stride = stride
+        h._steps[:n] = data["steps"]
+        for i, k in enumerate(SCALARS):
+            if f"scalar/{k}" in data:
+                h._scalars[:n, i] = data[f"scalar/{k}"]
+        for i, k in enumerate(LAYER_QUANTITIES):
+            if f"layer/{k}" in data:
+                h._layers[:n, i, :] = data[f"layer/{k}"]
         return h
 
 

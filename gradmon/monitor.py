@@ -35,6 +35,7 @@ from gradmon.quantities.gradients import first_nonfinite
 from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes
 from gradmon.recorder import Recorder
 from gradmon.schedules import Schedule, every as every_schedule
+from gradmon.signals import held
 from gradmon.sinks.base import Sink, SinkSet
 from gradmon.sinks.console import ConsoleSink
 from gradmon.thresholds import Thresholds
@@ -286,16 +287,18 @@ class Monitor(Callback):
         self.close()
 
     def on_exception(self, exc: BaseException, state: StepState | None) -> None:
-        if self.recorder.pending is not None:
-            self._commit(None)
-        if state is not None:
-            self.steps = max(self.steps, state.step + 1)
-        self.ended = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
-            f"exception: {type(exc).__name__}: {exc}"
-        try:
-            self._judge(final=True)
-        finally:
-            self.close()
+        with held():  # a second Ctrl-C waits the milliseconds until report.json is written (see gradmon.signals)
+            if self.recorder.pending is not None:
+                self._commit(None)
+            if state is not None:
+                self.steps = max(self.steps, state.step + 1)
+            # Ctrl-C is "interrupted"; SIGTERM/SIGHUP arrive as a KeyboardInterrupt that says "terminated"
+            self.ended = getattr(exc, "ended", "interrupted") if isinstance(exc, KeyboardInterrupt) else \
+                f"exception: {type(exc).__name__}: {exc}"
+            try:
+                self._judge(final=True)
+            finally:
+                self.close()
 
     def should_stop(self) -> str | None:
         """Stop before a non-finite update is applied (unless ``stop_on_nonfinite=False``)."""
@@ -527,8 +530,11 @@ class Monitor(Callback):
             return
         self._closed = True
         report = self.report()
-        written = self.save(report=report) if self.logdir is not None else []
-        self.sinks.emit("close", report, self.recorder.history, written)
+        written: list[Path] = []
+        try:
+            written = self.save(report=report) if self.logdir is not None else []
+        finally:  # a Ctrl-C during the slow HTML report (report.json is written by then) still closes the sinks
+            self.sinks.emit("close", report, self.recorder.history, written)
 
 
 def _finite_step(loss: float, loss_known: bool, gnorm: float) -> bool:

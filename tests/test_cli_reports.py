@@ -105,8 +105,8 @@ def test_demo_runs_a_pathology_and_its_fix(tmp_path):
 
 
 def test_run_names_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
-    """A reused --logdir holds a stale report.html: when this run cannot write its own, the path printed is
-    the report.json it did write, not the stale file."""
+    """A resumed run's --logdir holds a stale report.html: when this run cannot write its own, the path
+    printed is the report.json it did write, not the stale file."""
     spec = tmp_path / "s.toml"
     spec.write_text('[data]\nname = "moons"\nn_samples = 200\n[model]\nhidden = [8]\n[train]\nepochs = 1\n'
                     '[monitor]\ncurvature_every = 0\n')
@@ -119,7 +119,7 @@ def test_run_names_only_a_report_it_wrote(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(__import__("gradmon.findings").findings.RENDERERS, ".html", broken)
     assert (logdir / "report.html").exists()  # stale from the first run
-    assert main(["run", str(spec), "--logdir", str(logdir), "-q"]) == 0
+    assert main(["run", str(spec), "--logdir", str(logdir), "-q", "--resume", "--set", "train.epochs=2"]) == 0
     out = capsys.readouterr().out
     assert f"report:      {logdir / 'report.json'} (report.html could not be written: see above)" in out
     assert str(logdir / "report.html") not in out

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: gradmon's modules by layer: a module may import modules of its own layer or lower ones, never higher
 LAYERS: list[tuple[str, ...]] = [
-    ("gradmon.vocabulary", "gradmon.schedules", "gradmon.thresholds", "gradmon.quantities.xp"),
+    ("gradmon.vocabulary", "gradmon.schedules", "gradmon.thresholds", "gradmon.quantities.xp", "gradmon.signals"),
     ("gradmon.findings", "gradmon.diagnosis", "gradmon.history", "gradmon.layout"),
     ("gradmon.quantities",),
     ("gradmon.detectors", "gradmon.advice", "gradmon.causes"),
@@ -26,10 +26,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("gradmon.cli", "gradmon.torch", "gradmon.lightning", "gradmon.huggingface", "gradmon.__main__", "gradmon"),
 ]
 #: what of core gradmon may use: the hook protocol everywhere, and named public helpers
-CORE_FOR_ALL = ("core.callbacks", "core.files", "core.progress")
+CORE_FOR_ALL = ("core.callbacks", "core.files", "core.npz", "core.progress", "core.terminal")
 CORE_FOR_RUNNERS = {"core.objective": ("gradmon.measure",), "core.losses": ("gradmon.measure",),
                     "core.spec": ("gradmon.run", "gradmon.doctor", "gradmon.search", "gradmon.cli"),
-                    "core.build": ("gradmon.run",),
+                    "core.build": ("gradmon.run",), "core.checkpoint": ("gradmon.run",),
                     "core.tune": ("gradmon.findings", "gradmon.doctor", "gradmon.cli")}
 PRESENTERS = ("gradmon.report", "gradmon.sinks")
 MEASURING_OR_JUDGING = ("gradmon.quantities", "gradmon.recorder", "gradmon.jury", "gradmon.detectors",

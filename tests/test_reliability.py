@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 
 import numpy as np
@@ -282,3 +283,96 @@ def test_ctrl_c_before_training_says_no_report_was_written(tmp_path, monkeypatch
     monkeypatch.setattr(gradmon.run, "run_spec", interrupted)
     assert main(["run", str(scenario_path("healthy")), "--logdir", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == "gradmon: interrupted before a report was written"
+
+
+# -- the monitor never changes training ---------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("clip", [{}, {"clip_norm": 0.5}, {"clip_value": 0.01}, {"clip_norm": 0.5, "clip_value": 0.01}])
+def test_the_monitor_never_changes_training(optimizer, clip):
+    """Parameters after training are bitwise equal with and without a monitor that measures everything it
+    can (every step, curvature, histograms), whatever the optimizer and the clipping."""
+    X, y = moons(192)
+
+    def train(monitored: bool) -> dict[str, np.ndarray]:
+        net = core.Sequential([core.Dense(2, 12, init="he_normal"), core.BatchNorm(12), core.Tanh(), core.Dropout(0.1),
+                               core.Dense(12, 12), core.ReLU(), core.Dense(12, 2)], seed=3)
+        callbacks = [gradmon.Monitor(console=False, curvature_every=5, curvature_samples=48, histogram_every=3,
+                                     weight_every=1)] if monitored else []
+        trainer = core.Trainer(net, optimizer=core.get_optimizer(optimizer, lr=0.05), batch_size=32, l2=1e-3, seed=1,
+                               progress=False, callbacks=callbacks, **clip)
+        trainer.fit(X, y, epochs=2)
+        return {k: v.copy() for k, v in {**net.state_dict(), **trainer.optimizer.state_dict()}.items()}
+
+    plain, monitored = train(False), train(True)
+    assert plain.keys() == monitored.keys()
+    for k, v in plain.items():
+        assert np.array_equal(v, monitored[k]), k
+
+
+# -- checkpoints: checked whole before anything changes -----------------------------------------------------------
+def _trainer_state(trainer):
+    return ({k: v.copy() for k, v in trainer.model.state_dict().items()},
+            {k: np.array(v, copy=True) for k, v in trainer.optimizer.state_dict().items()},
+            trainer.step, trainer.epoch, trainer.rng.bit_generator.state, trainer.model.dropout_rng.bit_generator.state)
+
+
+def _same_state(a, b):
+    return all(np.array_equal(v, b[0][k]) for k, v in a[0].items()) and a[1].keys() == b[1].keys() and \
+        all(np.array_equal(v, b[1][k]) for k, v in a[1].items()) and a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda a: a.update({"optimizer/all/m": a["optimizer/all/m"][:-1]}), "optimizer slot 'm' is float32 of shape"),
+    (lambda a: a.update({"optimizer/all/v": a["optimizer/all/v"].astype(np.float64)}), "optimizer slot 'v'"),
+    (lambda a: a.pop("model/batchnorm1.running_var"), "it has no batchnorm1.running_var"),
+    (lambda a: a.update({"model/dense0.weight": np.zeros((3, 16), np.float32)}), "dense0.weight is float32 of shape"),
+    (lambda a: a.update({"meta": np.array(json.dumps({**json.loads(str(a["meta"])), "dropout_rng": {"x": 1}}))}),
+     "dropout_rng"),
+    (lambda a: a.update({"meta": np.array(json.dumps({**json.loads(str(a["meta"])), "step": -4}))}), "step -4"),
+    (lambda a: a.update({"meta": np.array("[" * 5000 + "]" * 5000)}), "not a readable checkpoint"),
+    (lambda a: a.update({"extra": np.zeros(3)}), "unexpected array 'extra'"),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused_at_load_and_changes_nothing(tmp_path, damage, message):
+    X, y = moons(96)
+    source = make_trainer()
+    source.fit(X, y, epochs=1, checkpoint=tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    damage(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    target = make_trainer(seed=5)
+    target.fit(X, y, epochs=1)
+    before = _trainer_state(target)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_checkpoint(tmp_path / "bad.npz", target)
+    assert "\n" not in str(info.value) and str(tmp_path / "bad.npz") in str(info.value)
+    assert _same_state(before, _trainer_state(target))
+
+
+def test_damaged_checkpoint_files_are_one_clear_error(tmp_path):
+    """Truncated at every length class and bit-flipped: always ValueError naming the file, never BadZipFile,
+    EOFError, zlib.error or NotImplementedError, and the trainer untouched."""
+    X, y = moons(96)
+    trainer = make_trainer()
+    trainer.fit(X, y, epochs=1, checkpoint=tmp_path / "c.npz")
+    raw = (tmp_path / "c.npz").read_bytes()
+    rng = np.random.default_rng(0)
+    before = _trainer_state(trainer)
+    cases = [raw[:n] for n in (0, 1, 10, 100, len(raw) // 2, len(raw) - 22, len(raw) - 1)]
+    for _ in range(40):
+        flipped = bytearray(raw)
+        flipped[int(rng.integers(len(raw)))] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(flipped))
+    refused = 0
+    for i, case in enumerate(cases):
+        path = tmp_path / f"d{i}.npz"
+        path.write_bytes(case)
+        try:
+            load_checkpoint(path, trainer)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            assert _same_state(before, _trainer_state(trainer))
+            refused += 1
+        else:  # a flip in a field nothing reads (a timestamp, padding) loads the same state
+            assert _same_state(before, _trainer_state(trainer))
+    assert refused >= len(cases) // 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from html import escape
+from html import escape as _escape
 from typing import Any
 
 from gradmon import diagnosis
@@ -17,8 +17,13 @@ from gradmon.findings import HealthReport
 from gradmon.report import plots
 from gradmon.report.markdown import NOT_APPLICABLE, fmt
 from gradmon.report.plots import HEATMAP_FLOOR
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, entry, patch_to_cli, trace_error, where, where_phrase
 from gradmon.vocabulary import SEVERITY_TEXT_COLOURS, STATUS_COLOURS, count_phrase, counts_phrase, severity_counts
+
+
+def escape(value: Any, quote: bool = True) -> str:
+    """``value`` as HTML text (a mistyped report.json field, a number where text belongs, renders as text)."""
+    return _escape(value if isinstance(value, str) else str(value), quote)
 
 
 CSS = """
@@ -144,12 +149,12 @@ def _layers_table(layers: list[dict[str, Any]]) -> str:
             "<th>update ratio (median)</th><th>saturation (median)</th><th>dead fraction (median)</th></tr>")
     rows = []
     for l in layers:
-        g, a = l.get("grad_norm", {}), l.get("act_std") or {}
+        g, a = entry(l, "grad_norm"), entry(l, "act_std")
         rows.append("<tr>" + "".join(f"<td>{escape(fmt(v))}</td>" for v in (
             l.get("name"), l.get("activation") or NOT_APPLICABLE, g.get("first"), g.get("last"),
             g.get("median"), a.get("first"), a.get("last"),
-            l.get("update_ratio", {}).get("median"), l.get("saturation", {}).get("median"),
-            l.get("dead_fraction", {}).get("median"))) + "</tr>")
+            entry(l, "update_ratio").get("median"), entry(l, "saturation").get("median"),
+            entry(l, "dead_fraction").get("median"))) + "</tr>")
     return f'<table id="layers">{head}{"".join(rows)}</table>'
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from gradmon import diagnosis
 from gradmon.findings import HealthReport
-from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, patch_to_cli, trace_error, where_phrase
+from gradmon.report.text import DOCTOR_COLUMNS, doctor_rows, entry, patch_to_cli, trace_error, where_phrase
 from gradmon.vocabulary import count_phrase, severity_counts
 
 #: Shown where a quantity does not apply (saturation of a ReLU layer) or was not measured.
@@ -137,13 +137,13 @@ def render_markdown(report: HealthReport, history: Any = None) -> str:
                 "| update ratio (median) | saturation (median) | dead fraction (median) |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for layer in report.layers:
-            g, a = layer.get("grad_norm", {}), layer.get("act_std") or {}
+            g, a = entry(layer, "grad_norm"), entry(layer, "act_std")
             out.append(f"| {cell(layer.get('name'))} | {cell(layer.get('activation'))} | "
                        f"{cell(g.get('first'))} → {cell(g.get('last'))} | "
                        f"{cell(a.get('first'))} → {cell(a.get('last'))} | "
-                       f"{cell(layer.get('update_ratio', {}).get('median'))} | "
-                       f"{cell(layer.get('saturation', {}).get('median'))} | "
-                       f"{cell(layer.get('dead_fraction', {}).get('median'))} |")
+                       f"{cell(entry(layer, 'update_ratio').get('median'))} | "
+                       f"{cell(entry(layer, 'saturation').get('median'))} | "
+                       f"{cell(entry(layer, 'dead_fraction').get('median'))} |")
         out.append("")
     if report.curvature:
         out += ["## Curvature", "", "| step | λmax | stability bound | trace | ± (1 s.e.) | HVPs |",

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from gradmon.report.text import entry
 from gradmon.vocabulary import SEVERITIES, SEVERITY_COLOURS, STABILITY_BOUND_OPTIMIZERS, stability_formula, \
     stability_threshold
 
@@ -340,8 +341,9 @@ def _train_settings(report) -> tuple[str | None, float, bool]:
     0.9 for the ``momentum`` optimizer), or, for a loop without a spec (PyTorch, hand-written), the
     optimizer's hyperparameters that :func:`gradmon.outputs.spec_from_run` puts there.  Only ``sgd`` and
     ``momentum`` have a momentum that enters the stability bound."""
-    train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
+    train = entry(report.spec, "train")
     optimizer = train.get("optimizer")
+    optimizer = optimizer if isinstance(optimizer, str) else None
     momentum = _number(train.get("momentum")) if optimizer in STABILITY_BOUND_OPTIMIZERS else 0.0
     momentum = momentum if math.isfinite(momentum) else 0.0  # None (null) reads as NaN
     return (str(optimizer) if optimizer is not None else None), momentum, bool(train.get("nesterov")) and momentum > 0
@@ -351,7 +353,7 @@ def curvature_series(report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, λmax and the stability threshold of each measurement (NaN threshold when not defined):
     the monitor's ``threshold`` when recorded, else the bound of gradient descent at the spec's lr (see
     :func:`gradmon.vocabulary.stability_threshold`)."""
-    train = report.spec.get("train", {}) if isinstance(report.spec, dict) else {}
+    train = entry(report.spec, "train")
     optimizer, momentum, nesterov = _train_settings(report)
     lr = _number(train.get("lr"))
     steps, lam, thr = [], [], []

@@ -26,6 +26,13 @@ def patch_to_cli(patch: Mapping[str, Any]) -> str:
     return " ".join(f"--set {k}={cli_value(v)}" for k, v in patch.items())
 
 
+def entry(record: Any, key: str) -> Mapping[str, Any]:
+    """``record[key]`` when both are objects (a report's per-layer ``grad_norm`` summary, a spec's ``train``
+    section), else ``{}``: a report.json with a mistyped field renders what it can instead of failing."""
+    value = record.get(key) if isinstance(record, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
 def location(finding: Finding) -> tuple[str, str]:
     """Where a finding applies, as ``(kind, text)``: ``("layer", name)`` for one layer, ``("model",
     "model")`` for a model-wide finding, and ``("span", text)`` for vanishing gradients: the layers its
@@ -33,14 +40,14 @@ def location(finding: Finding) -> tuple[str, str]:
     weakest one named, e.g. ``dense0–dense18 (weakest: dense2)``."""
     ev = finding.evidence or {}
     rms, onset = ev.get("log10_grad_rms"), ev.get("onset_layer")
-    if isinstance(rms, Mapping) and onset in rms:
+    if isinstance(rms, Mapping) and isinstance(onset, str) and onset in rms:
         names = list(rms)
         span = names[0] if names.index(onset) == 0 else f"{names[0]}–{onset}"
         values = {k: v for k, v in rms.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         weakest = f" (weakest: {min(values, key=values.get)})" if values else ""
         text = f"{span}{weakest}"
         return ("layer" if text == finding.layer else "span"), text
-    return ("layer", finding.layer) if finding.layer else ("model", "model")
+    return ("layer", str(finding.layer)) if finding.layer else ("model", "model")
 
 
 def where(finding: Finding) -> str:

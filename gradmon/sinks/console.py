@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from core.terminal import printable
 from gradmon import diagnosis
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import History
@@ -51,7 +52,7 @@ class ConsoleSink(Sink):
             return
         from tqdm import tqdm
 
-        tqdm.write(line, file=self.stream or sys.stderr)
+        tqdm.write(printable(line), file=self.stream or sys.stderr)  # names and messages may hold escapes
 
     def failure(self, line: str) -> None:
         """A part of the monitor failed (an output, the curvature measurement): printed even when quiet,

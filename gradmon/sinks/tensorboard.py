@@ -18,16 +18,19 @@ What reaches the file, and when:
   the end (then also fsync'ed and closed).
 
 A failure while writing (disk full, a vanished directory) never propagates: the sink records one line in
-``failed`` and turns itself off.  Events are written synchronously, in the caller's thread, with
-tensorboardX's event-file writer and summary builders: tensorboardX's ``SummaryWriter`` hands events to a
-background thread through a bounded queue, a write error kills that thread, and the training loop then
-blocks forever on the full queue.
+``failed`` and turns itself off.  Events are written synchronously, in the caller's thread, with tensorboardX's
+summary builders into an :class:`EventFile` (created exclusively, under a name of its own, never through a
+planted symlink): tensorboardX's ``SummaryWriter`` hands events to a background thread through a bounded
+queue, a write error kills that thread, and the training loop then blocks forever on the full queue.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from core.callbacks import RunInfo
+from core.files import create_exclusive
 from gradmon.findings import Finding, HealthReport
 from gradmon.history import LAYER_QUANTITIES, SCALARS, History, Record
 from gradmon.layout import Unit
@@ -51,6 +55,50 @@ _RUN_WIDE_HELD = ("clip_coef", "lr")
 _RUN_WIDE = (("loss/train", SCALARS.index("loss")), ("grad_norm/global", SCALARS.index("grad_norm")),
              ("clip_coef", SCALARS.index("clip_coef")), ("lr", SCALARS.index("lr")))
 _ROW = {q: LAYER_QUANTITIES.index(q) for q in LAYER_QUANTITIES}
+
+
+class EventFile:
+    """One TensorBoard event file in ``logdir``, created exclusively and never through a symlink
+    (:func:`core.files.create_exclusive`), under a name no other writer picks:
+    ``events.out.tfevents.<unix seconds>.<host>.<pid>.<random>`` (TensorBoard reads every file whose name
+    holds ``tfevents``, in name order).  Events are appended as TFRecords (length, masked CRC-32C of the
+    length, data, masked CRC-32C of the data), synchronously: :meth:`flush` hands them to the operating
+    system, :meth:`close` also fsyncs."""
+
+    def __init__(self, logdir: str | os.PathLike) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in socket.gethostname())[:64] or "host"
+        name = f"events.out.tfevents.{int(time.time()):010d}.{host}.{os.getpid()}.{secrets.token_hex(4)}"
+        self.path = Path(logdir) / name
+        self._fh = create_exclusive(self.path)
+        try:
+            self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def write_event(self, event: Any) -> None:
+        """Append one ``Event`` protobuf."""
+        from tensorboardX.record_writer import masked_crc32c
+
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._fh.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                                 struct.pack("<I", masked_crc32c(data)))))
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close (idempotent)."""
+        if self._fh.closed:
+            return
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
 
 
 class TensorBoardSink(Sink):
@@ -72,16 +120,15 @@ class TensorBoardSink(Sink):
 
     def __init__(self, logdir: str | os.PathLike, *, flush_every: int = 50, scalar_every: int = 10,
                  hparams: Sequence[str] | None = None) -> None:
-        try:
-            from tensorboardX.event_file_writer import EventsWriter
-        except ImportError:
-            raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
         self._logdir = Path(logdir)
         try:
             self._logdir.mkdir(parents=True, exist_ok=True)
-            self._events = EventsWriter(str(self._logdir / "events"))
-        except OSError as exc:
-            raise OSError(f"cannot write TensorBoard events to {str(self._logdir)!r} ({exc.strerror or exc}); "
+            self._events = EventFile(self._logdir)
+        except ImportError:
+            raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from None
+        except Exception as exc:  # whatever stops the file being created is an OSError to the monitor
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            raise OSError(f"cannot write TensorBoard events to {str(self._logdir)!r} ({why}); "
                           f"choose another --logdir") from None
         self.flush_every = max(1, int(flush_every))
         self.scalar_every = max(1, int(scalar_every))
@@ -336,9 +383,7 @@ class TensorBoardSink(Sink):
     def flush(self) -> None:
         """Hand buffered events to the operating system, so a reader (and a crashed run) sees them; the
         fsync to disk, which costs milliseconds, is left to :meth:`close`."""
-        # the buffered file under tensorboardX's writer; its own flush (with fsync) where that is not reachable
-        recorder = getattr(self._events, "_py_recordio_writer", None)
-        self._guard("events", getattr(getattr(recorder, "_writer", None), "flush", self._events.flush))
+        self._guard("events", self._events.flush)
 
     def _close_file(self) -> None:
         """Flush and close the event file (idempotent)."""
