@@ -88,6 +88,41 @@ def torch_setup(seed: int = 0):
     return model, opt, torch.from_numpy(Xn), torch.from_numpy(yn)
 
 
+#: the small CNN of the torch benchmarks: examples/mnist's network, narrower (28x28 inputs, batch 128)
+CNN_IMAGE = (1, 28, 28)
+
+
+def torch_cnn_setup(seed: int = 0):
+    """A small CNN written as pytorch/examples writes it (functional ReLUs and pooling, dropout) with plain
+    SGD, and 40 batches of synthetic 28x28 images."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, 1)
+            self.conv2 = nn.Conv2d(16, 32, 3, 1)
+            self.dropout = nn.Dropout(0.25)
+            self.fc1 = nn.Linear(32 * 12 * 12, 64)
+            self.fc2 = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = F.relu(self.conv1(x))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(self.dropout(x), 1)
+            return self.fc2(F.relu(self.fc1(x)))
+
+    torch.manual_seed(seed)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(seed)
+    X = torch.from_numpy(rng.normal(size=(BATCH * 40, *CNN_IMAGE)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, size=BATCH * 40))
+    return model, opt, X, y
+
+
 def time_torch(steps: int, seed: int = 0) -> float | None:
     try:
         import torch

@@ -73,7 +73,8 @@ class RunInfo:
     ``batch_mode`` is ``"batch"``, ``"mini-batch"`` or ``"stochastic"``.  ``probe(n, seed)`` returns an
     :class:`Objective` over ``n`` training examples drawn once (all of them when fewer), used for
     curvature; it is ``None`` where the loop cannot provide it.  ``spec`` is the resolved run spec when the
-    run came from one.
+    run came from one.  ``frozen`` names what the loop holds but does not train (PyTorch parameters with
+    ``requires_grad=False``, as ``"layer (param, ...)"``): listed in reports, never measured.
     """
 
     layers: tuple[LayerInfo, ...]
@@ -94,6 +95,7 @@ class RunInfo:
     probe: Callable[[int, int], Objective] | None = None
     spec: Mapping[str, Any] | None = None
     framework: str = "core"
+    frozen: tuple[str, ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -133,7 +135,9 @@ class StepState:
     - ``grad_norm``: the global norm of ``grads`` (float64-exact; ``inf``/``nan`` only when a gradient
       value is).
     - ``alive``: for each rectifier activation layer (ReLU, LeakyReLU), a boolean ``(units,)``: the unit was
-      positive for at least one example of the batch (kept from the forward pass, with activations).
+      positive for at least one example of the batch (kept from the forward pass, with activations); or, as
+      the PyTorch adapter gives it, each unit's largest output over the batch (positive: alive), reduced
+      while the activation was fresh in memory.
 
     Core's Trainer gives ``grad_sq_norms`` and ``grad_norm`` with the ``grad_norms`` request (and at every
     step when it clips by norm: it computes them anyway), ``alive`` with ``activations``, never ``lrs``.

@@ -6,8 +6,10 @@ Gradient norms, weight norms and update ratios belong to a unit's parameters; sa
 fractions to its activation.  Reports and detectors speak of the unit's name (``dense0``...).
 
 Core's layers become units by :func:`units_from_run`: each Dense layer with the activation that follows
-it.  Other loops describe their units themselves (``LayerInfo.kind`` other than an activation, with
-``params``) and get the same treatment.
+it.  Other loops describe their units themselves, either as layers (``LayerInfo.kind`` other than an
+activation, with ``params``), which get the same treatment, or as :class:`Unit` objects directly (the
+PyTorch adapter: ``Monitor(units=...)``), when they know more than the order of layers (which activation
+consumes which unit's output, tied parameters, the channel axis of convolutions).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ class Unit:
     ``params`` are all its parameter keys (gradient norms); ``weights`` the ones whose norms and update
     ratios describe how fast the layer moves (matrices and kernels; all of them when it has none);
     ``bias`` its bias vector (its mean tells whether rectifiers are pushed off); ``units`` its output width
-    (channels for convolutions).  ``frozen`` units are listed but have no gradient statistics.
+    (channels for convolutions).  Its activation's units lie along ``channel_axis`` of the activation's
+    output (``-1`` for dense and sequence outputs ``(batch, ..., features)``, ``1`` for ``(batch,
+    channels, *spatial)``): a unit (channel) is dead when it is zero over the batch and every other axis.
+
+    ``aliases`` names other keys of the same tensors (tied weights: each tensor belongs to one unit, under
+    its first owner's key); ``note`` says why the unit has no activation statistics when it has none
+    (``activation`` may still name the family, e.g. the tanh inside an LSTM, with ``activation_layer``
+    None: not measured, never "not saturated").
     """
 
     name: str
@@ -42,6 +51,9 @@ class Unit:
     batchnorm: bool = False
     bias_init: float | None = None
     kind: str = "dense"
+    channel_axis: int = -1
+    aliases: tuple[str, ...] = ()
+    note: str | None = None
 
     @property
     def weight(self) -> str:
@@ -49,11 +61,20 @@ class Unit:
         return self.weights[0]
 
 
-def _split(params: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
-    """``(weights, bias)`` of a layer's parameter keys: a key ending in ``bias`` is the bias; everything
-    else is a weight (all keys when that leaves none)."""
-    bias = next((p for p in params if p.rsplit(".", 1)[-1] == "bias"), None)
-    weights = tuple(p for p in params if p != bias) or params
+def is_bias(key: str) -> bool:
+    """Whether a parameter key names a bias: its last part is ``bias``, starts with ``bias`` (``bias_ih_l0``
+    of recurrent layers) or ends with ``_bias`` (``in_proj_bias`` of attention)."""
+    last = key.rsplit(".", 1)[-1]
+    return last.startswith("bias") or last.endswith("_bias")
+
+
+def split_params(params: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """``(weights, bias)`` of a layer's parameter keys: ``bias`` is the key named exactly ``bias`` (else the
+    first bias-like key, :func:`is_bias`); the weights are the keys that are not biases (all keys when that
+    leaves none)."""
+    biases = [p for p in params if is_bias(p)]
+    bias = next((p for p in biases if p.rsplit(".", 1)[-1] == "bias"), biases[0] if biases else None)
+    weights = tuple(p for p in params if p not in biases) or params
     return weights, bias
 
 
@@ -66,7 +87,7 @@ def units_from_run(run: RunInfo) -> list[Unit]:
     for i, info in enumerate(layers):
         if not info.params or info.kind in PASS_THROUGH or info.activation is not None:
             continue
-        weights, bias = _split(info.params)
+        weights, bias = split_params(info.params)
         act_layer = act = None
         batchnorm = False
         for nxt in layers[i + 1:]:

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -80,6 +80,8 @@ class Monitor(Callback):
         such as ``{"vanishing_gradients": {"min_drop": 3.0}}``).
     sinks: more :class:`~gradmon.sinks.base.Sink` objects to present the run (after the console and the
         TensorBoard sink the monitor makes itself).
+    units: ``units(run) -> [Unit]`` for loops that lay out their units themselves (the PyTorch adapter);
+        by default :func:`gradmon.layout.units_from_run`.
     """
 
     def __init__(self, logdir: str | os.PathLike | None = None, *, every: int = 1,
@@ -91,7 +93,8 @@ class Monitor(Callback):
                  seed: int = 0, open_after: int | None = None, close_after: int | None = None,
                  weight_every: int = 10, stop_on_nonfinite: bool = True,
                  thresholds: Thresholds | Mapping[str, Mapping[str, float]] | None = None,
-                 sinks: Sequence[Sink] = (), hparams: Sequence[str] | None = None) -> None:
+                 sinks: Sequence[Sink] = (), hparams: Sequence[str] | None = None,
+                 units: Callable[[RunInfo], Sequence[Unit]] | None = None) -> None:
         for name, value, low in (("every", every, 1), ("curvature_samples", curvature_samples, 1),
                                  ("tensorboard_every", tensorboard_every, 1), ("window", window, 20),
                                  ("capacity", capacity, 4),
@@ -133,6 +136,7 @@ class Monitor(Callback):
         self.stop_on_nonfinite = stop_on_nonfinite
         self.use_tensorboard = tensorboard and self.logdir is not None
         self._extra_sinks = list(sinks)
+        self._layout = units or units_from_run
         self._reset()
 
     def _reset(self) -> None:
@@ -191,7 +195,7 @@ class Monitor(Callback):
     def on_train_begin(self, run: RunInfo) -> None:
         self._reset()
         self.run = run
-        self.units = units_from_run(run)
+        self.units = list(self._layout(run))
         self.recorder.begin(run, self.units)
         self.meter.begin(run)
         self.jury.begin(run, self.units, self.recorder.window, measure_every=self.recorder.every,
@@ -242,11 +246,17 @@ class Monitor(Callback):
         if self.recorder.pending is not None:
             self._commit(state)
 
-    def log_loss(self, value: float) -> None:
+    def log_loss(self, value: Any) -> None:
         """The loss of the step measured last, for loops that learn it only after ``on_after_backward``
-        (call before ``on_step_end``)."""
-        value = float(value)
+        (call before ``on_step_end``).  A 0-d device array (a torch tensor) is staged with the step's other
+        values and checked when its record is committed: no transfer of its own; without a record to hold
+        it, it is dropped (the next record's gradients show a NaN loss)."""
         pending = self.recorder.pending
+        if not isinstance(value, (int, float, np.generic)):
+            if pending is not None:
+                self.recorder.set_loss(value)
+            return
+        value = float(value)
         if pending is not None:
             self.recorder.set_loss(value)
             self.meter.set_loss(pending.step, value)
@@ -342,9 +352,11 @@ class Monitor(Callback):
             return
         self.steps = max(self.steps, rec.step + 1)
         loss, gnorm = rec.scalar("loss"), rec.scalar("grad_norm")
+        if self.recorder.loss_staged:  # a device loss: known on the host only now
+            self.meter.set_loss(rec.step, loss)
         if self._checked_step != rec.step:  # loops that did not give the norm: checked now, on the record
             self._checked_step = rec.step
-            loss_known = not math.isnan(loss)  # a NaN here is a loss the loop never gave (log_loss is checked)
+            loss_known = self.recorder.loss_staged or not math.isnan(loss)  # (a NaN here: no loss was given)
             if not _finite_step(loss, loss_known, gnorm):
                 self._nonfinite(None, loss, loss_known, gnorm, rec.step)
         self.jury.observe(loss, gnorm, self.recorder.batch)
@@ -468,9 +480,18 @@ class Monitor(Callback):
         if history is not None:
             summaries = {q: history.summary(q) for q in ("grad_norm", "update_ratio", "saturation", "dead_fraction",
                                                           "act_std")}
+            lrs = self.recorder.unit_lrs
             for u in self.units:
                 entry = {"name": u.name, "activation": u.activation}
                 entry.update({q: summaries[q][u.index] for q in summaries})
+                if self.run.framework != "core":  # other loops' units come in many kinds (conv2d, lstm...)
+                    entry["kind"] = u.kind
+                if lrs is not None:
+                    entry["lr"] = float(lrs[u.index])
+                if u.aliases:
+                    entry["aliases"] = list(u.aliases)
+                if u.note:
+                    entry["no_activation_statistics"] = u.note
                 layers.append(entry)
             loss = [{"step": int(s), "train": float(v)} for s, v in zip(history.steps, history.scalar("loss"))]
         spec = dict(self.run.spec) if self.run.spec else spec_from_run(self.run)
@@ -484,6 +505,8 @@ class Monitor(Callback):
         extra: dict[str, Any] = {"sink_errors": list(self.sink_errors)} if self.sink_errors else {}
         if self.notes:
             extra["notes"] = list(self.notes)
+        if self.run.frozen:
+            extra["frozen"] = list(self.run.frozen)
         if self.metrics:
             extra["metrics"] = list(self.metrics)
         return HealthReport(spec=spec, steps=self.steps, findings=findings, layers=layers,

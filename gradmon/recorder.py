@@ -26,7 +26,7 @@ from gradmon.layout import Unit
 from gradmon.quantities import activations as actq
 from gradmon.quantities import gradients as gradq
 from gradmon.quantities.inputs import InputScale, feature_sums
-from gradmon.quantities.xp import Array, all_finite, namespace, to_host
+from gradmon.quantities.xp import Array, all_finite, is_torch, namespace, to_host
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.vocabulary import RECTIFIERS, SATURATING
 
@@ -58,17 +58,38 @@ class Staged:
         if not self._device:
             return
         values = [v for v, _, _ in self._device]
-        xp = namespace(*values)
-        wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
-        dev = values[0].device
-        flat = to_host(xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,))
-                                  for v in values]))
+        flat = to_host(_gather(values))
         at = 0
         for value, target, index in self._device:
             n = int(math.prod(value.shape))
             target[index] = flat[at] if isinstance(index, int) else flat[at:at + n]
             at += n
         self._device.clear()
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def _gather(values: list[Any]) -> Any:
+    """One flat vector (float32, or float64 if any value is) of 0-d and 1-d device arrays, on the first one's
+    device.  Tensors take one ``torch.cat`` (the per-step path pays a few microseconds per torch call)."""
+    if is_torch(values[0]):
+        import torch
+
+        parts = torch.atleast_1d(*values) if len(values) > 1 else (torch.atleast_1d(values[0]),)
+        try:
+            flat = torch.cat(parts)
+        except RuntimeError:  # several devices (model parallel): gather on the first
+            dev = values[0].device
+            flat = torch.cat([p.to(dev) for p in parts])
+        return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    xp = namespace(*values)
+    wide = xp.float64 if any(v.dtype == xp.float64 for v in values) else xp.float32
+    dev = values[0].device
+    return xp.concat([xp.reshape(xp.astype(v if v.device == dev else v.to(dev), wide), (-1,)) for v in values])
 
 
 class Recorder:
@@ -93,6 +114,10 @@ class Recorder:
         self.batch = 0                       # examples per step, from the first measured step
         self.last_tensor_norms: np.ndarray = np.zeros(0)  # host: per gradient tensor, of the last record
         self.grad_keys: tuple[str, ...] = ()  # the gradient keys of the last measured step, in its order
+        self.unit_lrs: np.ndarray | None = None  # host: per unit, its learning rate (when parameter groups differ)
+        self.loss_staged = False             # the pending record's loss is a device value, on the host at commit
+        self._sq_staged = False              # last_tensor_norms holds squared norms until the flush
+        self._lrs_seen: Any = None
         self._pending: Record | None = None
         self._slow = False
         self._stage = Staged()
@@ -120,10 +145,16 @@ class Recorder:
         self.records = self.batch = 0
         self._pending, self._slow = None, False
         self._stage.clear()
-        # per unit with an activation: (index, activation layer, activation, dead-unit tracker, channel axis)
-        self._plan = [(u.index, u.activation_layer, u.activation,
-                       actq.DeadUnitTracker(self.dead_pool) if u.activation in RECTIFIERS else None,
-                       -1 if u.kind == "dense" else 1) for u in self.units if u.activation_layer]
+        # per unit with an activation: (index, activation layer, activation, rectifier, channel axis); the
+        # rectifier units are judged together (their units end to end): one pool, a few reductions in all
+        self._plan = [(u.index, u.activation_layer, u.activation, u.activation in RECTIFIERS, u.channel_axis)
+                      for u in self.units if u.activation_layer]
+        self._dead = actq.DeadUnitTracker(self.dead_pool)
+        self._dead_layout: tuple = ()       # (unit indices, widths) of the rectifier units fed last
+        self._dead_ends: Any = None          # their last positions end to end, on the activations' device
+        self._dead_counts = np.zeros(0)      # host: cumulative dead units at each end (staged)
+        self._dead_widths = np.zeros(0)      # host: the units of each rectifier layer
+        self._dead_units: list[int] = []     # the units whose dead fractions the pending record holds
         self._weight_keys = [k for u in self.units for k in u.weights]
         self._weight_groups = gradq.groups(self.units, self._weight_keys, weights_only=True)
         self._weight_tensor_norms = np.full(len(self._weight_keys), np.nan)
@@ -132,10 +163,16 @@ class Recorder:
         self._weighed = False                 # weight norms measured at least once this run
         self.grad_keys, self._groups = (), np.zeros((len(self.units), 0))
         self.sizes = np.zeros(0)
+        self.unit_lrs, self._lrs_seen, self.loss_staged, self._sq_staged = None, None, False, False
         self.inputs.reset()
         self._input_sums = None
 
     # -- cadence ------------------------------------------------------------------------------------------
+    def set_every(self, n: int, start: int) -> None:
+        """Measure every ``n`` steps from step ``start`` on (loops that adapt their cadence to a cost budget)."""
+        self.every = int(n)
+        self._schedule = every_schedule(self.every, start)
+
     def measures(self, step: int) -> bool:
         return self._schedule(step)
 
@@ -158,19 +195,24 @@ class Recorder:
         input holds NaN or Inf (tanh(inf) = 1: neither the loss nor the gradients would show it)."""
         rec = self._record.reset(state.step)
         scalars, rows, stage = rec.scalars, self._rows, self._stage
-        scalars[_LOSS] = state.loss if state.loss_known else math.nan
+        self.loss_staged = state.loss_known and not isinstance(state.loss, _HOST_TYPES)
+        stage.put(state.loss if state.loss_known else math.nan, scalars, _LOSS)
         scalars[_LR] = state.lr
+        if state.lrs is not None and state.lrs is not self._lrs_seen:
+            self._unit_lrs(state.lrs)
         keys = tuple(state.grads)
         if keys != self.grad_keys:
             self.grad_keys, self._groups = keys, gradq.groups(self.units, keys)
             self.last_tensor_norms = np.full(len(keys), np.nan)
         sq = state.grad_sq_norms
+        self._sq_staged = False
         if sq is None:
             stage.put(gradq.tensor_norms(state.grads, keys), self.last_tensor_norms, slice(None))
         elif isinstance(sq, np.ndarray):
             np.sqrt(sq, out=self.last_tensor_norms)
-        else:
-            stage.put(namespace(sq).sqrt(sq), self.last_tensor_norms, slice(None))
+        else:  # squared norms on the device: their square roots are taken on the host, after the transfer
+            stage.put(sq, self.last_tensor_norms, slice(None))
+            self._sq_staged = True
         if state.grad_norm is not None:
             scalars[_GRAD_NORM] = state.grad_norm
         self._slow = self.records % self.weight_every == 0 or not self._weighed
@@ -195,9 +237,14 @@ class Recorder:
     def _activations(self, state: StepState) -> bool:
         finite = True
         activations, alive, stage, rows = state.activations, state.alive or {}, self._stage, self._rows
-        for j, layer, activation, tracker, axis in self._plan:
+        parts, units, examples = [], [], 0
+        for j, layer, activation, rectifier, axis in self._plan:
             y = activations.get(layer)
             if y is None:
+                mask = alive.get(layer) if rectifier else None
+                if mask is not None:  # (the output changed in place since: what was reduced from it stands)
+                    parts.append(mask)
+                    units.append(j)
                 continue
             if activation in SATURATING:
                 sat = actq.saturation_fraction(y, activation, self.saturation_margin)
@@ -207,21 +254,43 @@ class Recorder:
                 # input shows in the output, the loss and the gradients anyway); host arrays only
                 if pre is not None and isinstance(sat, _HOST_TYPES) and float(sat) > 0:
                     finite = finite and all_finite(pre)
-            if tracker is not None:
+            if rectifier:
                 mask = alive.get(layer)
-                if mask is None:
-                    mask = actq.alive_units(y, axis)
-                stage.put(tracker.add(mask, actq.examples_in(y)), rows["dead_fraction"], j)
+                parts.append(mask if mask is not None else actq.channel_max(y, axis))
+                units.append(j)
+                examples = examples or actq.examples_in(y)
             if self._slow:
                 mean, std = actq.moments(y)
                 stage.put(mean, rows["act_mean"], j)
                 stage.put(std, rows["act_std"], j)
+        if parts:
+            self._dead_units_of(parts, units, examples or int(state.batch_size or 0))
         return finite
 
+    def _dead_units_of(self, parts: list[Any], units: list[int], examples: int) -> None:
+        """Stage the dead units of the rectifier ``units`` (``parts``: each one's alive mask or largest output
+        per unit) over the pooled examples: one vector end to end, a cumulative count per unit."""
+        layout = (tuple(units), tuple(int(p.shape[0]) for p in parts))
+        xp = namespace(*parts)
+        if layout != self._dead_layout:  # other units than last time: a new pool
+            self._dead, self._dead_layout = actq.DeadUnitTracker(self.dead_pool), layout
+            self._dead_ends = xp.asarray(np.cumsum(layout[1]) - 1, device=_device(parts[0]))
+            self._dead_counts = np.zeros(len(units))
+            self._dead_widths = np.asarray(layout[1], dtype=float)
+        joined = xp.concat(parts) if len(parts) > 1 else parts[0]
+        if examples >= self.dead_pool:  # one batch is enough (no pool): dead where the largest output is <= 0
+            self._dead.clear()
+            dead = xp.logical_not(joined) if joined.dtype == xp.bool else joined <= 0
+        else:
+            dead = self._dead.dead(joined > 0, examples)
+        if dead is not None:
+            self._stage.put(actq.dead_counts(dead, self._dead_ends), self._dead_counts, slice(None))
+            self._dead_units = units
+
     def _stage_inputs(self, x: Array) -> None:
-        """Stage the per-feature sums of the first layer's inputs ``x`` (features along the last axis for
-        dense layers, axis 1 for convolutions)."""
-        sums = feature_sums(x, -1 if self.units[0].kind == "dense" else 1)
+        """Stage the per-feature sums of the first unit's inputs ``x`` (features along the unit's channel axis:
+        the last for dense layers, 1 for convolutions)."""
+        sums = feature_sums(x, self.units[0].channel_axis)
         if sums is None:
             return
         total, total_sq, nonzero, count = sums
@@ -231,10 +300,24 @@ class Recorder:
             self._stage.put(value, target, slice(None))
         self._input_sums = buffers
 
-    def set_loss(self, value: float) -> None:
-        """The loss of the pending step, for loops that learn it after ``on_after_backward``."""
-        if self._pending is not None:
+    def set_loss(self, value: Any) -> None:
+        """The loss of the pending step, for loops that learn it after ``on_after_backward`` (a number, or a
+        0-d device array staged for the record's one transfer)."""
+        if self._pending is None:
+            return
+        if isinstance(value, _HOST_TYPES):
             self._pending.set_scalar("loss", float(value))
+        else:
+            self._stage.put(value, self._pending.scalars, _LOSS)
+            self.loss_staged = True
+
+    def _unit_lrs(self, lrs: Any) -> None:
+        """Each unit's learning rate (that of its first parameter), from the step's per-key rates."""
+        self._lrs_seen = lrs
+        if self.unit_lrs is None:
+            self.unit_lrs = np.full(len(self.units), np.nan)
+        for u in self.units:
+            self.unit_lrs[u.index] = float(lrs.get(u.params[0], math.nan)) if u.params else math.nan
 
     def commit(self, state: StepState | None) -> Record | None:
         """Finish the pending record with the step's update and clip coefficient (``state`` is None for loops
@@ -253,6 +336,14 @@ class Recorder:
             self.inputs.add(*self._input_sums)
             self._input_sums = None
         rows = self._rows
+        if self._sq_staged:
+            np.sqrt(self.last_tensor_norms, out=self.last_tensor_norms)
+            self._sq_staged = False
+        if self._dead_units:  # cumulative counts -> each unit's dead fraction
+            counts = self._dead_counts
+            counts[1:] -= counts[:-1].copy()
+            rows["dead_fraction"][self._dead_units] = counts / self._dead_widths
+            self._dead_units = []
         rows["grad_norm"][:] = gradq.combine(self.last_tensor_norms, self._groups)
         if math.isnan(rec.scalars[_GRAD_NORM]):
             rec.scalars[_GRAD_NORM] = math.sqrt(float(np.dot(self.last_tensor_norms, self.last_tensor_norms)))

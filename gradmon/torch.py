@@ -7,8 +7,9 @@
 >>> report = watcher.report(); watcher.close()                                  # doctest: +SKIP
 
 ``gradmon.torch.curvature(model, loss_fn, (x, y))`` measures a model's curvature in one call
-(:mod:`gradmon.adapters.torch_curvature`).  See :mod:`gradmon.adapters.torch` for what is read where (pre-clip gradient norms, activations by call order,
-curvature on a probe or the last batch, data-parallel runs).
+(:mod:`gradmon.adapters.torch_curvature`).  See :mod:`gradmon.adapters.torch` for what is read where (units
+from modules, activations from modules and functions, pre-clip gradient norms on the device, curvature on a
+probe or the last batch, data-parallel runs).
 """
 
 from __future__ import annotations

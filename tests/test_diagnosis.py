@@ -652,11 +652,13 @@ def test_the_transformer_blow_up_explains_its_vanished_gradients(one_thread):
 def test_a_frozen_layer_is_left_out_of_the_profile_and_the_rest_is_still_judged(one_thread):
     report, watcher = torch_run("frozen_first_sigmoid12")
     f = report.root_cause
-    assert "linear0" in f.evidence["left_out"] and "linear0" not in f.evidence["log10_grad_rms"]
+    # a frozen layer is no gradient unit: listed as frozen, absent from the profile and from every series
+    assert "linear0" not in [u.name for u in watcher.monitor.units] and "linear0" not in f.evidence["log10_grad_rms"]
+    assert report.extra["frozen"] == ["linear0 (weight, bias)"]
     assert f.evidence["cause"] == "activation" and f.layer == "linear2"
     healthy, watcher = torch_run("frozen_first_two")
-    col = watcher.monitor.history.layer_names.index("linear0")
-    assert np.all(watcher.monitor.history.layer("grad_norm")[:, col] == 0)  # what the frozen layer records
+    assert healthy.status == "healthy" and "linear0" not in watcher.monitor.history.layer_names
+    assert healthy.extra["frozen"] == ["linear0 (weight, bias)", "linear2 (weight, bias)"]
 
 
 def test_zero_gradient_layers_do_not_switch_the_vanishing_detector_off():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -526,3 +528,166 @@ def test_an_inf_gradient_is_reported_even_when_clip_grad_value_hides_it():
     watcher.close()
     (f,) = [f for f in report.findings if f.code == "nonfinite_values"]
     assert f.first_step == 2 and f.layer == watcher.monitor.units[0].name and "gradients" in f.message
+
+
+# -- statistics on the tensors' device: what crosses to the host ------------------------------------------------
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts, independently of gradmon's own counter, every conversion of a tensor into host values
+    (``.numpy()``, ``.item()``, ``.tolist()``, ``float()``/``int()``/``bool()``) and every copy to the CPU
+    from another device, with the number of elements each moves."""
+
+    READS = {torch.Tensor.numpy, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.__index__}
+    MOVES = {torch.Tensor.cpu, torch.Tensor.to}
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.elements, self.largest = 0, 0, 0
+        self.sizes: list[int] = []  # elements of each read, in order
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        t = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        moved = func in self.MOVES and t is not None and t.device.type != "cpu" and \
+            isinstance(out, torch.Tensor) and out.device.type == "cpu"
+        if t is not None and (func in self.READS or moved):
+            self.calls += 1
+            self.elements += t.numel()
+            self.largest = max(self.largest, t.numel())
+            self.sizes.append(t.numel())
+        return out
+
+
+def benchmark_mlp(device="cpu", seed=0):
+    """The benchmark's MLP (784-256-256-256-10, ReLU), SGD, and 40 batches of 128."""
+    torch.manual_seed(seed)
+    sizes = (784, 256, 256, 256, 10)
+    layers = []
+    for i in range(4):
+        layers += [torch.nn.Linear(sizes[i], sizes[i + 1])] + ([torch.nn.ReLU()] if i < 3 else [])
+    model = torch.nn.Sequential(*layers).to(device)
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(40 * 128, 784, generator=g).to(device), torch.randint(0, 10, (40 * 128,), generator=g).to(device)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01), X, y
+
+
+def count_host_traffic(device, steps=30, watched=True):
+    from gradmon.quantities.xp import HOST_TRANSFERS
+
+    model, opt, X, y = benchmark_mlp(device)
+    watcher = gradmon.torch.watch(model, optimizer=opt, curvature_every=0, console=False, tensorboard=False) \
+        if watched else None
+    mode = HostReads()
+    HOST_TRANSFERS.reset()
+    with mode:
+        for s in range(steps):
+            xb, yb = X[s * 128:(s + 1) * 128], y[s * 128:(s + 1) * 128]
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if watcher is not None:
+                watcher.log_loss(loss)  # a tensor: no synchronisation of its own
+    counted = (HOST_TRANSFERS.calls, HOST_TRANSFERS.elements)
+    if watcher is not None:
+        watcher.close()
+        assert watcher.error is None
+    return model, mode, counted, watcher
+
+
+def test_a_recorded_step_moves_per_unit_scalars_to_the_host_once():
+    params = sum(p.numel() for p in benchmark_mlp()[0].parameters())
+    with HostReads() as probe:  # the counter sees what a loop that reads values would do
+        float(torch.ones(3).sum()), torch.ones(5).numpy(), torch.ones(2).tolist()
+    assert (probe.calls, probe.elements) == (3, 8)
+    _, control, _, _ = count_host_traffic("cpu", watched=False)
+    assert control.calls == 0  # the loop itself reads nothing: what is counted below is gradmon's
+    model, mode, (calls, elements), watcher = count_host_traffic("cpu")
+    units, tensors = len(watcher.monitor.units), len(watcher.monitor.recorder.grad_keys)
+    assert (units, tensors) == (4, 8) and params == 335_114
+    assert len(watcher.monitor.history) == 30
+    assert calls == 30  # gradmon's own counter: one transfer per recorded step
+    # the independent count: host reads of tensors, each a short vector, O(units) elements per step
+    assert mode.calls == 30 and mode.elements == elements
+    # while the data's scale is measured (the first 1024 examples: 8 batches of 128) a step also brings
+    # 3 numbers per input feature (sum, sum of squares, non-zero count); after that, per-unit scalars only
+    features, measuring = 784, -(-watcher.monitor.recorder.inputs.limit // 128)
+    small = 4 * (units + tensors)
+    measured = [n for n in mode.sizes if n > small]
+    assert len(measured) == measuring and all(n - 3 * features <= small for n in measured)
+    assert elements - 3 * features * measuring <= 3 * (units + tensors) * 30
+    assert mode.elements - 3 * features * measuring < 1e-3 * params * 30  # against O(parameters) per step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_statistics_stay_on_the_device_and_agree_with_the_cpu():
+    _, cpu_mode, _, cpu_watcher = count_host_traffic("cpu")
+    _, mode, (calls, elements), watcher = count_host_traffic("cuda")
+    measuring = -(-watcher.monitor.recorder.inputs.limit // 128)  # steps that also bring the inputs' scale
+    assert calls == 30 and mode.calls == 30 and sorted(mode.sizes)[-measuring - 1] <= 4 * 12
+    a, b = cpu_watcher.monitor.history, watcher.monitor.history
+    np.testing.assert_allclose(b.layer("grad_norm"), a.layer("grad_norm"), rtol=1e-3)
+    np.testing.assert_allclose(b.layer("dead_fraction"), a.layer("dead_fraction"), atol=0.02)
+    np.testing.assert_allclose(b.scalar("loss"), a.scalar("loss"), rtol=1e-3)
+
+
+# -- the cost budget of the statistics ---------------------------------------------------------------------------
+def test_the_budget_chooses_the_sparsest_cadence_that_fits():
+    from gradmon.adapters.torch_budget import AIM, StatisticsBudget
+
+    def run(budget, cost_measured, cost_unmeasured, bare, steps):
+        """Feed ``steps`` intervals measured at the budget's own cadence; the cadence it ends with."""
+        for s in range(steps):
+            every = budget.every
+            measured = s % every == 0
+            cost = cost_measured if measured else cost_unmeasured
+            budget.record(bare + cost, cost)
+        return budget.every
+
+    # a tiny model: measuring costs 300 us on a 2 ms step (15%): thinned to the cadence the cost model gives
+    budget = StatisticsBudget(0.05, warmup=40, period=30)
+    every = run(budget, 300e-6, 20e-6, 2e-3, 400)
+    room = AIM * 0.05 * 2e-3
+    assert every == math.ceil((300e-6 - 20e-6) / (room - 20e-6)) == 5
+    # (the first 20 intervals hold one-off costs; the first decision comes after a full period of 30 more)
+    assert budget.unmeasured_cost == pytest.approx(20e-6, rel=0.2) and budget.thinned_at == 20 + 30
+    assert "every 5 steps" in budget.describe() and "15%" in budget.describe()
+    # a large model: the same cost is under 1% of a 40 ms step: every step, and nothing to say
+    big = StatisticsBudget(0.05, warmup=40, period=30)
+    assert run(big, 300e-6, 20e-6, 40e-3, 400) == 1 and big.describe() is None
+    with pytest.raises(ValueError, match="statistics_budget"):
+        StatisticsBudget(1.5)
+
+
+def test_a_fast_model_is_measured_within_the_budget_and_every_is_a_promise():
+    from gradmon.adapters.torch_budget import StatisticsBudget
+
+    X, y = xor_data(512)
+
+    def train(**options):
+        net = small_relu_net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        watcher = gradmon.torch.watch(net, optimizer=opt, console=False, curvature_every=0, tensorboard=False,
+                                      **options)
+        for s in range(160):
+            i = (s * 32) % 480
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(X[i:i + 32]), y[i:i + 32])
+            loss.backward()
+            opt.step()
+            watcher.log_loss(loss)
+        report = watcher.report()
+        watcher.close()
+        return watcher, report
+
+    # measuring a step of this 2-layer net costs about as much as the step itself: far above 5%
+    watcher, report = train(statistics_budget=StatisticsBudget(0.05, warmup=40, period=20))
+    steps = watcher.monitor.history.steps
+    assert list(steps[:40]) == list(range(40))  # the warm-up: every step
+    assert watcher.monitor.recorder.every > 1 and len(steps) < 120
+    assert any("statistics were measured at every step until step" in n for n in report.extra["notes"])
+    for options in ({"every": 1}, {"statistics_budget": None}):
+        watcher, report = train(**options)
+        assert list(watcher.monitor.history.steps) == list(range(160))
+        assert not any("statistics were measured" in n for n in report.extra.get("notes", []))

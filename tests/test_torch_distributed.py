@@ -36,6 +36,16 @@ def _worker(rank: int, world: int, store: str, logdir: str, oracle: str) -> None
     X = torch.rand(640, 2, generator=g) + 0.1
     X = X if rank == 0 else -X
     y = (X[:, 0] > X[:, 1]).long()
+    import gradmon.adapters.distributed as distributed
+
+    sent = {}
+    gather = distributed.gather_objects
+
+    def spy(obj):  # what this rank sends to rank 0 at close()
+        sent["obj"] = obj
+        return gather(obj)
+
+    distributed.gather_objects = spy
     watcher = gradmon.torch.watch(net, optimizer=opt, logdir=logdir, curvature_every=0, console=False,
                                   tensorboard_every=3)
     losses, preclip = [], []
@@ -50,9 +60,16 @@ def _worker(rank: int, world: int, store: str, logdir: str, oracle: str) -> None
             losses.append(float(loss.detach()))
     grads = [p.grad.clone() for p in net.parameters()]
     watcher.close()
+    # ranks exchange per-unit series (steps x units), never a tensor of the model
+    arrays = sent["obj"]["history"]
+    units = len(watcher.monitor.units)
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+    payload = {"tensors": _has_tensor(sent["obj"]), "shapes_ok": all(
+        shape in ((40,), (40, units)) for shape in shapes.values()), "elements": int(sum(
+            v.size for v in arrays.values()))}
     # DDP averaged the gradients: both ranks hold the same ones
     gathered = [None, None]
-    dist.all_gather_object(gathered, {"grads": [g.numpy() for g in grads], "losses": losses,
+    dist.all_gather_object(gathered, {"grads": [g.numpy() for g in grads], "losses": losses, "payload": payload,
                                       "preclip": preclip, "recorded": watcher.monitor.history.scalar("grad_norm")})
     if rank == 0:
         for a, b in zip(gathered[0]["grads"], gathered[1]["grads"]):
@@ -60,9 +77,20 @@ def _worker(rank: int, world: int, store: str, logdir: str, oracle: str) -> None
         Path(oracle).write_text(json.dumps({
             "mean_loss": np.mean([gathered[0]["losses"], gathered[1]["losses"]], axis=0).tolist(),
             "preclip": gathered[0]["preclip"], "preclip_rank1": gathered[1]["preclip"],
-            "recorded_rank1": np.asarray(gathered[1]["recorded"]).tolist()}))
+            "recorded_rank1": np.asarray(gathered[1]["recorded"]).tolist(),
+            "payloads": [gathered[0]["payload"], gathered[1]["payload"]]}))
     dist.barrier()  # nobody leaves while another rank still talks
     dist.destroy_process_group()
+
+
+def _has_tensor(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensor(v) for v in obj)
+    return False
 
 
 def test_two_gloo_ranks_rank0_aggregates_and_names_the_rank(tmp_path):
@@ -73,6 +101,8 @@ def test_two_gloo_ranks_rank0_aggregates_and_names_the_rank(tmp_path):
     oracle_file = tmp_path / "oracle.json"
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(logdir), str(oracle_file)), nprocs=2, join=True)
     oracle = json.loads(oracle_file.read_text())
+    for payload in oracle["payloads"]:  # per-unit series only: 40 steps x (a few scalars + 4 quantities x 2 units)
+        assert payload == {"tensors": False, "shapes_ok": True, "elements": 40 * (1 + 1 + 4 * 2)}
     events = list(logdir.glob("events.out.tfevents*"))
     assert len(events) == 1  # rank 0 alone writes
     report = json.loads((logdir / "report.json").read_text())

@@ -1,5 +1,8 @@
 """PyTorch adapter: watch any ``nn.Module`` training loop with the same monitor, findings and reports.
 
+(About 550 lines, above the house's 450: one class, the watcher's lifecycle from the first forward pass to
+``close()``, whose parts each live in a ``torch_*`` module of this package.)
+
 >>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1",         # doctest: +SKIP
 ...                               loss_fn=F.cross_entropy)    # optional: curvature on the last batch
 >>> for x, y in loader:                                                              # doctest: +SKIP
@@ -8,71 +11,55 @@
 ...     watcher.log_loss(loss, target=y)               # the loss series (and the targets, for curvature)
 >>> report = watcher.report(); watcher.close()                                       # doctest: +SKIP
 
-How it reads the loop:
+How it reads the loop (each part in its own module):
 
-- **Gradients, before any clipping.**  A post-accumulate-grad hook on every parameter notes that a
-  ``backward()`` is running; at its end (after DDP has averaged the gradients) the watcher reads the squared
-  norm of every ``p.grad`` through zero-copy numpy views.  These are the norms the monitor records (per
-  layer and global), so ``clip_grad_norm_``/``clip_grad_value_`` between ``backward()`` and ``step()`` do not
-  hide exploding gradients.  With gradient accumulation (several ``backward()`` calls, one ``step()``) each
-  ``backward()`` re-reads ``p.grad``, which already holds the sum so far: the recorded norm is the norm of
-  the accumulated gradient.  ``state.clip_coef`` is ``‖g at step‖ / ‖g after backward‖`` (1.0 when nothing
-  changed the gradients in between, which a tensor's version counter tells for free).  ``state.grads`` are
-  the gradients the optimizer applies (after clipping).
+- **Units** (:mod:`~gradmon.adapters.torch_layout`): every module owning parameters (one per layer and
+  direction of a recurrent module), in the order the first forward pass with gradients uses them; tied
+  parameters once, frozen ones listed, never measured.  **Activations**
+  (:mod:`~gradmon.adapters.torch_activations`), from modules or functions, belong to the unit whose output
+  they consume; the console and the report say which units have none and why (:mod:`~gradmon.adapters.
+  torch_run`).
+- **Gradients** (:mod:`~gradmon.adapters.torch_gradients`), read at the end of each ``backward()``, before
+  any clipping, in one fused reduction on their device.  Every statistic is computed where the tensors
+  live; a recorded step brings one small vector to the host (``log_loss(loss)`` keeps the loss tensor for
+  it: no synchronisation of its own).
 - **Steps.**  With an optimizer, its step pre-hook measures the step and its post-hook reads the update
   ``θ_after - θ_before`` (weights are copied only on the steps whose record holds update ratios).  Without
-  one, call :meth:`Watcher.step` once per step after ``backward()``; the update of a step is then the change
-  of the weights until the next ``step()`` call (the last step's update is unknown: NaN, never 0).  The
-  learning rate is read from ``optimizer.param_groups[0]["lr"]`` at every step, so schedulers are followed
-  (``step(lr=...)`` gives it without an optimizer).
-- **Activations** come from forward hooks on activation *modules* (``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
-  ``nn.LeakyReLU``, ``nn.ELU``; in-place ones included).  They are attributed by the *call order* of the
-  forward pass, traced on the first forward after ``watch()``: an activation belongs to the ``nn.Linear``
-  called before it.  A module called several times (``self.act = nn.ReLU()`` used after three layers) gives
-  one capture per call; its k-th call (k >= 2) is named ``<name>#k``.  Functional activations
-  (``F.relu``, ``torch.tanh``) are invisible to hooks: their layers get no saturation or dead-unit
-  statistics (gradient quantities still work).  A step's activations are those of the first forward pass
-  with gradients enabled after the previous step (not ``torch.no_grad()`` evaluation; with gradient
-  accumulation, the first micro-batch).
-- **Names.**  Units are named after the qualified module name, with a bare index replaced by the class
-  name and index (``Sequential`` index ``0`` -> ``linear0``, ``net.2`` -> ``net.linear2``); parameter keys
-  stay torch's (``0.weight``).
-- **Curvature** (top Hessian eigenvalue, trace) uses exact Hessian-vector products by double backward,
-  with hooks off, dropout off and BatchNorm buffers copied so running statistics don't move, on either
+  one, call :meth:`Watcher.step` once per step after ``backward()``; a step's update is then the change
+  until the next ``step()`` call (the last one is unknown: NaN, never 0).  Learning rates come from each
+  unit's parameter group, schedulers followed (:mod:`~gradmon.adapters.torch_optim`).  Measuring stays
+  within a budget of the step time (:mod:`~gradmon.adapters.torch_budget`).
+- **Curvature**: exact Hessian-vector products by double backward on a fixed probe batch (``probe=(x, y)``
+  and ``loss_fn``) or on the last batch (``loss_fn`` and ``log_loss(loss, target=y)``); without ``loss_fn``
+  it is off and the report says so.
+- **Data-parallel** (``torch.distributed``): each rank measures and judges locally; at ``close()`` rank 0
+  gathers every rank's per-unit series (never a tensor of the model) and alone writes
+  (:mod:`~gradmon.adapters.distributed`).
+- **A monitor never breaks training**: an error inside the watcher is printed once, the watcher stops
+  (``watcher.error`` says why) and training goes on.
 
-  - a fixed probe batch: ``watch(..., probe=(x, y), loss_fn=F.cross_entropy)``, or
-  - the last batch: ``watch(..., loss_fn=F.cross_entropy)`` and ``log_loss(loss, target=y)``; the
-    model's inputs are kept (by reference) from a forward pre-hook and paired with the targets of the
-    ``log_loss`` call that follows that forward pass.
-
-  Without ``loss_fn`` curvature is off; the watcher says so on the console and in the report
-  (``report.extra["notes"]``).
-- **Data-parallel** (``torch.distributed``): each rank measures and judges locally (DDP already averaged the
-  gradients).  At ``close()`` rank 0 gathers every rank's report and history, averages the rank-dependent
-  series (loss, saturation, dead fraction, activation moments) so that ``history.npz``, the report's plots
-  and TensorBoard show the rank average, names the ranks of findings they disagree on, and alone writes
-  TensorBoard events and reports (see :mod:`gradmon.adapters.distributed`).
-
-Cost: the per-step path is a handful of dictionary lookups plus numpy dot products on views of the
-gradients; ``watcher.hook_seconds`` is the wall time spent inside the watcher (``benchmarks/torch_overhead.py``).
+Cost: ``watcher.hook_seconds`` is the wall time spent inside the watcher (``benchmarks/torch_overhead.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
-
-from core.callbacks import LayerInfo, RunInfo, StepState
+from core.callbacks import RunInfo, StepState
 from gradmon.adapters.loss_names import loss_name
+from gradmon.adapters.torch_activations import Capture, Plan, Tracer
+from gradmon.adapters.torch_layout import Layout, build_layout, candidates, display_names, layer_infos, make_units
 from gradmon.adapters.torch_objective import TorchObjective
+from gradmon.adapters.torch_budget import StatisticsBudget
+from gradmon.adapters.torch_gradients import GradientReader
+from gradmon.adapters.torch_optim import GroupRates
+from gradmon.adapters.torch_run import LOSS_NAMES, lay_out, notes, run_info
+from gradmon.layout import Unit
 from gradmon.monitor import Monitor
-from gradmon.outputs import spec_from_run
-from gradmon.quantities.xp import norms
 
 try:  # imported lazily by gradmon.torch: this module is only loaded when torch is wanted
     import torch
@@ -81,106 +68,59 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
     raise ImportError("gradmon.torch needs PyTorch: pip install torch (CPU: pip install torch==2.13.0), "
                       "or pip install \"gradmon[torch]\"") from exc
 
-ACTIVATION_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu",
-}
+__all__ = ["TorchObjective", "Watcher", "display_names", "layer_infos", "watch"]
 
-OPTIMIZER_NAMES: dict[str, str] = {"SGD": "sgd", "Adam": "adam", "AdamW": "adam", "RMSprop": "rmsprop",
-                                   "Adagrad": "adagrad"}
-
-#: loss names (as core spells them) of common torch losses, for the run description
-LOSS_NAMES: dict[Any, str] = {
-    torch.nn.functional.cross_entropy: "cross_entropy", nn.CrossEntropyLoss: "cross_entropy",
-    torch.nn.functional.mse_loss: "mse", nn.MSELoss: "mse",
-    torch.nn.functional.binary_cross_entropy: "binary_cross_entropy", nn.BCELoss: "binary_cross_entropy",
-    torch.nn.functional.binary_cross_entropy_with_logits: "binary_cross_entropy",
-    nn.BCEWithLogitsLoss: "binary_cross_entropy",
-}
-
-# -- layout ------------------------------------------------------------------------------------------------
-def display_names(model: nn.Module) -> dict[str, str]:
-    """Readable unit names of the leaf modules, keyed by qualified name.
-
-    A bare index (what ``nn.Sequential`` and ``nn.ModuleList`` use) becomes the lower-case class name plus
-    the index: ``"0"`` -> ``"linear0"``, ``"net.2"`` -> ``"net.relu2"``; other names stay as they are
-    (``"fc1"``), and a model that is itself a leaf is named after its class.  When a readable name would
-    collide with another module's, the qualified name is kept.
-    """
-    out: dict[str, str] = {}
-    for qual, module in model.named_modules():
-        if list(module.children()):
-            continue
-        head, _, last = qual.rpartition(".")
-        kind = type(module).__name__.lower()
-        if not qual:
-            name = kind
-        elif last.isdigit():
-            name = f"{head}.{kind}{last}" if head else f"{kind}{last}"
+def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The module whose layers to watch under ``DistributedDataParallel`` and ``torch.compile`` wrappers,
+    and whether one of them was a compiled module."""
+    compiled = False
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model, compiled = model._orig_mod, True
         else:
-            name = qual
-        out[qual] = name
-    taken = set(out)
-    seen: set[str] = set()
-    for qual, name in out.items():
-        if name != qual and (name in taken or name in seen):
-            out[qual] = qual
-        seen.add(out[qual])
-    return out
+            return model, compiled
 
 
-def call_name(name: str, call: int) -> str:
-    """The name of the ``call``-th call (0-based) of a module within one forward pass: ``name``, then
-    ``name#2``, ``name#3``..."""
-    return name if call == 0 else f"{name}#{call + 1}"
+def _compiling() -> bool:
+    """Whether torch.compile is tracing the code that calls this (hooks then do nothing: the compiled
+    graph would not run them eagerly)."""
+    return torch.compiler.is_compiling()
 
 
-def layer_infos(model: nn.Module, calls: Sequence[str] | None = None) -> list[LayerInfo]:
-    """Leaf modules as core-style :class:`~core.callbacks.LayerInfo`, in input-to-output order.
+def guarded(method: Callable | None = None, *, no_grad: bool = False) -> Callable:
+    """A watcher entry point that never raises into the user's loop: an error stops the watcher, once.
+    ``no_grad``: it runs under ``torch.no_grad()`` (it computes on the user's tensors)."""
+    if method is None:
+        return lambda m: guarded(m, no_grad=no_grad)
 
-    ``calls`` is the qualified names of the leaf modules in the order one forward pass called them
-    (repeats included); without it, registration order (``model.named_modules()``) is used, which is
-    wrong for a shared activation module.  Every call of an activation module is its own layer
-    (:func:`call_name`), so the pairing of a ``nn.Linear`` with the activation applied to its outputs
-    (:func:`gradmon.layout.units_from_run`) follows the forward pass; later calls of other modules are
-    skipped.  Names are :func:`display_names`; parameters keep torch's keys (``"0.weight"``).
-    """
-    modules = dict(model.named_modules())
-    names = display_names(model)
-    order = list(calls) if calls is not None else list(names)
-    infos: list[LayerInfo] = []
-    counts: dict[str, int] = {}
-    for qual in order:
-        module = modules[qual]
-        call = counts.get(qual, 0)
-        counts[qual] = call + 1
-        name = names[qual]
-        if type(module) in ACTIVATION_MODULES:
-            kind = ACTIVATION_MODULES[type(module)]
-            infos.append(LayerInfo(name=call_name(name, call), kind=kind, activation=kind))
-            continue
-        if call > 0:
-            continue
-        prefix = f"{qual}." if qual else ""
-        params = tuple(f"{prefix}{p}" for p, _ in module.named_parameters(recurse=False))
-        if isinstance(module, nn.Linear):
-            infos.append(LayerInfo(name=name, kind="dense", params=params, units=module.out_features))
-        elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
-            infos.append(LayerInfo(name=name, kind="batchnorm", params=params))
-        elif isinstance(module, nn.modules.dropout._DropoutNd):
-            infos.append(LayerInfo(name=name, kind="dropout"))
-        else:
-            infos.append(LayerInfo(name=name, kind=type(module).__name__.lower(), params=params))
-    return infos
+    def run(self: "Watcher", *args: Any, **kwargs: Any) -> Any:
+        if _compiling() or self.error is not None:  # (hooks traced by torch.compile do nothing)
+            return None
+        t0 = time.perf_counter()
+        grad = torch.is_grad_enabled()
+        try:
+            if no_grad:  # what the watcher computes never enters an autograd graph (no context manager: cheaper)
+                torch._C._set_grad_enabled(False)
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        finally:
+            torch._C._set_grad_enabled(grad)
+            self.hook_seconds += time.perf_counter() - t0
+    run.__name__, run.__doc__ = method.__name__, method.__doc__
+    return run
 
 
-# -- the watcher -------------------------------------------------------------------------------------------
 class Watcher:
     """Feeds a :class:`~gradmon.monitor.Monitor` from a PyTorch model (and optimizer).
 
     Parameters
     ----------
-    model: the ``nn.Module`` to watch (a ``DistributedDataParallel`` wrapper is unwrapped).  Under
-        ``torch.distributed``, call ``watch()`` after ``init_process_group`` on every rank.
+    model: the ``nn.Module`` to watch (``DistributedDataParallel`` and ``torch.compile`` wrappers are
+        unwrapped).  Under ``torch.distributed``, call ``watch()`` after ``init_process_group`` on every rank.
     optimizer: its step hooks mark steps; without one, call :meth:`step` after each ``backward()``.
     logdir: where TensorBoard events and reports go (rank 0 only); None keeps everything in memory.
     probe: ``(x, y)``, a fixed batch for curvature (needs ``loss_fn``); ``x`` is a tensor or a tuple of
@@ -190,9 +130,13 @@ class Watcher:
     loss: the loss's name for the report (guessed from ``loss_fn`` for torch's own losses).
     name: the run's name in reports (default: the model's class name).
     expected_steps: the number of steps if known (0: unknown), so findings are judged at a fitting cadence.
-    scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop.  Its gradients carry the loss scale after
-        ``backward()``; the watcher divides it out (and does not mistake ``scaler.unscale_`` for clipping).
-        A step the scaler skips (Inf/NaN in the scaled gradients) is not a step.
+    scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (its scale is divided out of the norms;
+        a step it skips is not a step).
+    statistics_budget: the share of the training time measuring may cost (default 5%): every step is
+        measured for the first 200 steps, then, on models whose steps are so short that measuring each one
+        would cost more, every k-th step (the report says so).  ``every=...`` (a fixed cadence) or None
+        turns it off, and so does data-parallel training, whose ranks must record the same steps
+        (:mod:`gradmon.adapters.torch_budget`).
     monitor_options: passed to :class:`~gradmon.monitor.Monitor` (``every``, ``curvature_every``,
         ``console``, ``tensorboard``...).
     """
@@ -200,11 +144,11 @@ class Watcher:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                  logdir: str | os.PathLike | None = None, *, probe: tuple[Any, Any] | None = None,
                  loss_fn: Callable | None = None, loss: str = "unknown", name: str | None = None,
-                 expected_steps: int = 0, scaler: Any = None, **monitor_options: Any) -> None:
+                 expected_steps: int = 0, scaler: Any = None,
+                 statistics_budget: float | StatisticsBudget | None = 0.05, **monitor_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module  # the hooks belong on the real modules; DDP only wraps them
+        model, self.compiled = unwrap(model)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"watch(optimizer=...) needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if probe is not None and loss_fn is None:
@@ -212,9 +156,10 @@ class Watcher:
                              "e.g. loss_fn=torch.nn.functional.cross_entropy")
         if probe is not None and (not isinstance(probe, (tuple, list)) or len(probe) != 2):
             raise ValueError("watch(probe=...) must be a pair (x, y) of model inputs and targets")
-        self.model = model
-        self.optimizer = optimizer
-        self.scaler = scaler
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"watch(): {type(model).__name__} has no trainable parameter (none with "
+                             f"requires_grad=True), so there is nothing for gradmon to monitor")
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.loss_fn = loss_fn
         self.probe = tuple(probe) if probe is not None else None
         self.rank, self.world = _dist_rank()
@@ -229,114 +174,115 @@ class Watcher:
             sink = RankAverageTensorBoard(logdir, self.world,
                                           scalar_every=int(monitor_options.get("tensorboard_every", 10)))
             monitor_options["sinks"] = [*monitor_options.get("sinks", ()), sink]
-        self.monitor = Monitor(logdir=logdir, **monitor_options)
+        # a cadence the user chose, or ranks that must record the same steps: no budget
+        if "every" in monitor_options or statistics_budget is None or self.world > 1:
+            self._budget: StatisticsBudget | None = None
+        else:
+            self._budget = statistics_budget if isinstance(statistics_budget, StatisticsBudget) \
+                else StatisticsBudget(statistics_budget)
+        self._tick_at: tuple[float, float] | None = None
+        self.units: list[Unit] = []
+        self.monitor = Monitor(logdir=logdir, units=lambda run: self.units, **monitor_options)
         self.hook_seconds = 0.0  # wall time spent inside the watcher's hooks and methods
-        self._named = [(n, p) for n, p in model.named_parameters()]
-        if not any(isinstance(m, nn.Linear) for m in model.modules()):
-            raise ValueError("the model has no nn.Linear layer for gradmon to monitor")
-        self._names = display_names(model)
+        self.error: str | None = None
         if loss == "unknown" and loss_fn is not None:
             loss = LOSS_NAMES.get(loss_fn, LOSS_NAMES.get(type(loss_fn), "unknown"))
-        self._loss_name = loss
-        self._run_name = name or type(model).__name__
+        self._loss_name, self._run_name = loss, name or type(model).__name__
         self._expected_steps = int(expected_steps)
-        self.run = self._run_info(layer_infos(model))  # provisional: replaced by the call-order layout
-        self._started = False
-        self._closed = False
+        self.layout: Layout | None = None
+        self._run: RunInfo | None = None
+        self._started = self._closed = False
         # step bookkeeping
         self._step = 0                                    # index of the next step to begin
         self._pending: StepState | None = None            # measured, waiting for its update and/or loss
         self._settled = False                             # the pending step's update is known
-        self._loss: float | None = None                   # a loss logged before its step began
+        self._loss: Any = None                            # a loss logged before its step began
         self._loss_backwards = 0                          # backward passes done when it was logged
-        self._backwards = 0                               # backward passes done so far
+        # the unit parameters' gradients and learning rates (set at the start)
+        self._reader: GradientReader | None = None
+        self._rates: GroupRates | None = None
+        self._all = list(model.named_parameters())
         self._batch = 0
-        # gradients read at the end of backward: (the .grad tensors and their version counters, their norms
-        # as one vector on their device)
-        self._bw: tuple[list[tuple[str, torch.Tensor, int]], Any] | None = None
-        self._queued = False
-        self._hook_error: str | None = None
-        # weights: detached aliases (they follow in-place updates), zero gradients and update buffers
-        self._param_ptrs: tuple[int, ...] = ()
+        self._param_ptrs: tuple[Any, ...] = ()
         self._param_views: dict[str, torch.Tensor] = {}
-        self._zeros: dict[str, torch.Tensor] = {}
-        self._before: dict[str, torch.Tensor] = {}
+        self._before: list[torch.Tensor] = []
+        self._weight_keys: list[str] = []
         self._snapshot = False
-        # forward passes: trace, activation captures, last inputs
+        # forward passes: the trace, activation capture, last inputs
         self._paused = False
-        self._tracing = True
-        self._trace: list[str] = []
-        self._capture = False
-        self._acts: dict[str, torch.Tensor] = {}
-        self._calls: dict[str, int] = {}
+        self._capture = Capture(Plan("modules", {}, {}), model)
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._first_input: Any = None                     # the first unit's input on a capture step
         self._last_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
-
         self._handles: list[Any] = []
-        self._trace_handles: list[Any] = []
-        modules = dict(model.named_modules())
-        for qual in self._names:
-            module = modules[qual]
-            self._trace_handles.append(module.register_forward_hook(self._trace_hook(qual)))
-            if type(module) in ACTIVATION_MODULES:
-                self._handles.append(module.register_forward_hook(self._capture_hook(self._names[qual])))
-        # the root module's hooks: the trace starts with a forward pass of the model and ends with it; the
-        # inputs are kept for curvature on the last batch (no hook at all otherwise: hooks cost time)
-        pre_hooks = self._handles if (loss_fn is not None and probe is None) else self._trace_handles
-        pre_hooks.append(model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
-        self._trace_handles.append(model.register_forward_hook(self._root_hook))
-        for _, p in self._named:
-            if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+        self._cands = candidates(model)
+        self._names = display_names(model)
+        self._tracer: Tracer | None = None if self.compiled else Tracer(self._cands, self._names)
+        if self._tracer is not None:
+            self._tracer.install(model)
+        # the root module's hooks: the trace, then only what the run needs (each hook costs microseconds)
+        self._root_handles = [model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True),
+                              model.register_forward_hook(self._root_hook, always_call=True)]
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(lambda opt, a, k: self._optimizer_pre_step()))
             self._handles.append(optimizer.register_step_post_hook(lambda opt, a, k: self._optimizer_post_step()))
-        self._arm()
 
-    # -- the run ------------------------------------------------------------------------------------------
-    def _run_info(self, infos: list[LayerInfo]) -> RunInfo:
-        optimizer = self.optimizer
-        group = optimizer.param_groups[0] if optimizer is not None else {}
-        name = OPTIMIZER_NAMES.get(type(optimizer).__name__, type(optimizer).__name__.lower()) \
-            if optimizer is not None else "none"
-        momentum = float(group.get("momentum", 0.0) or 0.0)
-        if name == "sgd" and momentum > 0:
-            name = "momentum"
-        hyper = {"lr": float(group.get("lr", float("nan")))}
-        if "momentum" in group:
-            hyper["momentum"] = momentum
-        run = RunInfo(layers=tuple(infos), loss=self._loss_name, optimizer=name, hyperparams=hyper,
-                      batch_size=0, batch_mode="mini-batch", n_train=0, epochs=1,
-                      steps_per_epoch=self._expected_steps,
-                      probe=self._probe_objective if self.probe is not None else None, framework="torch")
-        return dataclasses.replace(run, spec={"name": self._run_name, **spec_from_run(run)})
-
+    # -- the start: layout, units, run ------------------------------------------------------------------------
     def _start(self) -> None:
-        """Fix the layout (from the traced call order) and start the monitor; once, at the end of the first
-        forward pass (or at the first step, report or close if no forward pass was seen)."""
+        """Lay out the units (from the traced forward pass, if one was seen) and start the monitor; once, at
+        the end of the first forward pass with gradients (or the first step, report or close)."""
         if self._started:
             return
         self._started = True
-        self._tracing = False
-        for h in self._trace_handles:
-            h.remove()
-        self._trace_handles = []
-        if self._trace:
-            infos = layer_infos(self.model, self._trace)
-            if any(i.kind == "dense" for i in infos):
-                self.run = self._run_info(infos)
-        self.monitor.on_train_begin(self.run)
+        tracer, self._tracer = self._tracer, None
+        if tracer is not None:
+            tracer.end()
+        start = lay_out(self.model, tracer, self.compiled, self.optimizer)
+        self._cands, self.layout, self.units = start.cands, start.layout, start.units
+        self._capture.remove()
+        self._capture = Capture(start.plan, self.model)
+        inputs = self.loss_fn is not None and self.probe is None  # curvature on the last batch keeps its inputs
+        if not (inputs or self._capture.functional):
+            for h in self._root_handles:
+                h.remove()
+            self._root_handles = []
+        named = start.layout.parameters(self.model)
+        keys, tensors = [k for k, _ in named], [p for _, p in named]
+        self._rates = GroupRates(self.optimizer, keys, tensors)
+        self._reader = GradientReader(keys, tensors, scaler=self.scaler, on_error=self._fail,
+                                      measured=lambda: self.monitor.recorder.measures(self._step))
+        self._weight_keys = [k for u in self.units for k in u.weights]
+        self._run = self._run_info(start.layout, self.units, self._rates)
+        self.monitor.on_train_begin(self._run)
         self._hook_first_unit()
         if self.monitor.curvature_every > 0 and self.probe is None and self.loss_fn is None:
-            self._note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and "
-                       "watcher.log_loss(loss, target=y) to measure it on the last batch, or "
-                       "watch(..., probe=(x, y), loss_fn=...) for a fixed probe batch", console=True)
+            self.monitor.add_note("curvature is off: give watch(..., loss_fn=F.cross_entropy) and watcher.log_loss("
+                                  "loss, target=y) to measure it on the last batch, or watch(..., probe=(x, y), "
+                                  "loss_fn=...) for a fixed probe batch", console=True)
+        for text, console in notes(start, self._rates):
+            self.monitor.add_note(text, console=console)
+        self._arm()
+        if tracer is not None:
+            if tracer.done and self._capture.armed:  # the traced pass is the first step's
+                self._capture.seed(tracer)
+            tracer.remove()
+
+    @property
+    def run(self) -> RunInfo:
+        """The run's description: provisional (units in registration order) until the first forward pass
+        with gradients lays them out."""
+        if self._run is not None:
+            return self._run
+        layout = build_layout(self.model, self._cands, None)
+        named = layout.parameters(self.model)
+        rates = GroupRates(self.optimizer, [k for k, _ in named], [p for _, p in named])
+        return self._run_info(layout, make_units(layout, {}, set(), {}), rates)
 
     def _hook_first_unit(self) -> None:
-        """Capture the first unit's input on capture steps (its per-feature scale: unscaled inputs)."""
-        units = self.monitor.units
-        if not units or not units[0].params:
+        """Capture the first unit's input on capture steps while the monitor still measures the data's scale
+        (unscaled inputs: a few batches, then the hook is removed)."""
+        units = self.units
+        if not units or not units[0].params or self.monitor.recorder.inputs.full:
             return
         qual = units[0].params[0].rpartition(".")[0]
         module = dict(self.model.named_modules()).get(qual)
@@ -344,177 +290,115 @@ class Watcher:
             return
 
         def hook(module: nn.Module, args: tuple) -> None:
-            if self._capture and not self._paused and self._first_input is None and torch.is_grad_enabled() \
+            if self.monitor.recorder.inputs.full:
+                handle.remove()
+            elif self._capture.armed and self._first_input is None and torch.is_grad_enabled() \
                     and args and isinstance(args[0], torch.Tensor):
                 self._first_input = args[0].detach()
-        self._handles.append(module.register_forward_pre_hook(hook))
+        handle = module.register_forward_pre_hook(hook)
+        self._handles.append(handle)
 
-    def _note(self, text: str, console: bool = False) -> None:
-        self.monitor.add_note(text, console=console)
+    def _run_info(self, layout: Layout, units: list[Unit], rates: GroupRates) -> RunInfo:
+        return run_info(self.model, layout, units, rates, loss=self._loss_name, name=self._run_name,
+                        expected_steps=self._expected_steps,
+                        probe=self._probe_objective if self.probe is not None else None)
 
-    # -- hooks ----------------------------------------------------------------------------------------
-    def _trace_hook(self, qual: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._tracing and not self._paused:
-                self._trace.append(qual)
-        return hook
+    def _fail(self, exc: BaseException) -> None:
+        """An error inside the watcher: say it once, stop watching, let training go on."""
+        self.error = f"{type(exc).__name__}: {exc}"
+        print(f"[gradmon] the watcher failed and stopped watching (training goes on): {self.error}",
+              file=sys.stderr)
+        self._remove_hooks()
+        with contextlib.suppress(Exception):
+            self.monitor.sink_errors.append(f"[gradmon] the watcher failed and stopped: {self.error}")
 
-    def _capture_hook(self, name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if self._paused or not self._capture:
-                return
-            if not torch.is_grad_enabled():  # an evaluation pass: not part of a training step
-                return
-            t0 = time.perf_counter()
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
-            if isinstance(output, torch.Tensor):
-                key = call_name(name, call)
-                if key not in self._acts:  # the first training forward pass after a step is the step's
-                    self._acts[key] = output.detach()
-                    if output.dim():
-                        self._batch = int(output.shape[0])
-            self.hook_seconds += time.perf_counter() - t0
-        return hook
-
+    # -- forward passes ---------------------------------------------------------------------------------------
+    @guarded
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._paused:
             return
-        if not self._batch and args and isinstance(args[0], torch.Tensor) and args[0].dim():
-            self._batch = int(args[0].shape[0])  # the batch size, even when no activation module is seen
-        if self._tracing:  # the layout is traced from one whole forward pass of the model
-            self._trace = []
-        if self.loss_fn is not None and self.probe is None and torch.is_grad_enabled():
+        grad = torch.is_grad_enabled()
+        if self._tracer is not None and grad and not self._tracer.active:
+            self._tracer.begin()  # the first forward pass with gradients is traced
+        elif self._capture.armed:
+            self._capture.begin_forward()
+        if grad and self.loss_fn is not None and self.probe is None:
             self._inputs = (args, kwargs)  # (not evaluation passes)
+        if grad and not self._batch and args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            self._batch = int(args[0].shape[0])  # examples per step, from the first forward (captures update it)
 
+    @guarded
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._started and not self._paused:
-            t0 = time.perf_counter()
-            self._start()
-            self.hook_seconds += time.perf_counter() - t0
-
-    def _arm(self) -> None:
-        """After a step (and at the start): capture the activations of the next training forward pass if
-        the monitor measures the coming step; the call counts of shared modules start again."""
-        self._capture = "activations" in self.monitor.requests(self._step)
-        self._acts = {}
-        self._calls = {}
-        self._first_input = None
-
-    def _grad_ready(self, param: torch.Tensor) -> None:
-        """A parameter's ``.grad`` was accumulated: read every gradient once this backward is over (one pass
-        at the end costs less than one per parameter)."""
-        if self._queued or self._paused:
+        if self._paused:
             return
-        self._queued = True
-        # queued twice: DDP queues its own end-of-backward callback (which writes the averaged gradients
-        # into p.grad) during the backward pass; a callback queued by a callback runs after it
-        _ENGINE.queue_callback(self._queue_read)
-
-    def _queue_read(self) -> None:
-        _ENGINE.queue_callback(self._backward_done)
-
-    def _backward_done(self) -> None:
-        """End of a ``backward()``: the norm of every ``p.grad`` (averaged over ranks under DDP, not yet
-        clipped), computed where the gradients live.  With gradient accumulation ``p.grad`` holds the sum so
-        far, so the last reading before the step is the accumulated gradient."""
-        self._queued = False
-        self._backwards += 1
-        t0 = time.perf_counter()
-        # an in-place change of a gradient (clipping, unscaling) bumps its version counter, so the step can
-        # tell whether it changed since.  Under a GradScaler the norms are those of the unscaled gradients.
-        try:
-            read = [(name, p.grad, p.grad._version) for name, p in self._named if p.grad is not None]
-            values = norms([g for _, g, _ in read])
-            if self.scaler is not None and self.scaler.is_enabled() and read:
-                values = values / self.scaler.get_scale()
-            self._bw = (read, values)
-        except Exception as exc:  # a monitor must never break training: fall back to reading at step time
-            self._bw = None
-            if self._hook_error is None:
-                self._hook_error = f"{type(exc).__name__}: {exc}"
-                print(f"[gradmon] reading gradients during backward failed ({self._hook_error}); gradients are "
-                      f"read at the optimizer step instead (after any clipping)", file=sys.stderr)
-        self.hook_seconds += time.perf_counter() - t0
+        tracer = self._tracer
+        if tracer is not None and tracer.active:
+            tracer.end()
+            self._start()
+        else:
+            self._capture.end_forward()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Context manager: hooks ignore the forward and backward passes inside (curvature probes)."""
-        before = self._paused
-        self._paused = True
+        before, armed = self._paused, self._capture.armed
+        self._paused, self._capture.armed = True, False
+        if self._reader is not None:
+            self._reader.paused = True
         try:
             yield
         finally:
-            self._paused = before
+            self._paused, self._capture.armed = before, armed
+            if self._reader is not None:
+                self._reader.paused = before
 
-    # -- steps ----------------------------------------------------------------------------------------
+    def _arm(self) -> None:
+        """After a step (and at the start): capture the next training forward pass's activations if the
+        monitor measures the coming step."""
+        self._capture.arm("activations" in self.monitor.requests(self._step))
+
     def _params(self) -> dict[str, torch.Tensor]:
-        """Detached aliases of the parameters, cached while their storage stays the same (in-place updates
-        keep it; ``model.to(...)`` or ``.double()`` replace it, and the aliases are rebuilt)."""
-        ptrs = tuple(p.data_ptr() for _, p in self._named)
+        """Detached aliases of every parameter (frozen ones too: curvature evaluates the whole model), cached
+        while their storage stays the same (``model.to(...)`` or ``.half()`` replace it, and the aliases are
+        rebuilt; the first and last parameters tell)."""
+        first, last = self._all[0][1], self._all[-1][1]
+        ptrs = (first.data_ptr(), last.data_ptr(), first.dtype, last.dtype)
         if ptrs != self._param_ptrs:
-            self._param_views = {n: p.detach() for n, p in self._named}
+            self._param_views = {n: p.detach() for n, p in self._all}
             self._param_ptrs = ptrs
         return self._param_views
 
-    def _gradients(self) -> tuple[dict[str, torch.Tensor], Any, Any]:
-        """The gradients as they are now (zeros where a parameter has none), the norm of each as read at
-        the end of the last backward (pre-clip; read now where no backward was seen), as one vector on the
-        gradients' device, and the clip coefficient ``‖g now‖ / ‖g after backward‖`` (1.0 when no gradient
-        changed in between, which the version counters tell without reading them)."""
-        grads: dict[str, torch.Tensor] = {}
-        current: dict[str, torch.Tensor | None] = {}
-        for name, p in self._named:
-            g = current[name] = p.grad
-            if g is None:
-                g = self._zeros.get(name)
-                if g is None or g.shape != p.shape or g.device != p.device:
-                    g = self._zeros[name] = torch.zeros_like(p, memory_format=torch.contiguous_format).detach()
-            grads[name] = g
-        bw, self._bw = self._bw, None
-        self._queued = False  # (a backward that raised never ran its end-of-backward callback)
-        now = norms(list(grads.values()))
-        if bw is None:
-            return grads, now * now, 1.0
-        read, values = bw
-        position = {name: i for i, name in enumerate(grads)}
-        pre = now.clone()
-        index = torch.tensor([position[name] for name, _, _ in read], device=now.device)
-        pre[index] = values.to(now.dtype)
-        changed = any(current.get(name) is not g or g._version != version for name, g, version in read)
-        clip_coef: Any = 1.0
-        if changed:
-            total_pre = torch.sqrt(torch.sum(pre * pre))
-            clip_coef = torch.where(torch.isfinite(total_pre) & (total_pre > 0),
-                                    torch.sqrt(torch.sum(now * now)) / total_pre, torch.ones_like(total_pre))
-        return grads, pre * pre, clip_coef
-
-    def _begin_step(self, lr: float) -> None:
+    # -- steps --------------------------------------------------------------------------------------------------
+    def _begin_step(self, lr: float | None) -> None:
         """Measure one step: after ``backward()``, before the update."""
         self._start()
         self._finish()  # the previous step, if its loss never came
         step = self._step
         self._step += 1
-        grads, sq, clip_coef = self._gradients()
+        grads, sq, clip_coef = self._reader.take(self.monitor.recorder.measures(step))
         params = self._params()
-        acts = dict(self._acts) if self._capture and self._acts else None
+        self._batch = self._capture.batch or self._batch
+        rate, lrs = self._rates.now()
         # a loss logged before this step belongs to it only if no backward ran since (a skipped step's loss
         # would otherwise be this one's, and every loss after it one step late)
-        loss_known = self._loss is not None and self._loss_backwards == self._backwards
+        loss_known = self._loss is not None and self._loss_backwards == self._reader.backwards
+        activations, alive = self._capture.taken()
         state = StepState(step=step, epoch=0, loss=self._loss if loss_known else float("nan"),
-                          batch_size=self._batch, params=params, grads=grads, lr=lr, activations=acts,
+                          batch_size=self._batch, params=params, grads=grads, alive=alive,
+                          lr=float(lr) if lr is not None else rate, activations=activations,
                           clip_coef=clip_coef, objective=self._last_batch_objective(step), loss_known=loss_known,
-                          grad_sq_norms=sq, inputs=self._first_input if self._capture else None)
+                          grad_sq_norms=sq, lrs=lrs if lr is None else None, inputs=self._first_input)
+        self._first_input = None
         self._loss = None
         # the update needs the weights before the step; only the units' weights enter update ratios
         self._snapshot = self.monitor.will_record_update(step)
         if self._snapshot:
+            weights = [params[k] for k in self._weight_keys]
+            if len(self._before) != len(weights) or any(b.shape != w.shape or b.device != w.device
+                                                        for b, w in zip(self._before, weights)):
+                self._before = [torch.empty_like(w) for w in weights]
             with torch.no_grad():
-                for key in (k for u in self.monitor.units for k in u.weights):
-                    buf = self._before.get(key)
-                    if buf is None or buf.shape != params[key].shape or buf.device != params[key].device:
-                        buf = self._before[key] = torch.empty_like(params[key])
-                    buf.copy_(params[key])
+                torch._foreach_copy_(self._before, weights)
         self.monitor.on_after_backward(state)
         self._pending, self._settled = state, False
 
@@ -524,27 +408,36 @@ class Watcher:
         if state is None or self._settled:
             return
         if self._snapshot:
-            after = self._params()
-            with torch.no_grad():
-                for key, buf in self._before.items():
-                    torch.sub(after[key], buf, out=buf)  # buffers are reused: nothing keeps them past the step
-            state.update = dict(self._before)
+            params, keys = self._params(), self._weight_keys
+            with torch.no_grad():  # after - before (one pass; the copies of the weights are reused)
+                update = torch._foreach_sub([params[k] for k in keys], self._before)
+            state.update = dict(zip(keys, update))
         self._snapshot = False
         self._settled = True
 
+    @guarded(no_grad=True)
     def _optimizer_pre_step(self) -> None:
-        t0 = time.perf_counter()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self._begin_step(float(lr))
-        self.hook_seconds += time.perf_counter() - t0
+        self._tick()
+        self._begin_step(None)
 
+    def _tick(self) -> None:
+        """A step begins: the previous step's wall time and the watcher's time in it go to the budget, which
+        may change the cadence from the next step on."""
+        if self._budget is None or self._reader is None:
+            return
+        now, spent = time.perf_counter(), self.hook_seconds + self._reader.seconds
+        if self._tick_at is not None:
+            every = self._budget.record(now - self._tick_at[0], spent - self._tick_at[1])
+            if every is not None:
+                self.monitor.recorder.set_every(every, start=self._step + 1)
+        self._tick_at = (now, spent)
+
+    @guarded(no_grad=True)
     def _optimizer_post_step(self) -> None:
-        t0 = time.perf_counter()
         self._settle()
         if self._pending is not None and self._pending.loss_known:
             self._finish()
         self._arm()
-        self.hook_seconds += time.perf_counter() - t0
 
     def step(self, lr: float | None = None) -> None:
         """Mark a step in loops without an optimizer: call once per step, after ``backward()``.
@@ -556,21 +449,35 @@ class Watcher:
         if self.optimizer is not None:
             raise RuntimeError("watch(optimizer=...) marks steps itself (optimizer step hooks); call "
                                "watcher.step() only in loops without an optimizer")
-        t0 = time.perf_counter()
+        self._manual_step(float(lr) if lr is not None else float("nan"))
+
+    @guarded(no_grad=True)
+    def _manual_step(self, lr: float) -> None:
         self._settle()
         self._finish()
-        self._begin_step(float(lr) if lr is not None else float("nan"))
+        self._tick()
+        self._begin_step(lr)
         self._arm()
-        self.hook_seconds += time.perf_counter() - t0
 
     def log_loss(self, loss: Any, target: Any = None) -> None:
-        """Give the loss of the current step (a tensor or float), before or after the step.
+        """Give the loss of the current step (a scalar tensor or a number), before or after the step.
 
-        ``target``: the targets of the batch this loss was computed on; with ``watch(loss_fn=...)`` and no
-        probe, curvature is measured on this batch (the inputs of the last forward pass, kept by reference).
+        A tensor is kept on its device and moved to the host with the step's other statistics (no
+        synchronisation of its own).  ``target``: the targets of the batch this loss was computed on; with
+        ``watch(loss_fn=...)`` and no probe, curvature is measured on this batch (the inputs of the last
+        forward pass, kept by reference).
         """
-        t0 = time.perf_counter()
-        value = float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"watcher.log_loss() needs a scalar loss, got a tensor of shape "
+                                 f"{tuple(loss.shape)}; reduce it first (loss.mean())")
+            value: Any = loss if not loss.dim() else loss.reshape(())  # read under no_grad, with the step
+        else:
+            value = float(loss)
+        self._log_loss(value, target, loss)
+
+    @guarded(no_grad=True)
+    def _log_loss(self, value: Any, target: Any, loss: Any = None) -> None:
         if "loss" not in self.monitor.facts:  # the report's loss name and batch size, once
             self.monitor.describe(loss=loss_name(loss), batch_size=len(target) if _sized(target) else None)
         if target is not None and self._inputs is not None:
@@ -584,8 +491,7 @@ class Watcher:
             if self._settled:
                 self._finish()
         else:
-            self._loss, self._loss_backwards = value, self._backwards
-        self.hook_seconds += time.perf_counter() - t0
+            self._loss, self._loss_backwards = value, (self._reader.backwards if self._reader else 0)
 
     def log_metrics(self, **metrics: float) -> None:
         """Validation (or any) metrics, e.g. ``watcher.log_metrics(val_loss=0.31, accuracy=0.92)``: charted in
@@ -603,9 +509,8 @@ class Watcher:
     def _finish(self) -> None:
         """Close the pending step (``on_step_end``)."""
         state, self._pending = self._pending, None
-        if state is None:
-            return
-        self.monitor.on_step_end(state)
+        if state is not None:
+            self.monitor.on_step_end(state)
 
     def _last_batch_objective(self, step: int) -> TorchObjective | None:
         if self.probe is not None or self._last_batch is None or "curvature" not in self.monitor.requests(step):
@@ -619,12 +524,22 @@ class Watcher:
             return TorchObjective(self, tuple(a[:n] for a in x), y[:n], self.loss_fn)
         return TorchObjective(self, x[:n], y[:n], self.loss_fn)
 
-    # -- results --------------------------------------------------------------------------------------
+    # -- results --------------------------------------------------------------------------------------------------
+    def _budget_note(self) -> None:
+        """Say in the report how often the statistics were measured, when the budget thinned them out."""
+        said = self._budget.describe() if self._budget is not None else None
+        if said is not None:
+            self.monitor.notes[:] = [n for n in self.monitor.notes if not n.startswith(said[:40])]
+            self.monitor.add_note(said)
+
     def report(self):
         """The health report so far (see :class:`gradmon.HealthReport`)."""
-        self._start()
-        if self._pending is not None and self.optimizer is not None:
-            self._finish()
+        self._budget_note()
+        if self.error is None:
+            with contextlib.suppress(Exception), torch.no_grad():
+                self._start()
+                if self._pending is not None and self.optimizer is not None:
+                    self._finish()
         return self.monitor.report()
 
     def close(self) -> None:
@@ -633,12 +548,19 @@ class Watcher:
         if self._closed:
             return
         self._closed = True
-        self._start()
-        self._finish()  # without an optimizer the last step's update stays unknown (NaN)
+        if self.error is None:
+            try:
+                with torch.no_grad():
+                    self._start()
+                    self._finish()  # without an optimizer the last step's update stays unknown (NaN)
+            except Exception as exc:
+                self._fail(exc)
         self._remove_hooks()
+        self._budget_note()
         if (self.monitor.curvature_every > 0 and not self.monitor.curvature and self.probe is None
                 and self.loss_fn is not None and self._step > self.monitor.curvature_every):
-            self._note("curvature was not measured: pass the targets with watcher.log_loss(loss, target=y)")
+            self.monitor.add_note("curvature was not measured: pass the targets with "
+                                  "watcher.log_loss(loss, target=y)")
         if self.world > 1:  # every rank judged its own shard: rank 0 merges and alone writes
             from gradmon.adapters.distributed import merge_ranks
 
@@ -647,9 +569,14 @@ class Watcher:
         self.monitor.on_train_end({"steps": self._step, "stopped": None})
 
     def _remove_hooks(self) -> None:
-        for h in self._handles + self._trace_handles:
+        for h in self._handles + self._root_handles:
             h.remove()
-        self._handles, self._trace_handles = [], []
+        self._handles, self._root_handles = [], []
+        if self._reader is not None:
+            self._reader.remove()
+        self._capture.remove()
+        if self._tracer is not None:
+            self._tracer.remove()
 
     def __enter__(self) -> "Watcher":
         return self
@@ -657,15 +584,13 @@ class Watcher:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc is not None:
             self._closed = True
-            self._start()
-            self._finish()
+            with contextlib.suppress(Exception), torch.no_grad():
+                self._start()
+                self._finish()
             self._remove_hooks()
             self.monitor.on_exception(exc, None)
         else:
             self.close()
-
-
-_ENGINE = torch.autograd.Variable._execution_engine
 
 
 def _sized(target: Any) -> bool:

@@ -39,16 +39,33 @@ def saturation_fraction(y: Array, activation: str, margin: float = 0.01) -> Arra
     return xp.mean(xp.astype(pinned, xp.float32))
 
 
+def channel_max(y: Array, channel_axis: int = -1) -> Array:
+    """The largest output of each unit (channel) over the batch and every other axis, shape ``(units,)``
+    (a boolean ``y`` gives whether any entry is True).  A unit is alive where it is positive."""
+    xp = namespace(y)
+    axis = channel_axis % y.ndim
+    others = tuple(a for a in range(y.ndim) if a != axis)
+    if not others:
+        return y
+    return xp.any(y, axis=others) if y.dtype == xp.bool else xp.max(y, axis=others)
+
+
+def dead_counts(dead: Array, ends: Array) -> Array:
+    """Dead units of several layers at once: ``dead`` is a boolean vector of their units end to end and
+    ``ends`` (integer indices, on ``dead``'s device) the last position of each layer; returns the number of
+    dead units up to each end, shape ``(len(ends),)`` (two reductions whatever the number of layers; a
+    layer's own count is the difference of consecutive values, taken on the host)."""
+    xp = namespace(dead)
+    return xp.cumulative_sum(dead)[ends]
+
+
 def alive_units(y: Array, channel_axis: int = -1) -> Array:
     """Boolean ``(units,)``: True where a unit (channel) is positive for at least one example and position.
 
     ``y`` may be the outputs or, cheaper, a boolean ``y > 0`` mask kept from the forward pass; the units lie
     along ``channel_axis`` (``-1`` for dense and sequence outputs, ``1`` for NCHW convolutions)."""
-    xp = namespace(y)
-    positive = y if y.dtype == xp.bool else y > 0
-    axis = channel_axis % positive.ndim
-    others = tuple(a for a in range(positive.ndim) if a != axis)
-    return xp.any(positive, axis=others) if others else positive
+    top = channel_max(y, channel_axis)  # one reduction, no (batch, units) boolean temporary
+    return top if top.dtype == namespace(top).bool else top > 0
 
 
 def moments(y: Array, max_rows: int = 16) -> tuple[Array, Array]:
@@ -59,9 +76,7 @@ def moments(y: Array, max_rows: int = 16) -> tuple[Array, Array]:
     sample = xp.reshape(y[:max_rows], (-1,))
     if sample.dtype not in (xp.float32, xp.float64):
         sample = xp.astype(sample, xp.float32)
-    mean = xp.mean(sample)
-    centred = sample - mean
-    return mean, xp.sqrt(xp.mean(centred * centred))
+    return xp.mean(sample), xp.std(sample)
 
 
 class DeadUnitTracker:
@@ -85,6 +100,21 @@ class DeadUnitTracker:
     def add(self, alive: Array, n: int) -> Array | None:
         """Feed one batch's ``alive`` vector (:func:`alive_units`) over ``n`` examples; returns the dead
         fraction over the pool (a 0-d array), or None until ``min_examples`` examples were seen."""
+        dead = self.dead(alive, n)
+        if dead is None:
+            return None
+        return self._xp.count_nonzero(dead) / alive.shape[0]
+
+    def clear(self) -> None:
+        """Forget the pool (a batch of ``min_examples`` or more is judged on its own)."""
+        self._sizes.clear()
+        self._seen = 0
+        self._fired = None
+
+    def dead(self, alive: Array, n: int) -> Array | None:
+        """Feed one batch's ``alive`` vector over ``n`` examples; returns which units are dead over the pool
+        (a boolean vector like ``alive``), or None until ``min_examples`` examples were seen.  ``alive`` may
+        hold several layers' units end to end (they see the same examples)."""
         xp = self._xp if self._xp is not None else namespace(alive)
         self._xp = xp
         size = alive.shape[0]
@@ -92,10 +122,8 @@ class DeadUnitTracker:
             return None
         if n >= self.min_examples:  # one batch is enough: nothing to pool
             if self._fired is not None:
-                self._sizes.clear()
-                self._seen = 0
-                self._fired = None
-            return 1.0 - xp.count_nonzero(alive) / size
+                self.clear()
+            return xp.logical_not(alive)
         if self._fired is None or tuple(self._fired.shape) != tuple(alive.shape):
             self._sizes.clear()
             self._seen = 0
@@ -109,7 +137,7 @@ class DeadUnitTracker:
         if self._seen < self.min_examples:
             return None
         first = self._batches - len(self._sizes) + 1  # the oldest batch still in the pool
-        return 1.0 - xp.count_nonzero(self._fired >= first) / size
+        return self._fired < first
 
 
 def _device(x: Array) -> Any:

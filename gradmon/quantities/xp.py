@@ -16,7 +16,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from array_api_compat import array_namespace, is_numpy_array
+from array_api_compat import array_namespace, is_numpy_array, is_torch_array
 
 Array = Any  # an array of the Python array API: numpy.ndarray or torch.Tensor
 
@@ -41,13 +41,26 @@ HOST_TRANSFERS = _Counter()
 _NUMPY_IS_ARRAY_API = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
 
 
+#: namespaces already looked up, by array type (the lookup costs microseconds; the per-step path asks often)
+_BY_TYPE: dict[type, Any] = {}
+
+
 def namespace(*arrays: Array) -> Any:
     """The array namespace of ``arrays``: ``numpy`` itself for numpy arrays (numpy >= 2.1; the
     ``array_api_compat`` wrapper before), ``array_api_compat.torch`` for tensors."""
-    if _NUMPY_IS_ARRAY_API and type(arrays[0]) is np.ndarray and (len(arrays) == 1 or all(
-            type(a) is np.ndarray for a in arrays)):
-        return np
+    kind = type(arrays[0])
+    if len(arrays) == 1 or all(type(a) is kind for a in arrays):
+        found = _BY_TYPE.get(kind)
+        if found is None:
+            found = np if _NUMPY_IS_ARRAY_API and kind is np.ndarray else array_namespace(arrays[0])
+            _BY_TYPE[kind] = found
+        return found
     return array_namespace(*arrays)
+
+
+def is_torch(x: Array) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch)."""
+    return is_torch_array(x)
 
 
 def to_host(x: Array) -> np.ndarray:
@@ -57,11 +70,12 @@ def to_host(x: Array) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
     import torch
 
-    with torch.no_grad():
-        host = x.detach().to(dtype=torch.float64, device="cpu")
     HOST_TRANSFERS.calls += 1
-    HOST_TRANSFERS.elements += int(host.numel())
-    return host.numpy()
+    HOST_TRANSFERS.elements += int(x.numel())
+    if x.device.type == "cpu" and not x.requires_grad and x.dtype in (torch.float32, torch.float64):
+        return x.numpy().astype(np.float64)  # already in host memory: numpy's view of it, widened there
+    with torch.no_grad():
+        return x.detach().to(dtype=torch.float64, device="cpu").numpy()
 
 
 def _numpy_norm(a: np.ndarray) -> float:
@@ -88,7 +102,7 @@ def norms(arrays: Sequence[Array]) -> Array:
     import torch
 
     with torch.no_grad():
-        tensors = [a.detach() for a in arrays]
+        tensors = [a.detach() if a.requires_grad else a for a in arrays]
         wide = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
         out = list(torch._foreach_norm(tensors, 2, dtype=wide))
         device = out[0].device
