@@ -1,5 +1,7 @@
 """``Trainer``: batch, mini-batch and stochastic gradient descent that emits hook events.
 
+(A little over 450 lines: the loop, its epoch and step functions and the hook events they emit, together.)
+
 >>> import core, numpy as np
 >>> X = np.random.default_rng(0).normal(size=(64, 2)); y = (X[:, 0] > 0).astype(int)
 >>> net = core.Sequential([core.Dense(2, 16, init="he_normal"), core.ReLU(), core.Dense(16, 2)], seed=0)

@@ -5,6 +5,7 @@ naming the problem and exit code 2, never a traceback.  A run whose report.json 
 full disk) exits 3.  Ctrl-C, SIGTERM and SIGHUP end a run with its report written (``ended: interrupted`` or
 ``terminated``) and exit 130, 143 and 129.  Everything printed has its control and bidi characters escaped
 (:func:`core.terminal.printable`): names and messages can come from files the user did not write.
+(A little over 450 lines: the parser and one short function per command, in one place.)
 
     gradmon demo                                   # a pathology and its fix, side by side
     gradmon run examples/specs/moons.toml --set train.lr=0.5

@@ -1,5 +1,6 @@
 """Optimizers against their formulas, initializers against their variances, BatchNorm/Dropout modes,
-the trainer's batch modes, determinism, and the hook protocol (order, read-only, no effect on training)."""
+the trainer's batch modes, determinism, and the hook protocol (order, read-only, no effect on training).
+(Over 450 lines: one oracle per optimizer, initializer and mode.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Diagnosis by root cause, on real training runs (core and PyTorch): each class of failure of issue #13 in
-several variations (depth 20-60, optimizers, seeds, data), each beside a healthy twin that must stay silent.
+several variations (depth 20-60, optimizers, seeds, data), each beside a healthy twin that must stay silent.  (Over 450 lines: seven classes of failure, each
+with its twins.)
 
 1. gradual vanishing in deep nets, judged as the fall across depth, with its direction and cause;
 2. a loss that blows up and stays up (or never recovers): a lower learning rate, the symptoms linked to it;

@@ -1,4 +1,5 @@
-"""The PyTorch adapter with real torch: same quantities and findings as core from the same weights."""
+"""The PyTorch adapter with real torch: same quantities and findings as core from the same weights, what
+crosses to the host, and the statistics budget.  (Over 450 lines: the adapter's whole contract with a loop.)"""
 
 from __future__ import annotations
 

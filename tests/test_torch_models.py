@@ -1,7 +1,7 @@
 """The gallery: models people train, written as they write them (``tests/torch_gallery.py``), watched by
 ``gradmon.torch.watch``.  Each trains without a crash, every trainable unit is in report.json, the healthy
 twin is silent, and each pathology family is found on the unit where it is (oracles: torch's own gradients
-and activations, computed by hand in the loop)."""
+and activations, computed by hand in the loop).  (A little over 450 lines: one test per model family.)"""
 
 from __future__ import annotations
 

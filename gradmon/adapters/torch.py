@@ -1,6 +1,6 @@
 """PyTorch adapter: watch any ``nn.Module`` training loop with the same monitor, findings and reports.
 
-(About 550 lines, above the house's 450: one class, the watcher's lifecycle from the first forward pass to
+(About 600 lines, above the house's 450: one class, the watcher's lifecycle from the first forward pass to
 ``close()``, whose parts each live in a ``torch_*`` module of this package.)
 
 >>> watcher = gradmon.torch.watch(model, optimizer=opt, logdir="runs/torch1",         # doctest: +SKIP
