@@ -35,7 +35,7 @@ from gradmon.layout import Unit, units_from_run
 from gradmon.outputs import check_writable, spec_from_run, write_run_files
 from gradmon.quantities.curvature_meter import DEFAULT_BUDGET, CurvatureMeter
 from gradmon.quantities.gradients import first_nonfinite
-from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes
+from gradmon.quantities.xp import all_finite, histogram, log10_magnitudes, sample
 from gradmon.recorder import Recorder
 from gradmon.schedules import Schedule, every as every_schedule
 from gradmon.signals import held
@@ -240,7 +240,7 @@ class Monitor(Callback):
                 if h is not None:
                     self.sinks.emit("histogram", step, tag, h)
                 if tag.startswith("gradients/"):  # magnitudes in decades: 1e-7 and 1e-1 apart on one axis
-                    h = histogram(log10_magnitudes(values))
+                    h = histogram(log10_magnitudes(sample(values)))  # (the histogram's sample, not all)
                     if h is not None:
                         self.sinks.emit("histogram", step, f"log10_abs_{tag}", h)
 

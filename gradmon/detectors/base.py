@@ -8,6 +8,8 @@ opens a finding only after a condition held for ``open_after`` consecutive judgm
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -153,8 +155,16 @@ def theil_sen(y: np.ndarray) -> float:
     n = y.size
     if n < 2:
         return float("nan")
+    i, j, gap = _pairs(n)
+    return median((y[j] - y[i]) / gap)
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The index pairs ``i < j`` of a series of ``n`` points and their gaps ``j - i`` (made once per ``n``:
+    ``np.triu_indices`` costs a hundred microseconds, the depth profiles ask at every judgment)."""
     i, j = np.triu_indices(n, 1)
-    return float(np.median((y[j] - y[i]) / (j - i)))
+    return i, j, (j - i).astype(float)
 
 
 def rank_correlation(y: np.ndarray) -> float:

@@ -13,9 +13,12 @@ deviation, with the training set's statistics) removes both.  The numbers are in
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from gradmon.detectors.base import Detector, JudgeContext, Observation
+from gradmon.detectors.base import Detector, JudgeContext, Observation, median
+from gradmon.quantities.inputs import InputScale
 from gradmon.thresholds import UnscaledInputThresholds
 from gradmon.vocabulary import sig
 
@@ -26,12 +29,20 @@ class UnscaledInputs(Detector):
     def __init__(self, thresholds: UnscaledInputThresholds | None = None) -> None:
         self.t = thresholds if thresholds is not None else UnscaledInputThresholds()
         self.min_records = self.t.min_records
+        self._last: tuple[tuple, list[Observation]] | None = None  # (what the scale was, its observations)
 
     def judge(self, ctx: JudgeContext) -> list[Observation]:
-        t = self.t
         scale = ctx.inputs
-        if scale is None or scale.examples < t.min_examples or not scale.features:
+        if scale is None or scale.examples < self.t.min_examples or not scale.features:
             return []
+        # the scale stops changing once measured (the first examples only): judged again only when it moved
+        key = (id(scale), scale.examples, scale.features, ctx.units[0].name if ctx.units else None)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._judge(ctx, scale))
+        return [dataclasses.replace(o, evidence=dict(o.evidence)) for o in self._last[1]]
+
+    def _judge(self, ctx: JudgeContext, scale: InputScale) -> list[Observation]:
+        t = self.t
         rms = scale.scale
         used = np.flatnonzero(np.isfinite(rms) & (rms > 0))
         if not used.size:
@@ -39,7 +50,7 @@ class UnscaledInputs(Detector):
         logs = np.log10(rms[used])
         lo, hi = int(used[np.argmin(logs)]), int(used[np.argmax(logs)])
         spread = float(logs.max() - logs.min())
-        centre = float(np.median(logs))
+        centre = median(logs)
         reasons = []
         if spread > t.max_spread:
             reasons.append(f"their scales (root mean square of their values) range over {spread:.1f} decades, "

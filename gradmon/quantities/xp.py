@@ -129,16 +129,21 @@ def log10_magnitudes(values: Array) -> Array:
         return xp.log10(xp.abs(values))
 
 
+def sample(values: Array, max_values: int = 4096) -> Array:
+    """The entries of ``values`` flattened, or an evenly strided sample of about ``max_values`` of them for a
+    larger array (the sample :func:`histogram` represents it by; elementwise maps such as
+    :func:`log10_magnitudes` commute with it, so apply them to the sample, not to the whole array)."""
+    flat = namespace(values).reshape(values, (-1,))
+    n = int(flat.shape[0])
+    return flat[:: n // max_values] if n > max_values else flat
+
+
 def histogram(values: Array, bins: int = 64, max_values: int = 4096) -> dict[str, Any] | None:
     """A histogram of the finite entries of ``values`` in ``bins`` equal-width buckets, computed where the
     values live; only the counts and summary numbers come to the host.  Large arrays are represented by an
     evenly strided sample of about ``max_values`` entries.  Returns ``{"min", "max", "num", "sum",
     "sum_squares", "edges" (bins + 1), "counts" (bins)}`` as host numbers, or None without finite entries."""
-    xp = namespace(values)
-    flat = xp.reshape(values, (-1,))
-    n = int(flat.shape[0])
-    if n > max_values:
-        flat = flat[:: n // max_values]
+    flat = sample(values, max_values)
     if is_numpy_array(flat):
         data = flat.astype(np.float64)
         data = data[np.isfinite(data)]
