@@ -160,14 +160,16 @@ class BatchOperator:
         return np.concatenate([np.ravel(hv[k]) for k in self.keys])
 
     def vector(self, values: np.ndarray) -> np.ndarray:
-        return values
+        """A float64 host array as a vector of the operator's ``dtype``."""
+        return values.astype(self.dtype, copy=False)
 
     def layer_traces(self) -> dict[str, float] | None:
         """The exact Hessian trace of each Dense layer (penalty included) where the Gauss-Newton route applies
         (:meth:`core.model.Linearization.gauss_newton_trace`), else None."""
         if not hasattr(self, "_traces"):
             lin = self.lin
-            traces = lin.gauss_newton_trace(lin.loss.gauss_newton_factor(lin.z, lin.y))
+            factor = lin.loss.gauss_newton_factor(lin.z, lin.y).astype(self.dtype, copy=False)
+            traces = lin.gauss_newton_trace(factor)
             for key in self.weights if traces is not None else ():
                 layer = key.rsplit(".", 1)[0]
                 traces[layer] = traces.get(layer, 0.0) + 2.0 * self.objective.l2 * self.params[key].size

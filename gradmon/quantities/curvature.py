@@ -35,8 +35,9 @@ from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F
 class HessianOperator(Protocol):
     """The Hessian of a fixed objective at fixed parameters (``D`` of them), built once per estimate.
 
-    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy, or a tensor of the
-    operator's dtype on its device); ``vector(values)`` turns a host float64 array into that kind.  Optional:
+    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy — float32 for an operator
+    computing in float32 —, or a tensor of the operator's dtype on its device); ``vector(values)`` turns a
+    host float64 array into that kind.  Optional:
     ``exact_trace() -> float | None`` (None where no exact route applies) and ``trace_method`` naming it.
     """
 
