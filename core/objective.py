@@ -54,8 +54,8 @@ class BatchObjective:
             self._y = np.asarray(self._y, dtype=np.float64)
         return self._y
 
-    def _context(self) -> Context:
-        masks = {k: m.astype(np.float64, copy=False) for k, m in self._masks.items()}
+    def _context(self, dtype: np.dtype = np.dtype(np.float64)) -> Context:
+        masks = {k: m.astype(dtype, copy=False) for k, m in self._masks.items()}
         return Context(training=True, masks=masks, dropout=self.dropout)
 
     def _params(self, params: Arrays | None) -> dict[str, np.ndarray]:
@@ -94,11 +94,19 @@ class BatchObjective:
             add_l2_gradient(hv, v, self.l2, weight_keys(p))
         return hv
 
-    def linearize(self, params: Arrays | None = None) -> "BatchOperator":
+    def linearize(self, params: Arrays | None = None, dtype: str | np.dtype = "float64") -> "BatchOperator":
         """The Hessian at ``params`` (current parameters when None) as an operator on flat float64 vectors:
-        one forward and backward pass now, the R-operator's two passes per product."""
-        p = self._params(params)
-        return BatchOperator(self, p, self.model.linearize(self.loss, self.x, self.y, p, self._context()))
+        one forward and backward pass now, the R-operator's two passes per product, computed in ``dtype``
+        (float64; a float32 model's own dtype halves their cost for a rougher estimate)."""
+        dt = np.dtype(dtype)
+        if dt == np.float64:
+            p, x, y = self._params(params), self.x, self.y
+        else:
+            source = self.model.parameters() if params is None else params
+            p = {k: np.asarray(v, dtype=dt) for k, v in source.items()}
+            x = np.asarray(self._x, dtype=dt)
+            y = self._y if np.issubdtype(self._y.dtype, np.integer) else np.asarray(self._y, dtype=dt)
+        return BatchOperator(self, p, self.model.linearize(self.loss, x, y, p, self._context(dt)))
 
     def kinks(self, params: Arrays | None = None) -> np.ndarray:
         """Sign pattern of every ReLU/LeakyReLU pre-activation on this batch (flat bool array).
@@ -132,6 +140,7 @@ class BatchOperator:
         self.shapes = [params[k].shape for k in self.keys]
         self.offsets = np.cumsum([0] + [params[k].size for k in self.keys])
         self.dim = int(self.offsets[-1])
+        self.dtype = params[self.keys[0]].dtype if self.keys else np.dtype(np.float64)
         self.weights = weight_keys(params) if objective.l2 else []
         self.value, self.grads = lin.value, lin.grads
         self.n_hvp = 0
@@ -141,24 +150,26 @@ class BatchOperator:
         return {k: v[o[i]:o[i + 1]].reshape(shape) for i, (k, shape) in enumerate(zip(self.keys, self.shapes))}
 
     def hvp(self, v: np.ndarray) -> np.ndarray:
-        """``H v`` for a float64 vector of length ``dim``."""
+        """``H v`` for a float64 vector of length ``dim`` (computed, and returned, in the operator's ``dtype``)."""
         self.n_hvp += 1
         self.objective.n_hvp += 1
-        vec = self._split(np.asarray(v, dtype=np.float64))
+        vec = self._split(np.asarray(v, dtype=self.dtype))
         hv = self.lin.hvp(vec)
         if self.weights:  # the penalty's Hessian is 2·l2·I on the weights
             add_l2_gradient(hv, vec, self.objective.l2, self.weights)
         return np.concatenate([np.ravel(hv[k]) for k in self.keys])
 
     def vector(self, values: np.ndarray) -> np.ndarray:
-        return values
+        """A float64 host array as a vector of the operator's ``dtype``."""
+        return values.astype(self.dtype, copy=False)
 
     def layer_traces(self) -> dict[str, float] | None:
         """The exact Hessian trace of each Dense layer (penalty included) where the Gauss-Newton route applies
         (:meth:`core.model.Linearization.gauss_newton_trace`), else None."""
         if not hasattr(self, "_traces"):
             lin = self.lin
-            traces = lin.gauss_newton_trace(lin.loss.gauss_newton_factor(lin.z, lin.y))
+            factor = lin.loss.gauss_newton_factor(lin.z, lin.y).astype(self.dtype, copy=False)
+            traces = lin.gauss_newton_trace(factor)
             for key in self.weights if traces is not None else ():
                 layer = key.rsplit(".", 1)[0]
                 traces[layer] = traces.get(layer, 0.0) + 2.0 * self.objective.l2 * self.params[key].size

@@ -44,7 +44,7 @@ def data(loss, n=40, d=4, k=3, seed=0):
     return X, rng.normal(size=(n, k)), k
 
 
-def net(act, k, batchnorm=False, dropout=0.0, seed=1):
+def net(act, k, batchnorm=False, dropout=0.0, seed=1, dtype="float64"):
     """A small net; biases start at 0.1, so that no rectifier sits exactly at its kink (a unit dead for an
     example gives the next layer a pre-activation of exactly its bias)."""
     layers = [core.Dense(4, 6, bias_init=0.1), act()]
@@ -53,7 +53,7 @@ def net(act, k, batchnorm=False, dropout=0.0, seed=1):
     if dropout:
         layers.append(core.Dropout(dropout))
     layers += [core.Dense(6, 5, bias_init=0.1), act(), core.Dense(5, k)]
-    return core.Sequential(layers, seed=seed, dtype="float64")
+    return core.Sequential(layers, seed=seed, dtype=dtype)
 
 
 # -- products ---------------------------------------------------------------------------------------------------
@@ -73,6 +73,20 @@ def test_linearised_products_match_the_dense_finite_difference_hessian(act, loss
     for _ in range(3):
         v = rng.normal(size=op.dim)
         np.testing.assert_allclose(op.hvp(v), H @ v, rtol=1e-5, atol=1e-7 * np.abs(H).max())
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_products_in_the_models_float32_match_the_float64_ones_to_its_rounding(loss):
+    X, y, k = data(loss)
+    model = net(core.Tanh, k, dropout=0.5, dtype="float32")
+    masks = {"dropout2": (np.random.default_rng(5).random((40, 6)) > 0.5) * 2.0}
+    obj = core.BatchObjective(model, core.get_loss(loss), X, y, l2=0.01, masks=masks)
+    exact, rough = obj.linearize(), obj.linearize(dtype="float32")
+    v = np.random.default_rng(0).normal(size=exact.dim)
+    hv = rough.hvp(v)
+    assert rough.dtype == np.float32 and hv.dtype == np.float32 and exact.hvp(v).dtype == np.float64
+    np.testing.assert_allclose(hv, exact.hvp(v), rtol=1e-4, atol=1e-5 * np.abs(exact.hvp(v)).max())
+    assert rough.value == pytest.approx(exact.value, rel=1e-5)
 
 
 def test_an_estimate_runs_the_forward_pass_once(monkeypatch):
@@ -256,6 +270,91 @@ def test_a_default_run_measures_at_the_first_step_within_its_budget_and_warm_sta
     assert all(e["trace_method"] == "exact (Gauss-Newton)" and e["trace_stderr"] == 0 for e in entries)
 
 
+@pytest.mark.parametrize("act,dtype", [(core.ReLU, "float64"), (core.Tanh, "float64"), (core.ReLU, "float32")])
+def test_the_first_estimate_of_a_budgeted_run_is_quick_and_within_its_tolerance(act, dtype):
+    """The oracle: the dense finite-difference Hessian (float64) of the loss on the probe's first 128 examples
+    (a batch's worth, at least 128), at the initial weights; Ritz values approach λmax from below.  The quick
+    estimate computes in the model's dtype."""
+    X, y, k = data("cross_entropy", n=400)
+    model = net(act, k, dtype=dtype)
+    init = {key: v.astype(np.float64) for key, v in model.parameters().items()}
+    monitor = gradmon.Monitor(console=False, tensorboard=False, curvature_samples=300)
+    trainer = core.Trainer(model, optimizer=core.SGD(0.1), batch_size=16, callbacks=[monitor], progress=False)
+    trainer.fit(X, y, epochs=1)
+    first = monitor.curvature[0]
+    assert first["step"] == 0 and first["rtol"] == 0.05 and first["examples"] == 128 and not first["warm_start"]
+    assert first["dtype"] == dtype and all(e["dtype"] == "float64" for e in monitor.curvature[1:])
+    H = dense_fd_hessian(trainer.run_info(X, y, 1).probe(128, 0), init)
+    lam = np.linalg.eigvalsh(H)[-1]
+    rounding = 1e-6 if dtype == "float64" else 1e-4
+    assert 0.95 * lam <= first["lambda_max"] <= lam * (1 + rounding)
+    if act is core.ReLU:  # the exact trace costs no product: kept
+        assert first["trace"] == pytest.approx(np.trace(H), rel=rounding) and first["trace_stderr"] == 0
+    else:  # no product is spent on a stochastic trace at the first estimate
+        assert np.isnan(first["trace"]) and first["trace_method"] == "none" and first["hvps"] == first["lanczos_hvps"]
+
+
+class TimedQuadratic:
+    """A loss over ``n`` examples whose Hessian is ``diag(spectrum)`` whatever ``n``, linearised into itself;
+    every product advances the injected clock by ``n · unit`` seconds (a product's cost grows with the
+    examples), so what the meter times is known."""
+
+    def __init__(self, clock: Clock, spectrum: np.ndarray, n: int, unit: float) -> None:
+        self.clock, self.spectrum, self.unit = clock, spectrum, unit
+        self.y = np.zeros(n)
+        self.dim = spectrum.size
+
+    def linearize(self) -> "TimedQuadratic":
+        return self
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        self.clock.now += self.y.size * self.unit
+        return self.spectrum * v
+
+    def vector(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+
+def test_the_budget_plans_the_probe_estimate_after_the_quick_first_one():
+    """With an injected clock: the first estimate is on 128 of the probe's 1024 examples, without a trace
+    (there is no exact route), and the budget expects the next one (on all of them, to a tighter tolerance,
+    with a stochastic trace) to cost that much more, so the share stays within the budget right after each
+    later estimate (expecting the quick one's cost again would spend more than twice the budget)."""
+    from core.callbacks import RunInfo, StepState
+    from gradmon.quantities.curvature_meter import CurvatureMeter
+
+    clock = Clock()
+    spectrum = np.concatenate([np.linspace(0.1, 1.0, 59), [3.0]])
+    run = RunInfo(layers=(), loss="mse", optimizer="sgd", hyperparams={"lr": 0.5}, batch_size=32,
+                  batch_mode="mini-batch", n_train=5000, epochs=1, steps_per_epoch=20000,
+                  probe=lambda n, seed: TimedQuadratic(clock, spectrum, n, 1e-3))
+    meter = CurvatureMeter(samples=1024, clock=clock)
+    meter.begin(run)
+    after = []
+    for step in range(20000):
+        if meter.due(step):
+            state = StepState(step=step, epoch=0, loss=1.0, batch_size=32, params={"w": np.zeros(60)}, grads={},
+                              lr=0.5)
+            assert meter.measure(state) is not None
+            after.append(meter.budget.spent / (clock.now - meter.budget.t0))
+        clock.now += 1.0  # one training step
+    first, second = meter.entries[0], meter.entries[1]
+    assert first["step"] == 0 and first["examples"] == 128 and first["rtol"] == 0.05
+    assert 0.95 * 3.0 <= first["lambda_max"] <= 3.0 + 1e-9 and first["threshold"] == pytest.approx(4.0)
+    assert all(e["examples"] == 1024 and e["rtol"] == 1e-3 and e["warm_start"] for e in meter.entries[1:])
+    assert all(e["lambda_max"] == pytest.approx(3.0, rel=1e-3) for e in meter.entries[1:])
+    # the second is the first step at which the quick one and the next fit in the budget, the next expected to
+    # take the quick one's products times log(1e-3)/log(0.05) and a stochastic trace of as many (at least 8),
+    # on 8 times the examples
+    h, c1 = first["hvps"], first["seconds"]
+    assert np.isnan(first["trace"]) and c1 == pytest.approx(h * 0.128)
+    lanczos = h * np.log(1e-3) / np.log(0.05)
+    expected = 8 * c1 * (lanczos + max(lanczos, 8)) / h
+    fits = [s for s in range(20000) if c1 + expected <= 0.05 * (c1 + s + expected)]
+    assert second["step"] == fits[0] and second["seconds"] <= expected
+    assert len(meter.entries) >= 5 and max(after[1:]) <= 0.05
+
+
 def test_a_fixed_cadence_wins_over_the_budget_and_zero_turns_curvature_off():
     X, y, k = data("cross_entropy", n=64)
     for options, expected in (({"curvature_every": 3}, [0, 3, 6, 9]), ({"curvature_budget": 0}, []),
@@ -302,3 +401,18 @@ def test_the_trace_error_bar_in_json_markdown_html_and_tensorboard(tmp_path):
     assert [s for s, _ in scalars["curvature/trace_stderr"]] == [0, 4, 8]
     np.testing.assert_allclose([v for _, v in scalars["curvature/trace_stderr"]], stderrs, rtol=1e-6)
     assert "curvature/trace_stderr" in json.dumps(custom_scalar_layout(tmp_path))
+
+
+def test_a_first_estimate_without_a_trace_charts_no_trace_point(tmp_path):
+    from tests.tbutil import read_scalars
+
+    X, y, k = data("cross_entropy", n=64)
+    monitor = gradmon.Monitor(logdir=tmp_path, console=False, tensorboard_every=1)
+    core.Trainer(net(core.Tanh, k), optimizer=core.SGD(0.1), batch_size=16, callbacks=[monitor],
+                 progress=False).fit(X.astype(np.float32), y, epochs=2)
+    first = monitor.curvature[0]
+    assert first["step"] == 0 and np.isnan(first["trace"])
+    scalars = read_scalars(tmp_path)
+    assert scalars["curvature/lambda_max"][0] == (0, pytest.approx(first["lambda_max"], rel=1e-6))
+    traced = scalars.get("curvature/trace", [])
+    assert 0 not in [s for s, _ in traced] and all(np.isfinite(v) for _, v in traced)

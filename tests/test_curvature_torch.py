@@ -180,6 +180,7 @@ def test_the_watcher_measures_from_the_first_step_by_default():
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    initial = _double(model)
     with_probe = gradmon.torch.watch(model, optimizer=opt, probe=(x, y), loss_fn=F.cross_entropy, console=False,
                                      tensorboard=False)
     last_batch = None
@@ -190,7 +191,13 @@ def test_the_watcher_measures_from_the_first_step_by_default():
         opt.step()
         with_probe.log_loss(loss)
     with_probe.close()
-    assert with_probe.monitor.curvature[0]["step"] == 0  # the probe is there before the first step
+    first = with_probe.monitor.curvature[0]
+    assert first["step"] == 0  # the probe is there before the first step
+    # quick (the probe's 64 examples are fewer than 128: all of them), within its tolerance of the dense
+    # Hessian's top eigenvalue at the initial weights (Ritz values approach it from below)
+    assert first["rtol"] == 0.05 and first["examples"] == 64
+    lam = np.linalg.eigvalsh(dense_hessian(initial, F.cross_entropy, x.double(), y))[-1]
+    assert 0.95 * lam <= first["lambda_max"] <= lam * (1 + 1e-4)
     model2 = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
     last_batch = gradmon.torch.watch(model2, optimizer=opt2, loss_fn=F.cross_entropy, console=False,
@@ -204,3 +211,4 @@ def test_the_watcher_measures_from_the_first_step_by_default():
     last_batch.close()
     entries = last_batch.monitor.curvature
     assert entries[0]["step"] == 1 and entries[0]["trace_method"] == "exact (Gauss-Newton)"
+    assert entries[0]["rtol"] == 0.05 and entries[0]["examples"] == 64  # quick, on the last batch

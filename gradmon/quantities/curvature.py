@@ -35,8 +35,9 @@ from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F
 class HessianOperator(Protocol):
     """The Hessian of a fixed objective at fixed parameters (``D`` of them), built once per estimate.
 
-    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy, or a tensor of the
-    operator's dtype on its device); ``vector(values)`` turns a host float64 array into that kind.  Optional:
+    ``hvp(v)`` maps a vector of length ``D`` to ``H v`` (same kind: float64 numpy — float32 for an operator
+    computing in float32 —, or a tensor of the operator's dtype on its device); ``vector(values)`` turns a
+    host float64 array into that kind.  Optional:
     ``exact_trace() -> float | None`` (None where no exact route applies) and ``trace_method`` naming it.
     """
 
@@ -187,15 +188,16 @@ WARM_START_MIX = 0.05
 
 def estimate_curvature(hvp: FlatHVP | HessianOperator, dim: int | None = None, *, step: int = 0,
                        rtol: float = 1e-3, max_iter: int = 40, trace_samples: int | None = None, k: int = 1,
-                       seed: int = 0, warm_start: Vector | None = None, trace: bool = True) -> CurvatureEstimate:
+                       seed: int = 0, warm_start: Vector | None = None, trace: bool = True,
+                       stochastic_trace: bool = True) -> CurvatureEstimate:
     """λmax (and the top ``k``) by Lanczos, and the trace with its standard error.
 
     ``hvp``: a :class:`HessianOperator`, or a flat numpy HVP function with its ``dim``.  ``warm_start``: the
     previous estimate's ``top_vector`` (same ``D``), else a Rademacher start from ``seed``.  The trace: exact
     when the operator's ``exact_trace()`` gives it; otherwise deflated by the Lanczos basis with
     ``trace_samples`` remainder samples (None: as many as λmax took, at least :data:`MIN_TRACE_SAMPLES`; 0: no
-    trace).  ``trace=False``
-    skips the trace.
+    trace).  ``trace=False`` skips the trace; ``stochastic_trace=False`` keeps only an exact one (no product
+    is spent on the trace: NaN where the operator has no exact route).
     """
     t0 = time.perf_counter()
     op: Any = hvp if hasattr(hvp, "vector") and hasattr(hvp, "hvp") else FlatOperator(hvp, int(dim or 0))
@@ -208,13 +210,14 @@ def estimate_curvature(hvp: FlatHVP | HessianOperator, dim: int | None = None, *
         v0 = warm_start / float(warm_start @ warm_start) ** 0.5 + (WARM_START_MIX / math.sqrt(dim)) * v0
     want_trace = trace and trace_samples != 0
     exact = op.exact_trace() if want_trace and hasattr(op, "exact_trace") else None
+    stochastic = want_trace and exact is None and stochastic_trace
     result = lanczos(op.hvp, dim, k=k, rtol=rtol, max_iter=max_iter, rng=rng, v0=v0, want_vectors=True,
-                     keep_basis=want_trace and exact is None)
+                     keep_basis=stochastic)
     value = stderr = float("nan")
     method, hvps = "none", result.hvps
     if exact is not None:
         value, stderr, method = float(exact), 0.0, getattr(op, "trace_method", "exact")
-    elif want_trace:
+    elif stochastic:
         samples = max(result.hvps, MIN_TRACE_SAMPLES) if trace_samples is None else max(2, int(trace_samples))
         tr = deflated_trace(op.hvp, result.basis, result.ritz_trace, samples, rng=rng)
         value, stderr, method, hvps = tr.trace, tr.stderr, tr.method, hvps + tr.hvps

@@ -2,10 +2,13 @@
 
 :class:`TimeBudget` keeps curvature at most ``fraction`` of the wall time since the run began (measurements
 included): a step is due when ``(spent + expected) ≤ fraction · (elapsed + expected)``, where ``expected``
-is the cost of the last measurement (the next, warm-started, is usually cheaper).  The first measurement is
-taken at the first step, whatever it costs (so a λmax far above ``2/lr`` at initialisation is seen); the
-budget pays it back before the next one, so on a run much longer than one measurement the share tends to
-``fraction``, and on a short one it is at most one measurement's cost over the run's time.
+is what the next measurement should cost (by default the cost of the last one; the meter scales it when the
+next one is on more examples).  The first measurement is taken at the first step, whatever it costs (so a
+λmax far above ``2/lr`` at initialisation is seen: the meter makes it a quick one), and it is charged like any
+other: the budget pays it back before the next one.  So the share of a run is at most the larger of
+``fraction`` and the first measurement's cost over the run's time (on a run much longer than one measurement
+it tends to ``fraction``); a later measurement that costs more than expected overshoots once, and the next
+waits for it.
 
 The decision of a step is made the first time it is asked and kept, so that every part of a loop that asks
 (``requests`` before the step, ``on_after_backward`` in it) hears the same answer.  The clock is injected
@@ -50,10 +53,11 @@ class TimeBudget:
         self._decided = (step, answer)
         return answer
 
-    def charge(self, seconds: float) -> None:
-        """A measurement took ``seconds`` of wall time."""
+    def charge(self, seconds: float, expected: float | None = None) -> None:
+        """A measurement took ``seconds`` of wall time; the next one should cost ``expected`` seconds (None:
+        as much as this one)."""
         self.spent += float(seconds)
-        self.expected = float(seconds)
+        self.expected = float(seconds if expected is None else expected)
         self.measured += 1
 
     @property

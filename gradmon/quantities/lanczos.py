@@ -1,7 +1,8 @@
 """Top eigenvalues of a symmetric operator from its products: Lanczos with full reorthogonalisation, and
 power iteration (the baseline of PyHessian and Cockpit).
 
-Vectors are arrays of length ``D`` of one kind: float64 numpy arrays, or torch tensors of the parameters'
+Vectors are arrays of length ``D`` of one kind: float64 numpy arrays (float32 where the start vector is: an
+operator computing in float32 halves the basis' memory traffic), or torch tensors of the parameters'
 dtype on the model's device (then the basis lives there too and nothing crosses to the host but scalars).  Only the small
 tridiagonal matrix ``T`` (at most ``max_iter`` square) is decomposed on the host.
 
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-Vector = Any  # numpy.ndarray (float64) or torch.Tensor (the parameters' dtype), shape (D,)
+Vector = Any  # numpy.ndarray (float64, or float32) or torch.Tensor (the parameters' dtype), shape (D,)
 FlatHVP = Callable[[Vector], Vector]
 
 
@@ -28,21 +29,20 @@ def rademacher(dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def like(ref: Vector, values: np.ndarray) -> Vector:
-    """``values`` (a host array) as an array of ``ref``'s kind: itself for numpy, a tensor of ``ref``'s dtype
-    on its device for torch."""
+    """``values`` (a host array) as an array of ``ref``'s kind and dtype (on its device, for torch)."""
     if isinstance(ref, np.ndarray):
-        return values
+        return values.astype(ref.dtype, copy=False)
     import torch
 
     return torch.as_tensor(np.ascontiguousarray(values), dtype=ref.dtype, device=ref.device)
 
 
 def empty_rows(ref: Vector, rows: int, dim: int) -> Vector:
-    """An uninitialised ``(rows, dim)`` array of ``ref``'s kind (float64 for numpy; ``ref``'s dtype and device
-    for torch): the basis' rows are written before they are read, and zeroing 40 rows of a large model costs
-    more than several products."""
+    """An uninitialised ``(rows, dim)`` array of ``ref``'s kind and dtype (and device, for torch): the basis'
+    rows are written before they are read, and zeroing 40 rows of a large model costs more than several
+    products."""
     if isinstance(ref, np.ndarray):
-        return np.empty((rows, dim))
+        return np.empty((rows, dim), dtype=ref.dtype)
     return ref.new_empty((rows, dim))
 
 
@@ -94,7 +94,10 @@ def lanczos(hvp: FlatHVP, dim: int, k: int = 1, rtol: float = 1e-3, max_iter: in
     m_max = int(min(max_iter, dim))
     if v0 is None:
         v0 = rademacher(dim, rng)
-    q = v0.clone() if not isinstance(v0, np.ndarray) else np.asarray(v0, dtype=np.float64).copy()
+    if isinstance(v0, np.ndarray):
+        q = np.array(v0, dtype=np.float32 if v0.dtype == np.float32 else np.float64)
+    else:
+        q = v0.clone()
     norm = _norm(q)
     if not np.isfinite(norm) or norm == 0:
         raise ValueError("the Lanczos start vector must be finite and non-zero")
@@ -110,7 +113,7 @@ def lanczos(hvp: FlatHVP, dim: int, k: int = 1, rtol: float = 1e-3, max_iter: in
     for j in range(m_max):
         w = hvp(Q[j])
         if isinstance(w, np.ndarray) or not hasattr(w, "device"):
-            w = np.asarray(w, dtype=np.float64)
+            w = np.asarray(w, dtype=Q.dtype)
         alpha = float(w @ Q[j])
         alphas.append(alpha)
         # full reorthogonalisation against the whole basis (classical Gram-Schmidt), repeated only when the

@@ -328,8 +328,9 @@ class TensorBoardSink(Sink):
         values = {"curvature/lambda_max": entry.get("lambda_max"), "curvature/trace": entry.get("trace"),
                   "curvature/trace_stderr": entry.get("trace_stderr"),  # the trace's error bar, a second series
                   "curvature/hvps": entry.get("hvps"), "curvature/stability_threshold": entry.get("threshold")}
-        self.scalars(int(entry["step"]), {k: float(v) for k, v in values.items() if v is not None
-                                          and (k != "curvature/trace_stderr" or math.isfinite(float(v)))})
+        self.scalars(int(entry["step"]), {k: float(v) for k, v in values.items() if v is not None  # no trace: none
+                                          and (k not in ("curvature/trace", "curvature/trace_stderr")
+                                               or math.isfinite(float(v)))})
 
     def finding(self, finding: Finding) -> None:
         """A finding opened: the records held back by the cadence, the alert with its fix, the layout with
