@@ -59,7 +59,7 @@ from torch import nn  # noqa: E402
 import gradmon.torch  # noqa: E402
 from gradmon.adapters.torch_objective import TorchObjective  # noqa: E402
 from gradmon.quantities.curvature import estimate_curvature  # noqa: E402
-from step import BATCH, make_data, torch_setup  # noqa: E402
+from step import BATCH, torch_setup  # noqa: E402
 
 F = nn.functional
 

@@ -59,7 +59,7 @@ def test_every_test_file_claim_is_collected_by_pytest():
 def test_benchmark_rows_name_their_script_and_date():
     table = BODY[BODY.index("| benchmark | produced by | measured | result |"):]
     rows = [r for r in table.splitlines()[2:] if r.startswith("|")]
-    assert len(rows) == 4
+    assert len(rows) >= 4
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         script = re.fullmatch(r"`python (benchmarks/\w+\.py)`", cells[1])

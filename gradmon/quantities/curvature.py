@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from gradmon.quantities.lanczos import (FlatHVP, LanczosResult, Vector, lanczos, like,  # noqa: F401
+from gradmon.quantities.lanczos import (FlatHVP, LanczosResult, Vector, lanczos,  # noqa: F401
                                         power_iteration, rademacher)
 from gradmon.quantities.trace import TraceResult, deflated_trace, hutchinson_trace  # noqa: F401
 from gradmon.vocabulary import stability_formula, stability_threshold  # noqa: F401  (the bound, re-exported)
