@@ -5,22 +5,24 @@ batches per epoch).
 - torch: ``gradmon.torch.watch(model, optimizer=opt, loss_fn=F.cross_entropy)`` with
   ``watcher.log_loss(loss, target=y)`` at every step (curvature on the last batch, default budget of 5% of
   wall time, the first estimate a quick one at the first step it can), against the same watcher without
-  ``loss_fn`` (no curvature: the watcher's own statistics, ``torch_overhead.py``'s subject) and the loop
-  without a watcher;
+  ``loss_fn`` (no curvature: the watcher's own statistics, ``torch_overhead.py``'s subject), the same watcher
+  with ``loss_fn`` and ``curvature_every=0`` (inputs kept, no estimate: the estimates alone are the rest)
+  and the loop without a watcher;
 - core: ``Monitor()`` (defaults: every step measured, curvature on a probe of 1024 training examples within
   the same budget, the first estimate a quick one on 128 of them), against ``Monitor(curvature_every=0)``
   and ``Trainer.fit`` without callbacks.
 
-Each repeat runs a fresh bare run, a fresh run without curvature and one with the defaults, of ``--steps``
-steps back to back (alternating the order), and compares them within the repeat: the median over repeats of
-each ratio.  Curvature's part is defaults against the run without curvature (target <= 1.10x); defaults
-against bare is the total (the monitor's per-step statistics included: their own benchmarks are
-``torch_overhead.py`` and ``monitor_overhead.py``).  Whole runs are timed, so the first estimate (cold,
-before any warm start) is included: on a run much longer than one estimate the share tends to the budget; on
-a short one it is at most the first estimate over the run's time.  Also reported: the share the monitor's
-own clock recorded (the estimates' seconds over the run's wall time: no comparison of two noisy runs), the
-estimates per run, the first one's seconds, the HVPs and examples of each, and the same ratios in CPU time
-(``time.process_time``: steadier than wall time when other processes share the cores).
+Each repeat runs a fresh bare run, a fresh run without curvature and one with the defaults (and torch's
+``curvature_every=0`` run), of ``--steps`` steps back to back (alternating the order), and compares them
+within the repeat: the median over repeats of each ratio.  Curvature's part is defaults against the run
+without curvature (target <= 1.10x); defaults against bare is the total (the monitor's per-step statistics
+included: their own benchmarks are ``torch_overhead.py`` and ``monitor_overhead.py``).  Whole runs are timed,
+so the first estimate (cold, before any warm start) is included: on a run much longer than one estimate the
+share tends to the budget; on a short one it is at most the first estimate over the run's time.  Also
+reported: the share the monitor's own clock recorded (the estimates' seconds over the run's wall time: no
+comparison of two noisy runs), the estimates per run, the first one's seconds, the HVPs and examples of
+each, and the same ratios in CPU time (``time.process_time``: steadier than wall time when other processes
+share the cores).
 
     python benchmarks/curvature_overhead.py [--steps 300 1000] [--repeats 6] [--threads 2] [--json out.json]
 """
@@ -43,7 +45,8 @@ from step import BATCH, core_model, make_data, torch_setup  # noqa: E402
 
 def torch_run(steps: int, watched: bool | str) -> tuple[float, float, list[dict]]:
     """Wall and CPU seconds of ``steps`` training steps (the watcher's construction and close excluded), and
-    the curvature entries; ``watched="off"``: the watcher without ``loss_fn`` (no curvature)."""
+    the curvature entries; ``watched="off"``: the watcher without ``loss_fn`` (no curvature); ``"estimates
+    off"``: with ``loss_fn`` (its inputs kept for curvature) but ``curvature_every=0``."""
     import torch
 
     import gradmon.torch
@@ -51,6 +54,8 @@ def torch_run(steps: int, watched: bool | str) -> tuple[float, float, list[dict]
     F = torch.nn.functional
     model, opt, X, y = torch_setup(0)
     loss_fn = {} if watched == "off" else {"loss_fn": F.cross_entropy}
+    if watched == "estimates off":
+        loss_fn["curvature_every"] = 0
     watcher = gradmon.torch.watch(model, optimizer=opt, console=False, tensorboard=False, **loss_fn) \
         if watched else None
     t0, c0 = time.perf_counter(), time.process_time()
@@ -90,6 +95,8 @@ def compare(name: str, run, steps: int, repeats: int) -> dict:
     run(40, False), run(40, True)  # warm-up: allocator, BLAS threads, first-call setup
     off = "without loss_fn" if name == "torch" else "curvature off"
     sides = {"bare": False, off: "off", "defaults": True}
+    if name == "torch":  # the estimates alone: against the same watcher, loss_fn given, curvature_every=0
+        sides["loss_fn, curvature_every=0"] = "estimates off"
     times: dict[str, list[float]] = {k: [] for k in sides}
     cpus: dict[str, list[float]] = {k: [] for k in sides}
     shares, counts, first_seconds, estimates = [], [], [], []
@@ -107,6 +114,8 @@ def compare(name: str, run, steps: int, repeats: int) -> dict:
     vs_bare = paired_overhead(times["defaults"], times["bare"])
     vs_off = paired_overhead(times["defaults"], times[off])
     monitor_only = paired_overhead(times[off], times["bare"])
+    estimates_only = paired_overhead(times["defaults"], times["loss_fn, curvature_every=0"]) \
+        if "loss_fn, curvature_every=0" in times else None
     out = {"steps": steps, "repeats": repeats, "seconds": times, "without_curvature": off,
            "ratio_vs_bare": 1 + vs_bare["paired_median"], "ratio_vs_bare_best": 1 + vs_bare["best_vs_best"],
            "ratio_vs_curvature_off": 1 + vs_off["paired_median"],
@@ -114,6 +123,7 @@ def compare(name: str, run, steps: int, repeats: int) -> dict:
            "ratio_monitor_without_curvature": 1 + monitor_only["paired_median"],
            "cpu_ratio_vs_curvature_off": 1 + paired_overhead(cpus["defaults"], cpus[off])["paired_median"],
            "cpu_ratio_vs_bare": 1 + paired_overhead(cpus["defaults"], cpus["bare"])["paired_median"], "cpu": cpus,
+           "ratio_vs_estimates_off": 1 + estimates_only["paired_median"] if estimates_only else None,
            "recorded_share_median": statistics.median(shares), "estimates_per_run": counts,
            "first_seconds_median": statistics.median(first_seconds), "estimates": estimates[0]}
     shown = ", ".join(f"step {e['step']}: {e['hvps']} HVPs on {e['examples']} examples" for e in estimates[0][:4])
@@ -123,6 +133,9 @@ def compare(name: str, run, steps: int, repeats: int) -> dict:
           f"quartiles {out['ratio_vs_curvature_off_iqr'][0]:.3f}-{out['ratio_vs_curvature_off_iqr'][1]:.3f}); "
           f"its own clock {100 * out['recorded_share_median']:.1f}% of the run (first estimate "
           f"{out['first_seconds_median']:.3f} s); CPU time {out['cpu_ratio_vs_curvature_off']:.3f}x\n"
+          + (f"       the estimates alone: defaults / loss_fn with curvature_every=0 "
+             f"{out['ratio_vs_estimates_off']:.3f}x (the rest of curvature's part: keeping the inputs)\n"
+             if estimates_only else "") +
           f"       total: defaults / bare {out['ratio_vs_bare']:.3f}x (best vs best {out['ratio_vs_bare_best']:.3f}x); "
           f"{off} / bare {out['ratio_monitor_without_curvature']:.3f}x; CPU time defaults / bare "
           f"{out['cpu_ratio_vs_bare']:.3f}x\n"

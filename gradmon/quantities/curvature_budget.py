@@ -2,8 +2,8 @@
 
 :class:`TimeBudget` keeps curvature at most ``fraction`` of the wall time since the run began (measurements
 included): a step is due when ``(spent + expected) ≤ fraction · (elapsed + expected)``, where ``expected``
-is what the next measurement should cost (by default the cost of the last one; the meter scales it when the
-next one is on more examples).  The first measurement is taken at the first step, whatever it costs (so a
+is what the next measurement should cost (by default the cost of the last one; after its quick first one the
+meter scales it to the next one's examples, tolerance and trace).  The first measurement is taken at the first step, whatever it costs (so a
 λmax far above ``2/lr`` at initialisation is seen: the meter makes it a quick one), and it is charged like any
 other: the budget pays it back before the next one.  So the share of a run is at most the larger of
 ``fraction`` and the first measurement's cost over the run's time (on a run much longer than one measurement
