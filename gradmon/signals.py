@@ -8,8 +8,10 @@ SIGTERM, 129 for SIGHUP), as a shell reports a process killed by that signal.
 
 :func:`held` delays SIGINT, SIGTERM and SIGHUP while a file that must not be lost is written (report.json
 takes milliseconds): a signal that arrives meanwhile is delivered, to the handler that was in place, right
-after.  An interrupted run holds them from its ``on_exception`` until its report.json is written
-(:func:`release` ends that hold), so a quick second Ctrl-C cannot cost the report.  Both act in the main
+after.  Under :func:`termination_as_interrupt` the first ending signal itself starts a hold before it
+raises, so a second Ctrl-C that comes at once, while the first one unwinds the training loop, waits too; the
+run's ``on_exception`` writes report.json and :func:`release` ends that hold.  A quick second Ctrl-C cannot
+cost the report.  Both act in the main
 thread only (the only one Python delivers signals to); elsewhere they do nothing.
 """
 
@@ -55,19 +57,37 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def termination_as_interrupt() -> Iterator[None]:
-    """Inside: SIGTERM and SIGHUP raise :class:`Terminated` (a signal the process ignores, as under
-    ``nohup``, stays ignored).  The previous handlers come back on exit."""
+    """Inside: SIGTERM and SIGHUP raise :class:`Terminated` and SIGINT raises ``KeyboardInterrupt`` (a signal
+    the process ignores, as under ``nohup``, stays ignored).  The first of them also starts a hold
+    (:func:`held`): signals that follow wait until :func:`release`, so they cannot interrupt the writing of
+    the interrupted run's report.  The previous handlers come back on exit (a hold still in force is dropped
+    with what it held: the command is ending anyway)."""
+    global _hold
     if not _in_main_thread():
         yield
         return
+    first = [True]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if first[0]:
+            first[0] = False
+            _start_hold()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(signum)
+
     previous: dict[int, Any] = {}
-    for signum in _TERMINATING:
+    for signum in _ENDING:
         current = signal.getsignal(signum)
-        if current is not signal.SIG_IGN and current is not None:
-            previous[signum] = signal.signal(signum, _raise_terminated)
+        if current is signal.SIG_IGN or current is None:
+            continue
+        if signum == signal.SIGINT and current is not signal.default_int_handler:
+            continue  # someone else's Ctrl-C handler: left alone
+        previous[signum] = signal.signal(signum, interrupt)
     try:
         yield
     finally:
+        _hold = None
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -85,6 +105,16 @@ def held() -> Iterator[None]:
     if not _in_main_thread() or _hold is not None:
         yield
         return
+    _start_hold()
+    try:
+        yield
+    finally:
+        release()
+
+
+def _start_hold() -> None:
+    """Put the hold in force: SIGINT, SIGTERM and SIGHUP are recorded, not acted on, until :func:`release`."""
+    global _hold
     pending: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
@@ -96,10 +126,6 @@ def held() -> Iterator[None]:
         if current is not signal.SIG_IGN and current is not None:
             previous[signum] = signal.signal(signum, hold)
     _hold = {"previous": previous, "pending": pending}
-    try:
-        yield
-    finally:
-        release()
 
 
 def release() -> None:

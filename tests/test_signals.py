@@ -92,3 +92,22 @@ def test_ctrl_c_while_a_finished_run_writes_its_report_keeps_report_json(tmp_pat
     assert proc.returncode in (0, 130), err  # 0 when the report was done before the signal landed
     report = assert_run_kept(logdir, "completed")
     assert report.steps == 3 * 25
+
+
+def test_the_first_ctrl_c_holds_the_next_until_the_report_is_written():
+    """The race a real second Ctrl-C can win under load (it failed once in CI): the first signal itself
+    starts the hold, so one that follows at once waits for ``release`` instead of cutting the unwinding."""
+    from gradmon.signals import release, termination_as_interrupt
+
+    with termination_as_interrupt():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)   # the first: interrupts, and holds what follows
+        try:
+            signal.raise_signal(signal.SIGINT)   # the second, while the run unwinds: held
+        except KeyboardInterrupt:
+            pytest.fail("a second Ctrl-C right after the first was not held")
+        with pytest.raises(KeyboardInterrupt):
+            release()                            # report.json written: the second is delivered now
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)   # and a third interrupts at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
