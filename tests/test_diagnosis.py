@@ -29,17 +29,10 @@ from gradmon import diagnosis
 from gradmon.advice import Context, advise
 from gradmon.findings import FINDING_CODES, Finding
 from gradmon.vocabulary import HE_INITS, XAVIER_INITS
+from tests.test_monitor import mlp, moons, teacher
 
 
 # -- data and models --------------------------------------------------------------------------------------------
-def moons(n=1000, seed=0):
-    rng = np.random.default_rng(seed)
-    t, upper = rng.uniform(0, np.pi, n), rng.random(n) < 0.5
-    X = np.stack([np.where(upper, np.cos(t), 1 - np.cos(t)), np.where(upper, np.sin(t), 0.5 - np.sin(t))], 1)
-    X = X + rng.normal(0, 0.1, X.shape)
-    return (X - X.mean(0)) / X.std(0), (~upper).astype(np.int64)
-
-
 def spirals(n=1000, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 3
@@ -47,24 +40,6 @@ def spirals(n=1000, seed=0):
     theta = y * 2 * np.pi / 3 + r * 4.0 + rng.normal(0, 0.2, n)
     X = np.stack([r * np.sin(theta), r * np.cos(theta)], 1)
     return (X - X.mean(0)) / X.std(0), y.astype(np.int64)
-
-
-def teacher(n=500, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 10))
-    return X, np.tanh(X @ rng.normal(size=(10, 1)))
-
-
-def mlp(act, init, hidden, inp=2, out=2, batchnorm=False, seed=0, **kw):
-    layers, width = [], inp
-    for h in hidden:
-        layers.append(core.Dense(width, h, init=init, **kw))
-        if batchnorm:
-            layers.append(core.BatchNorm(h))
-        layers.append(core.get_activation(act))
-        width = h
-    layers.append(core.Dense(width, out, init=init, **{k: v for k, v in kw.items() if k != "bias_init"}))
-    return core.Sequential(layers, seed=seed)
 
 
 # -- the cases: (build, expected root codes, expected first fix); a twin expects None ----------------------------

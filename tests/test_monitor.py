@@ -34,7 +34,7 @@ def teacher(n=500, seed=0):
     return X, np.tanh(X @ rng.normal(size=(10, 1)))
 
 
-def mlp(act, init, hidden, inp=2, out=2, batchnorm=False, **kw):
+def mlp(act, init, hidden, inp=2, out=2, batchnorm=False, seed=0, **kw):
     layers, width = [], inp
     for h in hidden:
         layers.append(core.Dense(width, h, init=init, **kw))
@@ -43,7 +43,7 @@ def mlp(act, init, hidden, inp=2, out=2, batchnorm=False, **kw):
         layers.append(core.get_activation(act))
         width = h
     layers.append(core.Dense(width, out, init=init, **{k: v for k, v in kw.items() if k != "bias_init"}))
-    return core.Sequential(layers, seed=0)
+    return core.Sequential(layers, seed=seed)
 
 
 def monitored(model, X, y, *, loss="cross_entropy", optimizer=None, batch_size=32, epochs=20, clip_norm=None,
